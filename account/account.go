@@ -1,0 +1,383 @@
+// Package account is the service behind the client-server 3PID endpoints: the
+// validation sessions (requestToken, submit_token), adding a validated 3PID to
+// an account, listing and deleting. Handlers in package api parse requests and
+// call it; tests call it without HTTP.
+package account
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/threepidd/threepidd/metrics"
+	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/policy"
+	"github.com/threepidd/threepidd/storage"
+	"github.com/threepidd/threepidd/threepid"
+)
+
+// Lifetimes and limits of validation sessions (DESIGN.md, "Validation").
+const (
+	EmailTokenLifetime = time.Hour
+	SMSTokenLifetime   = 15 * time.Minute
+	// ValidatedSessionLifetime is how long a validated session can still be spent by /add.
+	ValidatedSessionLifetime = 24 * time.Hour
+	// MaxTokenAttempts is how many wrong tokens a session survives.
+	MaxTokenAttempts = 5
+)
+
+// Submit paths (Synapse's), relative to public_baseurl.
+const (
+	EmailSubmitPath  = "/_matrix/client/unstable/add_threepid/email/submit_token"
+	MSISDNSubmitPath = "/_matrix/client/unstable/add_threepid/msisdn/submit_token"
+)
+
+// EmailSender sends a validation e-mail (a text/plain body).
+type EmailSender interface {
+	Send(ctx context.Context, to, subject, text string) error
+}
+
+// SMSSender sends a validation SMS through the gateway webhook.
+type SMSSender interface {
+	Send(ctx context.Context, to, token, text string) error
+}
+
+// Unbinder removes a 3PID's bindings from identity servers when it is deleted
+// from the account. It answers "success" or "no-support" (MSC1915).
+type Unbinder interface {
+	UnbindOnDelete(ctx context.Context, userID, medium, address, idServer string) (string, error)
+}
+
+// Events receives the changes applied, inside the transaction that applied them.
+type Events interface {
+	Applied(ctx context.Context, q storage.Querier, c policy.Change) error
+}
+
+// Service implements the account 3PID operations.
+type Service struct {
+	Store         storage.Store
+	Email         EmailSender // nil: e-mail not supported
+	SMS           SMSSender   // nil: msisdn not supported
+	PublicBaseURL string
+	Policy        policy.Checker
+	// MaxThreepidsPerUser limits /add (0: no limit).
+	MaxThreepidsPerUser int
+	Unbinder            Unbinder // nil: delete answers no-support
+	Events              Events   // nil: no after-events
+	Now                 func() time.Time
+}
+
+var (
+	messagesSent = metrics.Factory.NewCounterVec(metrics.CounterOpts("validation_messages_sent_total",
+		"Validation e-mails and SMS handed to the SMTP server or gateway."), []string{"medium"})
+	messagesFailed = metrics.Factory.NewCounterVec(metrics.CounterOpts("validation_messages_failed_total",
+		"Validation e-mails and SMS that could not be sent."), []string{"medium"})
+)
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// TokenRequest is a requestToken call, already syntactically checked.
+type TokenRequest struct {
+	ClientSecret string
+	Medium       string
+	// Address is canonical.
+	Address     string
+	SendAttempt int64
+	NextLink    string
+}
+
+// TokenResponse is the answer to requestToken.
+type TokenResponse struct {
+	SID       string `json:"sid"`
+	SubmitURL string `json:"submit_url,omitempty"`
+}
+
+// RequestToken starts (or continues) a validation session and sends a token.
+// A send_attempt not above the session's last one returns the same sid and
+// sends nothing; a higher one sends a new token for the same sid.
+func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResponse, error) {
+	if err := s.mediumSupported(req.Medium); err != nil {
+		return TokenResponse{}, err
+	}
+	if err := s.checkUserThreepid(ctx, "", req.Medium, req.Address, policy.OpAdd); err != nil {
+		return TokenResponse{}, err
+	}
+	if _, err := s.Store.AssociationByAddress(ctx, req.Medium, req.Address); err == nil {
+		return TokenResponse{}, mxerr.ThreepidInUse
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return TokenResponse{}, fmt.Errorf("look up 3PID owner: %w", err)
+	}
+	resp := TokenResponse{}
+	if req.Medium == threepid.MediumMSISDN {
+		resp.SubmitURL = s.PublicBaseURL + MSISDNSubmitPath
+	}
+	now := s.now()
+	existing, err := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address)
+	switch {
+	case err == nil:
+		resp.SID = existing.SID
+		if req.SendAttempt <= existing.SendAttempt {
+			return resp, nil
+		}
+		token, expires := s.newToken(req.Medium, now)
+		if err := s.send(ctx, req, existing.SID, token); err != nil {
+			return TokenResponse{}, err
+		}
+		if err := s.Store.UpdateSessionToken(ctx, existing.SID, threepid.HashToken(token), req.SendAttempt, expires.UnixMilli()); err != nil {
+			return TokenResponse{}, fmt.Errorf("update session token: %w", err)
+		}
+		return resp, nil
+	case errors.Is(err, storage.ErrNotFound):
+	default:
+		return TokenResponse{}, fmt.Errorf("load session: %w", err)
+	}
+	sid := threepid.NewSID()
+	token, expires := s.newToken(req.Medium, now)
+	// Send first: a session whose message never left must not swallow the
+	// client's retry with the same send_attempt.
+	if err := s.send(ctx, req, sid, token); err != nil {
+		return TokenResponse{}, err
+	}
+	err = s.Store.CreateSession(ctx, storage.Session{
+		SID: sid, ClientSecret: req.ClientSecret, Medium: req.Medium, Address: req.Address,
+		TokenHash: threepid.HashToken(token), SendAttempt: req.SendAttempt, NextLink: req.NextLink,
+		ExpiresAt: expires.UnixMilli(), CreatedAt: now.UnixMilli(),
+	})
+	if errors.Is(err, storage.ErrConflict) {
+		// A concurrent identical request created the session first.
+		if s2, err2 := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address); err2 == nil {
+			resp.SID = s2.SID
+			return resp, nil
+		}
+	}
+	if err != nil {
+		return TokenResponse{}, fmt.Errorf("create session: %w", err)
+	}
+	resp.SID = sid
+	return resp, nil
+}
+
+func (s *Service) mediumSupported(medium string) error {
+	switch {
+	case medium == threepid.MediumEmail && s.Email != nil, medium == threepid.MediumMSISDN && s.SMS != nil:
+		return nil
+	case medium == threepid.MediumEmail:
+		return mxerr.ThreepidMediumNotSupported.WithMessage("This homeserver does not support adding e-mail addresses")
+	default:
+		return mxerr.ThreepidMediumNotSupported.WithMessage("This homeserver does not support adding phone numbers")
+	}
+}
+
+func (s *Service) newToken(medium string, now time.Time) (string, time.Time) {
+	if medium == threepid.MediumEmail {
+		return threepid.NewEmailToken(), now.Add(EmailTokenLifetime)
+	}
+	return threepid.NewSMSCode(), now.Add(SMSTokenLifetime)
+}
+
+func (s *Service) send(ctx context.Context, req TokenRequest, sid, token string) error {
+	var err error
+	if req.Medium == threepid.MediumEmail {
+		q := url.Values{"token": {token}, "client_secret": {req.ClientSecret}, "sid": {sid}}
+		link := s.PublicBaseURL + EmailSubmitPath + "?" + q.Encode()
+		text := "A request was made to add this e-mail address to a Matrix account.\n\n" +
+			"To confirm, open this link:\n\n" + link + "\n\n" +
+			"If you did not ask for this, ignore this message: nothing will change.\n"
+		err = s.Email.Send(ctx, req.Address, "Confirm your e-mail address", text)
+	} else {
+		text := "Your Matrix validation code is " + token
+		err = s.SMS.Send(ctx, req.Address, token, text)
+	}
+	if err != nil {
+		messagesFailed.WithLabelValues(req.Medium).Inc()
+		slog.ErrorContext(ctx, "validation message not sent", "medium", req.Medium, "err", err)
+		return mxerr.Unavailable.WithMessage("The validation message could not be sent; try again later")
+	}
+	messagesSent.WithLabelValues(req.Medium).Inc()
+	return nil
+}
+
+// SubmitToken checks a token for a session. On success the session is validated
+// and the session's next_link (possibly empty) is returned.
+func (s *Service) SubmitToken(ctx context.Context, medium, sid, clientSecret, token string) (string, error) {
+	sess, err := s.Store.SessionByID(ctx, sid)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && (!threepid.TokenMatches(threepid.HashToken(sess.ClientSecret), clientSecret) || sess.Medium != medium)) {
+		return "", mxerr.InvalidParam.WithMessage("Unknown validation session")
+	}
+	if err != nil {
+		return "", fmt.Errorf("load session: %w", err)
+	}
+	now := s.now().UnixMilli()
+	if sess.ValidatedAt != 0 && threepid.TokenMatches(sess.TokenHash, token) {
+		return sess.NextLink, nil // the link opened again
+	}
+	// Every attempt is counted before the token is compared: the count is
+	// incremented atomically, so a burst of concurrent guesses cannot all pass
+	// a check of the count read with the session. The successful attempt is
+	// counted too; once the session is validated the count no longer matters.
+	tooMany := mxerr.TokenIncorrect.WithMessage("Too many wrong tokens; request a new one")
+	if sess.FailedAttempts >= MaxTokenAttempts {
+		return "", tooMany
+	}
+	attempts, err := s.Store.IncrementSessionFailures(ctx, sid)
+	if err != nil {
+		return "", fmt.Errorf("count token attempt: %w", err)
+	}
+	if attempts > MaxTokenAttempts {
+		return "", tooMany
+	}
+	if !threepid.TokenMatches(sess.TokenHash, token) {
+		return "", mxerr.TokenIncorrect
+	}
+	if now > sess.ExpiresAt {
+		return "", mxerr.SessionExpired
+	}
+	if err := s.Store.MarkSessionValidated(ctx, sid, now); err != nil {
+		return "", fmt.Errorf("validate session: %w", err)
+	}
+	return sess.NextLink, nil
+}
+
+// List returns a user's 3PIDs.
+func (s *Service) List(ctx context.Context, userID string) ([]storage.Association, error) {
+	as, err := s.Store.AssociationsOf(ctx, userID)
+	if err != nil {
+		return nil, fmt.Errorf("list 3PIDs: %w", err)
+	}
+	return as, nil
+}
+
+// Add spends a validated session and associates its 3PID with userID. The
+// caller has already passed user-interactive auth. A session is spent once; a
+// 3PID held by anyone is refused, never moved.
+func (s *Service) Add(ctx context.Context, userID, sid, clientSecret string) error {
+	sess, err := s.Store.SessionByID(ctx, sid)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && !threepid.TokenMatches(threepid.HashToken(sess.ClientSecret), clientSecret)) {
+		return mxerr.ThreepidAuthFailed.WithMessage("No validated session with that sid and client_secret")
+	}
+	if err != nil {
+		return fmt.Errorf("load session: %w", err)
+	}
+	now := s.now().UnixMilli()
+	if sess.ValidatedAt == 0 {
+		return mxerr.ThreepidAuthFailed.WithMessage("The 3PID has not been validated yet")
+	}
+	if now > sess.ValidatedAt+ValidatedSessionLifetime.Milliseconds() {
+		return mxerr.ThreepidAuthFailed.WithMessage("The validation session has expired")
+	}
+	if err := s.checkUserThreepid(ctx, userID, sess.Medium, sess.Address, policy.OpAdd); err != nil {
+		return err
+	}
+	return s.Store.WithTx(ctx, func(q storage.Querier) error {
+		if s.MaxThreepidsPerUser > 0 {
+			n, err := q.CountAssociations(ctx, userID)
+			if err != nil {
+				return fmt.Errorf("count 3PIDs: %w", err)
+			}
+			if n >= s.MaxThreepidsPerUser {
+				return mxerr.ThreepidDenied.WithMessage("Blocked by max_threepids_per_user: an account may hold at most %d 3PIDs", s.MaxThreepidsPerUser)
+			}
+		}
+		spent, err := q.DeleteSession(ctx, sid)
+		if err != nil {
+			return fmt.Errorf("spend session: %w", err)
+		}
+		if !spent {
+			return mxerr.ThreepidAuthFailed.WithMessage("The validation session was already used")
+		}
+		err = q.InsertAssociation(ctx, storage.Association{
+			UserID: userID, Medium: sess.Medium, Address: sess.Address,
+			ValidatedAt: sess.ValidatedAt, AddedAt: now,
+		})
+		if errors.Is(err, storage.ErrConflict) {
+			return mxerr.ThreepidInUse
+		}
+		if err != nil {
+			return fmt.Errorf("add 3PID: %w", err)
+		}
+		return s.applied(ctx, q, policy.Change{Callback: policy.CallbackUserThreepid, Op: policy.OpAdd,
+			UserID: userID, Medium: sess.Medium, Address: sess.Address})
+	})
+}
+
+// Delete removes a 3PID from userID's account and unbinds it from identity
+// servers (MSC1915). It answers "success" or "no-support"; the local
+// association is removed whatever the identity servers say.
+func (s *Service) Delete(ctx context.Context, userID, medium, address, idServer string) (string, error) {
+	if err := s.checkUserThreepid(ctx, userID, medium, address, policy.OpRemove); err != nil {
+		var me *mxerr.Error
+		if errors.As(err, &me) && me.ErrCode == mxerr.ThreepidDenied.ErrCode {
+			return "", mxerr.Forbidden.WithMessage("%s", me.Message)
+		}
+		return "", err
+	}
+	result := "no-support"
+	if s.Unbinder != nil {
+		r, err := s.Unbinder.UnbindOnDelete(ctx, userID, medium, address, idServer)
+		if err != nil {
+			return "", err
+		}
+		result = r
+	}
+	err := s.Store.WithTx(ctx, func(q storage.Querier) error {
+		removed, err := q.DeleteAssociation(ctx, userID, medium, address)
+		if err != nil {
+			return fmt.Errorf("delete 3PID: %w", err)
+		}
+		if !removed {
+			return nil
+		}
+		return s.applied(ctx, q, policy.Change{Callback: policy.CallbackUserThreepid, Op: policy.OpRemove,
+			UserID: userID, Medium: medium, Address: address})
+	})
+	if err != nil {
+		return "", err
+	}
+	return result, nil
+}
+
+// checkUserThreepid asks the policy; a block becomes 403 M_THREEPID_DENIED
+// naming the rule.
+func (s *Service) checkUserThreepid(ctx context.Context, userID, medium, address string, op policy.Op) error {
+	if s.Policy == nil {
+		return nil
+	}
+	d, err := s.Policy.CheckUserThreepid(ctx, policy.Change{Callback: policy.CallbackUserThreepid, Op: op,
+		UserID: userID, Medium: medium, Address: address})
+	if err != nil {
+		return fmt.Errorf("policy check: %w", err)
+	}
+	if !d.Allow {
+		return mxerr.ThreepidDenied.WithMessage("%s", d.Message())
+	}
+	return nil
+}
+
+func (s *Service) applied(ctx context.Context, q storage.Querier, c policy.Change) error {
+	if s.Events == nil {
+		return nil
+	}
+	return s.Events.Applied(ctx, q, c)
+}
+
+// CanonicalRequestAddress canonicalises an address a client names in delete or
+// unbind: M_INVALID_PARAM if it is not a valid address of that medium.
+func CanonicalRequestAddress(medium, address string) (string, error) {
+	if medium != threepid.MediumEmail && medium != threepid.MediumMSISDN {
+		return "", mxerr.InvalidParam.WithMessage("medium must be email or msisdn")
+	}
+	a, err := threepid.CanonicalAddress(medium, strings.TrimSpace(address))
+	if err != nil {
+		return "", mxerr.InvalidParam.WithMessage("Invalid %s address", medium)
+	}
+	return a, nil
+}

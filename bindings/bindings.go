@@ -1,0 +1,374 @@
+// Package bindings is the service behind /3pid/bind, /3pid/unbind and the
+// unbind part of /3pid/delete: it talks to the configured identity servers,
+// records the bindings threepidd made, notifies users who lost a binding, and
+// retries unbinds that could not be delivered through the durable outbox.
+package bindings
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/federation/identity"
+	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/outbox"
+	"github.com/threepidd/threepidd/policy"
+	"github.com/threepidd/threepidd/storage"
+)
+
+// Unbind results, as the spec names them.
+const (
+	ResultSuccess   = "success"
+	ResultNoSupport = "no-support"
+)
+
+// OutboxKind is the outbox kind of unbinds to retry.
+const OutboxKind = "unbind"
+
+// Events receives applied changes inside the transaction that applied them.
+type Events interface {
+	Applied(ctx context.Context, q storage.Querier, c policy.Change) error
+}
+
+// Service implements binding and unbinding.
+type Service struct {
+	Store    storage.Store
+	Identity *identity.Client
+	// Servers are the configured identity servers.
+	Servers []config.IdentityServer
+	Policy  policy.Checker
+	Events  Events
+	Now     func() time.Time
+}
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// server returns the configured identity server called name, or 400
+// M_SERVER_NOT_TRUSTED: threepidd never dials a host a client names.
+func (s *Service) server(name string) (config.IdentityServer, error) {
+	for _, is := range s.Servers {
+		if is.ServerName == name {
+			return is, nil
+		}
+	}
+	return config.IdentityServer{}, mxerr.ServerNotTrusted.WithMessage("Identity server %q is not trusted by this homeserver", name)
+}
+
+// Bind binds the 3PID validated in the identity server's session (sid,
+// clientSecret) to userID on idServer, and records it. Local users recorded as
+// bound to that 3PID on that identity server lose it and are notified.
+func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid, clientSecret string) error {
+	is, err := s.server(idServer)
+	if err != nil {
+		return err
+	}
+	medium, address, err := s.Identity.Validated3PID(ctx, is, idAccessToken, sid, clientSecret)
+	if err != nil {
+		return err
+	}
+	if err := s.check(ctx, policy.OpBind, userID, medium, address, idServer); err != nil {
+		var blocked errBlocked
+		if errors.As(err, &blocked) {
+			return mxerr.Forbidden.WithMessage("%s", blocked.Error())
+		}
+		return err
+	}
+	assoc, err := s.Identity.Bind(ctx, is, idAccessToken, sid, clientSecret, userID)
+	if err != nil {
+		return err
+	}
+	now := s.now().UnixMilli()
+	return s.Store.WithTx(ctx, func(q storage.Querier) error {
+		previous, err := q.BindingsOf3PID(ctx, assoc.Medium, assoc.Address, idServer)
+		if err != nil {
+			return fmt.Errorf("load bindings: %w", err)
+		}
+		for _, b := range previous {
+			if b.UserID == userID {
+				continue
+			}
+			if err := DropAndNotify(ctx, q, s.Events, b, false, userID, idServer, now); err != nil {
+				return err
+			}
+		}
+		if err := q.UpsertBinding(ctx, storage.Binding{UserID: userID, Medium: assoc.Medium, Address: assoc.Address, IDServer: idServer, BoundAt: now}); err != nil {
+			return fmt.Errorf("record binding: %w", err)
+		}
+		return applied(ctx, q, s.Events, policy.OpBind, userID, assoc.Medium, assoc.Address, idServer)
+	})
+}
+
+// DropAndNotify removes binding b (its user lost it: taken over by mxid, or
+// deleted) and appends the notification to that user's 3PID stream, in q.
+func DropAndNotify(ctx context.Context, q storage.Querier, events Events, b storage.Binding, deleted bool, mxid, origin string, now int64) error {
+	removed, err := q.DeleteBinding(ctx, b.UserID, b.Medium, b.Address, b.IDServer)
+	if err != nil {
+		return fmt.Errorf("drop binding: %w", err)
+	}
+	if !removed {
+		return nil
+	}
+	if _, err := q.AppendNotification(ctx, storage.Notification{
+		UserID: b.UserID, Medium: b.Medium, Address: b.Address, Deleted: deleted, MXID: mxid, Origin: origin, At: now,
+	}); err != nil {
+		return fmt.Errorf("notify %s: %w", b.UserID, err)
+	}
+	return applied(ctx, q, events, policy.OpLost, b.UserID, b.Medium, b.Address, b.IDServer)
+}
+
+func applied(ctx context.Context, q storage.Querier, events Events, op policy.Op, userID, medium, address, idServer string) error {
+	if events == nil {
+		return nil
+	}
+	return events.Applied(ctx, q, policy.Change{Callback: policy.CallbackIdentityServerBinding, Op: op,
+		UserID: userID, Medium: medium, Address: address, IDServer: idServer})
+}
+
+// check asks the policy about a binding change; a block is returned as an
+// error whose text names the rule.
+func (s *Service) check(ctx context.Context, op policy.Op, userID, medium, address, idServer string) error {
+	if s.Policy == nil {
+		return nil
+	}
+	d, err := s.Policy.CheckBinding(ctx, policy.Change{Callback: policy.CallbackIdentityServerBinding, Op: op,
+		UserID: userID, Medium: medium, Address: address, IDServer: idServer})
+	if err != nil {
+		return fmt.Errorf("policy check: %w", err)
+	}
+	if !d.Allow {
+		return errBlocked{d}
+	}
+	return nil
+}
+
+type errBlocked struct{ d policy.Decision }
+
+func (e errBlocked) Error() string { return e.d.Message() }
+
+// Unbind serves /3pid/unbind: an identity server's Matrix error is passed on.
+func (s *Service) Unbind(ctx context.Context, userID, medium, address, idServer string) (string, error) {
+	return s.unbind(ctx, userID, medium, address, idServer, true)
+}
+
+// UnbindOnDelete is the unbind part of /3pid/delete: it never fails for an
+// identity server's sake (a Matrix error answers no-support).
+func (s *Service) UnbindOnDelete(ctx context.Context, userID, medium, address, idServer string) (string, error) {
+	return s.unbind(ctx, userID, medium, address, idServer, false)
+}
+
+// targets returns the identity servers to unbind from: the named one (which
+// must be configured; recorded or not, as binds made directly on the identity
+// server count too), or every one recorded for the 3PID.
+func (s *Service) targets(ctx context.Context, userID, medium, address, idServer string) ([]config.IdentityServer, error) {
+	if idServer != "" {
+		is, err := s.server(idServer)
+		if err != nil {
+			return nil, err
+		}
+		return []config.IdentityServer{is}, nil
+	}
+	recorded, err := s.Store.BindingsOf3PID(ctx, medium, address, "")
+	if err != nil {
+		return nil, fmt.Errorf("load bindings: %w", err)
+	}
+	var out []config.IdentityServer
+	for _, b := range recorded {
+		if b.UserID != userID {
+			continue
+		}
+		is, err := s.server(b.IDServer)
+		if err != nil {
+			// No longer configured: nothing we may dial; forget the record.
+			if _, derr := s.Store.DeleteBinding(ctx, userID, medium, address, b.IDServer); derr != nil {
+				return nil, fmt.Errorf("drop binding of unconfigured identity server: %w", derr)
+			}
+			continue
+		}
+		out = append(out, is)
+	}
+	return out, nil
+}
+
+func (s *Service) unbind(ctx context.Context, userID, medium, address, idServer string, passErrors bool) (string, error) {
+	servers, err := s.targets(ctx, userID, medium, address, idServer)
+	if err != nil {
+		return "", err
+	}
+	if len(servers) == 0 {
+		return ResultNoSupport, nil
+	}
+	result := ResultSuccess
+	for _, is := range servers {
+		r, err := s.unbindOne(ctx, userID, medium, address, is, passErrors, true)
+		if err != nil {
+			return "", err
+		}
+		if r != ResultSuccess {
+			result = ResultNoSupport
+		}
+	}
+	return result, nil
+}
+
+// unbindOne unbinds from one identity server and applies DESIGN.md's mapping.
+// Deactivation and admin removals skip the policy (checkPolicy false).
+func (s *Service) unbindOne(ctx context.Context, userID, medium, address string, is config.IdentityServer, passErrors, checkPolicy bool) (string, error) {
+	var err error
+	if checkPolicy {
+		err = s.check(ctx, policy.OpUnbind, userID, medium, address, is.ServerName)
+	}
+	if err != nil {
+		var blocked errBlocked
+		if errors.As(err, &blocked) {
+			slog.InfoContext(ctx, "unbind blocked by policy", "id_server", is.ServerName, "medium", medium, "rule", blocked.d.Rule)
+			return ResultNoSupport, nil
+		}
+		return "", err
+	}
+	r := s.Identity.Unbind(ctx, is, userID, medium, address)
+	switch r.Outcome {
+	case identity.Success, identity.NoSupport:
+		if err := s.dropOwn(ctx, userID, medium, address, is.ServerName); err != nil {
+			return "", err
+		}
+		if r.Outcome == identity.Success {
+			return ResultSuccess, nil
+		}
+		return ResultNoSupport, nil
+	case identity.MatrixError:
+		if passErrors {
+			return "", r.Err
+		}
+		return ResultNoSupport, nil
+	default:
+		slog.WarnContext(ctx, "unbind queued for retry", "id_server", is.ServerName, "medium", medium, "detail", r.Detail)
+		if err := outbox.Enqueue(ctx, s.Store, OutboxKind, unbindKey(userID, medium, address, is.ServerName),
+			unbindJob{UserID: userID, Medium: medium, Address: address, IDServer: is.ServerName}, s.now()); err != nil {
+			return "", err
+		}
+		return ResultNoSupport, nil
+	}
+}
+
+// dropOwn removes userID's own binding record (an unbind, not a loss).
+func (s *Service) dropOwn(ctx context.Context, userID, medium, address, idServer string) error {
+	return s.Store.WithTx(ctx, func(q storage.Querier) error {
+		removed, err := q.DeleteBinding(ctx, userID, medium, address, idServer)
+		if err != nil {
+			return fmt.Errorf("drop binding: %w", err)
+		}
+		if !removed {
+			return nil
+		}
+		return applied(ctx, q, s.Events, policy.OpUnbind, userID, medium, address, idServer)
+	})
+}
+
+// UnbindAll unbinds every binding recorded for userID (deactivation), without
+// the policy. Each unbind is tried inline; failures are queued. It answers
+// success only if every unbind succeeded.
+func (s *Service) UnbindAll(ctx context.Context, userID string) (string, error) {
+	return s.unbindRecorded(ctx, userID, func(storage.Binding) bool { return true })
+}
+
+// UnbindThreepidUnchecked unbinds every recorded binding of one of userID's
+// 3PIDs without the policy (an administrator's removal), like UnbindAll.
+func (s *Service) UnbindThreepidUnchecked(ctx context.Context, userID, medium, address string) (string, error) {
+	return s.unbindRecorded(ctx, userID, func(b storage.Binding) bool { return b.Medium == medium && b.Address == address })
+}
+
+func (s *Service) unbindRecorded(ctx context.Context, userID string, match func(storage.Binding) bool) (string, error) {
+	bs, err := s.Store.BindingsOf(ctx, userID)
+	if err != nil {
+		return "", fmt.Errorf("load bindings: %w", err)
+	}
+	result := ResultSuccess
+	for _, b := range bs {
+		if !match(b) {
+			continue
+		}
+		is, err := s.server(b.IDServer)
+		if err != nil {
+			if _, err := s.Store.DeleteBinding(ctx, userID, b.Medium, b.Address, b.IDServer); err != nil {
+				return "", fmt.Errorf("drop binding: %w", err)
+			}
+			result = ResultNoSupport
+			continue
+		}
+		r, err := s.unbindOne(ctx, userID, b.Medium, b.Address, is, false, false)
+		if err != nil {
+			return "", err
+		}
+		if r != ResultSuccess {
+			result = ResultNoSupport
+		}
+	}
+	return result, nil
+}
+
+// unbindJob is the payload of an unbind outbox item.
+type unbindJob struct {
+	UserID   string `json:"user_id"`
+	Medium   string `json:"medium"`
+	Address  string `json:"address"`
+	IDServer string `json:"id_server"`
+}
+
+// unbindKey identifies the pending unbind of one binding (a hash: Postgres
+// text cannot hold the NUL separators, and keys stay short).
+func unbindKey(userID, medium, address, idServer string) string {
+	sum := sha256.Sum256([]byte(userID + "\x00" + medium + "\x00" + address + "\x00" + idServer))
+	return hex.EncodeToString(sum[:])
+}
+
+// Worker returns the outbox worker that retries queued unbinds. It gives up
+// after seven days with a log line naming the identity server and the medium
+// (never the address).
+func (s *Service) Worker() *outbox.Worker {
+	return &outbox.Worker{
+		Store: s.Store,
+		Kind:  OutboxKind,
+		Do:    s.retry,
+		// One at a time with a short lease: after a crash, due unbinds are
+		// retried within 30 s, and an attempt (bounded by the identity-server
+		// client's timeout) always ends before its lease.
+		Batch: 1,
+		Lease: 25 * time.Second,
+		OnGiveUp: func(ctx context.Context, item storage.OutboxItem) {
+			var job unbindJob
+			_ = json.Unmarshal(item.Payload, &job)
+			slog.WarnContext(ctx, "unbind abandoned after the give-up age", "id_server", job.IDServer, "medium", job.Medium, "attempts", item.Attempts+1)
+		},
+	}
+}
+
+func (s *Service) retry(ctx context.Context, item storage.OutboxItem) error {
+	var job unbindJob
+	if err := json.Unmarshal(item.Payload, &job); err != nil {
+		return fmt.Errorf("decode unbind job: %w", err)
+	}
+	is, err := s.server(job.IDServer)
+	if err != nil {
+		return fmt.Errorf("identity server %s no longer configured", job.IDServer)
+	}
+	r := s.Identity.Unbind(ctx, is, job.UserID, job.Medium, job.Address)
+	switch r.Outcome {
+	case identity.Success, identity.NoSupport:
+		return s.dropOwn(ctx, job.UserID, job.Medium, job.Address, job.IDServer)
+	case identity.MatrixError:
+		return fmt.Errorf("identity server %s refused the unbind: %s", job.IDServer, r.Detail)
+	default:
+		return fmt.Errorf("%w: %s", outbox.ErrRetry, r.Detail)
+	}
+}

@@ -1,0 +1,106 @@
+// Command threepidd serves the 3PID endpoints of a Matrix homeserver.
+//
+//	threepidd -config threepidd.yaml          serve
+//	threepidd generate-key -out signing.key   write an ed25519 signing key
+//	threepidd notify ...                      send a signed onupdate
+//	threepidd import -config threepidd.yaml   import the homeserver's 3PIDs
+//	threepidd demo                            a guided tour
+//
+// Run "threepidd help" for every subcommand.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/server"
+)
+
+const usage = `usage: threepidd [command] [flags]
+
+  serve -config FILE           serve the 3PID endpoints (the default command)
+  generate-key -out FILE       write an ed25519 signing key (-format synapse|dendrite)
+  notify -key FILE -origin IS -destination HS -to URL -threepid ADDR -mxid MXID [-deleted] [-medium M]
+                               send a signed onupdate, as an identity server would
+  import -config FILE [-dendrite-db DSN]
+                               copy the homeserver's existing 3PIDs into threepidd
+  demo                         walk through the whole story against in-process stand-ins
+  help                         this text
+
+Run "threepidd COMMAND -h" for a command's flags.
+`
+
+// errUsage marks a command-line mistake (exit status 2).
+var errUsage = errors.New("usage")
+
+// commands are the subcommands; the default (no subcommand) serves.
+var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
+	"serve":        serve,
+	"generate-key": generateKey,
+	"notify":       notify,
+	"import":       importThreepids,
+	"demo":         runDemo,
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes the command line and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	name := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		name, args = args[0], args[1:]
+	}
+	if name == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "threepidd: unknown command %q (try: threepidd help)\n", name)
+		return 2
+	}
+	if err := cmd(ctx, args, stdout, stderr); err != nil {
+		if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
+			return 2
+		}
+		fmt.Fprintf(stderr, "threepidd %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "threepidd.yaml", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	cfg, err := config.Load(*path, os.Environ())
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	serveErr := srv.Serve(ctx)
+	slog.Info("threepidd stopping")
+	if err := srv.Shutdown(); err != nil {
+		slog.Warn("shutdown", "err", err)
+	}
+	return serveErr
+}

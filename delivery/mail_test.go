@@ -1,0 +1,452 @@
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	"mime"
+	"mime/quotedprintable"
+	"net"
+	"net/mail"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/threepidd/threepidd/config"
+)
+
+// delivered is one message as the test SMTP server received it.
+type delivered struct {
+	from   string
+	to     []string
+	data   []byte
+	mech   string // AUTH mechanism used, "" without AUTH
+	user   string
+	secure bool // STARTTLS was negotiated
+}
+
+// smtpServer is a small SMTP server on 127.0.0.1. With a user it offers
+// mechs and refuses mail before a successful AUTH.
+type smtpServer struct {
+	addr     *net.TCPAddr
+	mechs    []string
+	user     string
+	password string
+	got      chan delivered
+}
+
+// startSMTP starts a server; with tlsConf it offers STARTTLS.
+func startSMTP(t *testing.T, tlsConf *tls.Config, mechs []string, user, password string) *smtpServer {
+	t.Helper()
+	s := &smtpServer{mechs: mechs, user: user, password: password, got: make(chan delivered, 4)}
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &smtpSession{srv: s, conn: c}, nil
+	}))
+	srv.Domain = "127.0.0.1"
+	srv.AllowInsecureAuth = true // the client allows it only because the server is on localhost
+	srv.TLSConfig = tlsConf
+	srv.ReadTimeout = 10 * time.Second
+	srv.WriteTimeout = 10 * time.Second
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = l.Addr().(*net.TCPAddr)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		_ = l.Close() // in case Serve had not registered it yet
+		<-done
+	})
+	return s
+}
+
+func (s *smtpServer) email() config.Email {
+	return config.Email{
+		SMTPHost: "127.0.0.1",
+		SMTPPort: s.addr.Port,
+		From:     "Threepidd <noreply@example.org>",
+	}
+}
+
+// next returns the next delivered message, failing the test if none comes.
+func (s *smtpServer) next(t *testing.T) delivered {
+	t.Helper()
+	select {
+	case d := <-s.got:
+		return d
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message delivered")
+		return delivered{}
+	}
+}
+
+func (s *smtpServer) assertNothingDelivered(t *testing.T) {
+	t.Helper()
+	select {
+	case d := <-s.got:
+		t.Fatalf("a message was delivered: %+v", d)
+	default:
+	}
+}
+
+type smtpSession struct {
+	srv  *smtpServer
+	conn *smtp.Conn
+	cur  delivered
+}
+
+func (s *smtpSession) AuthMechanisms() []string { return s.srv.mechs }
+
+func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
+	check := func(user, password string) error {
+		if user != s.srv.user || password != s.srv.password {
+			return errors.New("invalid credentials")
+		}
+		s.cur.mech, s.cur.user = mech, user
+		return nil
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(_, user, password string) error { return check(user, password) }), nil
+	case sasl.Login:
+		return &loginServer{check: check}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (s *smtpSession) Mail(from string, _ *smtp.MailOptions) error {
+	if s.srv.user != "" && s.cur.user == "" {
+		return smtp.ErrAuthRequired
+	}
+	s.cur.from = from
+	return nil
+}
+
+func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.cur.to = append(s.cur.to, to)
+	return nil
+}
+
+func (s *smtpSession) Data(r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	d := s.cur
+	d.data = data
+	_, d.secure = s.conn.TLSConnectionState()
+	s.srv.got <- d
+	return nil
+}
+
+func (s *smtpSession) Reset() { s.cur = delivered{mech: s.cur.mech, user: s.cur.user} }
+
+func (s *smtpSession) Logout() error { return nil }
+
+// loginServer is the server side of AUTH LOGIN, which go-sasl lacks.
+type loginServer struct {
+	check    func(user, password string) error
+	username *string
+}
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch {
+	case l.username == nil && response == nil:
+		return []byte("Username:"), false, nil
+	case l.username == nil:
+		u := string(response)
+		l.username = &u
+		return []byte("Password:"), false, nil
+	default:
+		return nil, true, l.check(*l.username, string(response))
+	}
+}
+
+// selfSigned returns a server TLS config for 127.0.0.1 and a pool trusting it.
+func selfSigned(t *testing.T) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, pool
+}
+
+// body decodes the message's text/plain body.
+func body(t *testing.T, msg *mail.Message) string {
+	t.Helper()
+	if ct := msg.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Fatalf("Content-Type = %q, want text/plain", ct)
+	}
+	var r io.Reader = msg.Body
+	switch cte := strings.ToLower(msg.Header.Get("Content-Transfer-Encoding")); cte {
+	case "quoted-printable":
+		r = quotedprintable.NewReader(r)
+	case "", "7bit", "8bit":
+	default:
+		t.Fatalf("unexpected Content-Transfer-Encoding %q", cte)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.ReplaceAll(string(b), "\r\n", "\n")
+}
+
+func TestMailerSends(t *testing.T) {
+	srv := startSMTP(t, nil, nil, "", "")
+	const subject = "Bestätigen Sie Ihre E-Mail-Adresse"
+	text := "Open this link to confirm:\n" +
+		"https://matrix.example.org/_matrix/client/unstable/add_threepid/email/submit_token?token=abc&client_secret=s3cret&sid=x" +
+		"\n\nGrüße, " + strings.Repeat("long line ", 20) + "\n"
+	if err := NewMailer(srv.email()).Send(context.Background(), "alice@example.com", subject, text); err != nil {
+		t.Fatal(err)
+	}
+	d := srv.next(t)
+	if d.from != "noreply@example.org" || len(d.to) != 1 || d.to[0] != "alice@example.com" {
+		t.Fatalf("envelope from %q to %q, want noreply@example.org to alice@example.com", d.from, d.to)
+	}
+	if d.mech != "" {
+		t.Errorf("authenticated with %s without a username", d.mech)
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(d.data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, err := mail.ParseAddress(msg.Header.Get("From"))
+	if err != nil || from.Address != "noreply@example.org" || from.Name != "Threepidd" {
+		t.Errorf("From: %q (%v)", msg.Header.Get("From"), err)
+	}
+	if to, err := mail.ParseAddress(msg.Header.Get("To")); err != nil || to.Address != "alice@example.com" {
+		t.Errorf("To: %q (%v)", msg.Header.Get("To"), err)
+	}
+	if got, err := new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject")); err != nil || got != subject {
+		t.Errorf("Subject = %q (%v), want %q", got, err, subject)
+	}
+	if msg.Header.Get("Date") == "" || msg.Header.Get("Message-Id") == "" {
+		t.Errorf("missing Date or Message-ID: %v", msg.Header)
+	}
+	if got := body(t, msg); got != text {
+		t.Errorf("body = %q\nwant %q", got, text)
+	}
+}
+
+func TestMailerAuth(t *testing.T) {
+	tests := []struct {
+		name     string
+		offered  []string
+		password string // the client's
+		wantMech string // "" means the send fails
+	}{
+		{"PLAIN", []string{sasl.Plain}, "pa55word", sasl.Plain},
+		{"LOGIN", []string{sasl.Login}, "pa55word", sasl.Login},
+		{"PLAIN preferred", []string{sasl.Login, sasl.Plain}, "pa55word", sasl.Plain},
+		{"wrong password", []string{sasl.Plain}, "wr0ngpass", ""},
+		{"no usable mechanism", []string{"CRAM-MD5"}, "pa55word", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startSMTP(t, nil, tc.offered, "threepidd", "pa55word")
+			cfg := srv.email()
+			cfg.SMTPUsername, cfg.SMTPPassword = "threepidd", tc.password
+			err := NewMailer(cfg).Send(context.Background(), "bob@example.com", "Code", "123456\n")
+			if tc.wantMech == "" {
+				if err == nil {
+					t.Fatal("Send succeeded")
+				}
+				if strings.Contains(err.Error(), tc.password) {
+					t.Fatalf("error reveals the password: %v", err)
+				}
+				srv.assertNothingDelivered(t)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := srv.next(t); d.mech != tc.wantMech || d.user != "threepidd" {
+				t.Fatalf("authenticated with %q as %q, want %s as threepidd", d.mech, d.user, tc.wantMech)
+			}
+		})
+	}
+}
+
+func TestMailerTLS(t *testing.T) {
+	serverTLS, roots := selfSigned(t)
+	tests := []struct {
+		name       string
+		offerTLS   bool
+		requireTLS bool
+		wantSecure bool
+		wantErr    bool
+	}{
+		{"required and offered", true, true, true, false},
+		{"opportunistic and offered", true, false, true, false},
+		{"opportunistic and not offered", false, false, false, false},
+		{"required but not offered", false, true, false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var conf *tls.Config
+			if tc.offerTLS {
+				conf = serverTLS
+			}
+			srv := startSMTP(t, conf, nil, "", "")
+			cfg := srv.email()
+			cfg.RequireTLS = tc.requireTLS
+			m := NewMailer(cfg)
+			m.rootCAs = roots
+			err := m.Send(context.Background(), "carol@example.com", "Hi", "text\n")
+			if tc.wantErr {
+				if err == nil {
+					t.Fatal("Send succeeded")
+				}
+				srv.assertNothingDelivered(t)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := srv.next(t); d.secure != tc.wantSecure {
+				t.Fatalf("delivered over TLS: %v, want %v", d.secure, tc.wantSecure)
+			}
+		})
+	}
+}
+
+func TestMailerAuthOverTLS(t *testing.T) {
+	// PLAIN after STARTTLS, the production case (no localhost exemption needed).
+	serverTLS, roots := selfSigned(t)
+	srv := startSMTP(t, serverTLS, []string{sasl.Plain}, "threepidd", "pa55word")
+	cfg := srv.email()
+	cfg.RequireTLS = true
+	cfg.SMTPUsername, cfg.SMTPPassword = "threepidd", "pa55word"
+	m := NewMailer(cfg)
+	m.rootCAs = roots
+	if err := m.Send(context.Background(), "dave@example.com", "Hi", "text\n"); err != nil {
+		t.Fatal(err)
+	}
+	if d := srv.next(t); !d.secure || d.mech != sasl.Plain {
+		t.Fatalf("delivered with TLS %v, AUTH %q; want TLS and PLAIN", d.secure, d.mech)
+	}
+}
+
+func TestMailerHonoursContext(t *testing.T) {
+	// A server that accepts connections and never greets.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		_ = l.Close()
+		for c := range accepted {
+			_ = c.Close()
+		}
+	})
+	cfg := config.Email{SMTPHost: "127.0.0.1", SMTPPort: l.Addr().(*net.TCPAddr).Port, From: "noreply@example.org"}
+	tests := []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+	}{
+		{"deadline", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 300*time.Millisecond)
+		}},
+		{"cancel", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(300*time.Millisecond, cancel)
+			return ctx, cancel
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := tc.ctx()
+			defer cancel()
+			start := time.Now()
+			if err := NewMailer(cfg).Send(ctx, "erin@example.com", "Hi", "text\n"); err == nil {
+				t.Fatal("Send to a silent server succeeded")
+			}
+			if elapsed := time.Since(start); elapsed > 5*time.Second {
+				t.Fatalf("Send took %v despite a context ending after 300ms", elapsed)
+			}
+		})
+	}
+}
+
+func TestMailerRejectsBadAddresses(t *testing.T) {
+	srv := startSMTP(t, nil, nil, "", "")
+	tests := []struct {
+		name, from, to string
+	}{
+		{"recipient", "noreply@example.org", "not an address"},
+		{"recipient with a header", "noreply@example.org", "x@example.org\r\nBcc: y@example.org"},
+		{"sender", "nobody", "frank@example.com"},
+	}
+	for _, tc := range tests {
+		cfg := srv.email()
+		cfg.From = tc.from
+		if err := NewMailer(cfg).Send(context.Background(), tc.to, "Hi", "text\n"); err == nil {
+			t.Errorf("%s: Send(%q) from %q succeeded", tc.name, tc.to, tc.from)
+		}
+	}
+	srv.assertNothingDelivered(t)
+}
+
+func TestMailerServerDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	cfg := config.Email{SMTPHost: "127.0.0.1", SMTPPort: port, From: "noreply@example.org"}
+	err = NewMailer(cfg).Send(context.Background(), "gina@example.com", "Hi", "text\n")
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:"+strconv.Itoa(port)) {
+		t.Fatalf("Send to a closed port: %v, want an error naming the server", err)
+	}
+}

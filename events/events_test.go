@@ -1,0 +1,122 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/policy"
+	"github.com/threepidd/threepidd/storage"
+	"github.com/threepidd/threepidd/storage/storagetest"
+)
+
+var change = policy.Change{Callback: policy.CallbackUserThreepid, Op: policy.OpAdd, UserID: "@a:hs", Medium: "email", Address: "a@example.org"}
+
+// TestApplied: an event commits and rolls back with its transaction, and a
+// webhook without a URL queues nothing.
+func TestApplied(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		at := time.UnixMilli(1_700_000_000_000)
+		w := New(config.EventsWebhook{URL: "http://127.0.0.1:1/events", Secret: "s"}, nil)
+		w.Now = func() time.Time { return at }
+		rollback := errors.New("rollback")
+		if err := s.WithTx(ctx, func(q storage.Querier) error {
+			if err := w.Applied(ctx, q, change); err != nil {
+				t.Fatal(err)
+			}
+			return rollback
+		}); !errors.Is(err, rollback) {
+			t.Fatalf("WithTx = %v", err)
+		}
+		off := New(config.EventsWebhook{}, nil)
+		if off.Enabled() {
+			t.Fatal("a webhook without URL is enabled")
+		}
+		if err := s.WithTx(ctx, func(q storage.Querier) error { return off.Applied(ctx, q, change) }); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.CountOutbox(ctx, OutboxKind); err != nil || n != 0 {
+			t.Fatalf("%d events queued after a rollback and a disabled webhook (%v)", n, err)
+		}
+		if err := s.WithTx(ctx, func(q storage.Querier) error { return w.Applied(ctx, q, change) }); err != nil {
+			t.Fatal(err)
+		}
+		items, err := s.ClaimOutbox(ctx, OutboxKind, at.UnixMilli(), at.Add(time.Minute).UnixMilli(), 10)
+		if err != nil || len(items) != 1 {
+			t.Fatalf("claimed %d events (%v), want 1", len(items), err)
+		}
+		var ev Event
+		if err := json.Unmarshal(items[0].Payload, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Change != change || ev.At != at.UnixMilli() || len(ev.ID) < 16 {
+			t.Fatalf("queued event %+v", ev)
+		}
+	})
+}
+
+// TestDelivery: the worker posts each event signed, keeps it while the
+// receiver fails, retries after the backoff, and sends the same body again.
+func TestDelivery(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		var down atomic.Bool
+		down.Store(true)
+		bodies := make(chan []byte, 10)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			if !policy.VerifySignature("s3cret", body, r.Header.Get(policy.SignatureHeader)) || r.Method != http.MethodPost {
+				http.Error(w, "bad signature", http.StatusUnauthorized)
+				return
+			}
+			bodies <- body
+			if down.Load() {
+				http.Error(w, "down", http.StatusServiceUnavailable)
+			}
+		}))
+		defer srv.Close()
+		now := time.Now()
+		clock := func() time.Time { return now }
+		w := New(config.EventsWebhook{URL: srv.URL, Secret: "s3cret"}, srv.Client())
+		w.Now = clock
+		if err := s.WithTx(ctx, func(q storage.Querier) error { return w.Applied(ctx, q, change) }); err != nil {
+			t.Fatal(err)
+		}
+		worker := w.Worker(s)
+		worker.Now = clock
+
+		if n := worker.RunOnce(ctx); n != 1 {
+			t.Fatalf("first pass claimed %d events", n)
+		}
+		first := <-bodies
+		if n, _ := s.CountOutbox(ctx, OutboxKind); n != 1 {
+			t.Fatalf("%d events pending after a 503, want 1", n)
+		}
+		if n := worker.RunOnce(ctx); n != 0 {
+			t.Fatalf("retried %d events before the backoff", n)
+		}
+		down.Store(false)
+		now = now.Add(baseBackoff)
+		if n := worker.RunOnce(ctx); n != 1 {
+			t.Fatalf("retry pass claimed %d events", n)
+		}
+		if second := <-bodies; string(second) != string(first) {
+			t.Fatalf("retry sent %s, first attempt %s", second, first)
+		}
+		if n, _ := s.CountOutbox(ctx, OutboxKind); n != 0 {
+			t.Fatalf("%d events pending after delivery", n)
+		}
+		var ev Event
+		if err := json.Unmarshal(first, &ev); err != nil || ev.Change != change || ev.At != now.Add(-baseBackoff).UnixMilli() {
+			t.Fatalf("delivered %s (%v)", first, err)
+		}
+	})
+}

@@ -1,0 +1,241 @@
+package federation
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/threepidd/threepidd/config"
+)
+
+const (
+	// pubkeyPath is the identity-server endpoint that serves a public key.
+	pubkeyPath = "/_matrix/identity/v2/pubkey/"
+	// keyCacheSize bounds the number of (server, key ID) entries kept.
+	keyCacheSize = 1024
+	// keyTTL is how long a fetched key is trusted before it is fetched again,
+	// so a key the identity server withdraws stops being accepted.
+	keyTTL = time.Hour
+	// negativeTTL is how long a failed fetch is remembered, so a down or
+	// misbehaving identity server is asked at most once per key in that time.
+	negativeTTL = 30 * time.Second
+	// fetchTimeout bounds one key fetch, whoever waits for it.
+	fetchTimeout = 10 * time.Second
+	// maxPubkeyBody bounds the pubkey answer we read.
+	maxPubkeyBody = 64 << 10
+	// maxKeyIDLen bounds the key IDs we look up.
+	maxKeyIDLen = 128
+	// maxKeysPerSignature bounds how many of a signer's key IDs VerifyJSON
+	// tries, so an object listing many keys cannot cause many fetches.
+	maxKeysPerSignature = 4
+	// ed25519Prefix starts every key ID we can verify with.
+	ed25519Prefix = "ed25519:"
+)
+
+// KeyRing fetches and caches identity-server public keys. Keys pinned in the
+// config (verify_keys) are used without HTTP; otherwise a key is fetched from
+// GET <base_url>/_matrix/identity/v2/pubkey/<keyId>. Concurrent misses for one
+// key share one fetch; the cache is bounded; failures are remembered for 30 s.
+// It is safe for concurrent use.
+type KeyRing struct {
+	client *http.Client
+	now    func() time.Time
+	cache  *lru.Cache[keyRef, keyEntry]
+
+	mu       sync.Mutex
+	inflight map[keyRef]*keyFetch
+}
+
+// keyRef names one key of one identity server.
+type keyRef struct {
+	baseURL, keyID string
+}
+
+// keyEntry is a cached fetch result: a key or an error, until expires.
+type keyEntry struct {
+	key     ed25519.PublicKey
+	err     error
+	expires time.Time
+}
+
+// keyFetch is a fetch under way; done is closed when key/err are set.
+type keyFetch struct {
+	done chan struct{}
+	key  ed25519.PublicKey
+	err  error
+}
+
+// NewKeyRing returns a KeyRing that fetches with client (nil: a client with a
+// 10 s timeout).
+func NewKeyRing(client *http.Client) *KeyRing {
+	if client == nil {
+		client = &http.Client{Timeout: fetchTimeout}
+	}
+	cache, err := lru.New[keyRef, keyEntry](keyCacheSize)
+	if err != nil {
+		panic(fmt.Sprintf("federation: key cache: %v", err)) // only for a size <= 0
+	}
+	return &KeyRing{client: client, now: time.Now, cache: cache, inflight: make(map[keyRef]*keyFetch)}
+}
+
+// PublicKey returns the public key keyID (e.g. "ed25519:0") of identity server
+// is. When is has verify_keys, only those pinned keys are used and nothing is
+// fetched: a pin that fell back to the network would pin nothing.
+func (k *KeyRing) PublicKey(ctx context.Context, is config.IdentityServer, keyID string) (ed25519.PublicKey, error) {
+	if err := checkKeyID(keyID); err != nil {
+		return nil, err
+	}
+	if len(is.VerifyKeys) > 0 {
+		return pinnedKey(is, keyID)
+	}
+	ref := keyRef{baseURL: identityServerURL(is), keyID: keyID}
+	k.mu.Lock()
+	if e, ok := k.cache.Get(ref); ok && k.now().Before(e.expires) {
+		k.mu.Unlock()
+		return e.key, e.err
+	}
+	f, ok := k.inflight[ref]
+	if !ok {
+		f = &keyFetch{done: make(chan struct{})}
+		k.inflight[ref] = f
+		go k.fetch(context.WithoutCancel(ctx), ref, f)
+	}
+	k.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.key, f.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("key %s of %s: %w", keyID, ref.baseURL, ctx.Err())
+	}
+}
+
+// fetch fetches ref, caches the result and wakes everyone waiting on f. It
+// runs detached from the first caller so that caller leaving does not fail the
+// others.
+func (k *KeyRing) fetch(ctx context.Context, ref keyRef, f *keyFetch) {
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	f.key, f.err = k.get(ctx, ref)
+	ttl := keyTTL
+	if f.err != nil {
+		ttl = negativeTTL
+	}
+	k.mu.Lock()
+	k.cache.Add(ref, keyEntry{key: f.key, err: f.err, expires: k.now().Add(ttl)})
+	delete(k.inflight, ref)
+	k.mu.Unlock()
+	close(f.done)
+}
+
+// get asks the identity server for one key.
+func (k *KeyRing) get(ctx context.Context, ref keyRef) (ed25519.PublicKey, error) {
+	target := ref.baseURL + pubkeyPath + url.PathEscape(ref.keyID)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return nil, fmt.Errorf("fetch key %s: %w", ref.keyID, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := k.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch key %s: %w", ref.keyID, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxPubkeyBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("fetch key %s from %s: %w", ref.keyID, target, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetch key %s from %s: %w", ref.keyID, target, remoteError(resp.StatusCode, body))
+	}
+	if len(body) > maxPubkeyBody {
+		return nil, fmt.Errorf("fetch key %s from %s: answer larger than %d bytes", ref.keyID, target, maxPubkeyBody)
+	}
+	var answer struct {
+		PublicKey string `json:"public_key"`
+	}
+	if err := json.Unmarshal(body, &answer); err != nil {
+		return nil, fmt.Errorf("fetch key %s from %s: %w", ref.keyID, target, err)
+	}
+	key, err := decodePublicKey(answer.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("fetch key %s from %s: %w", ref.keyID, target, err)
+	}
+	return key, nil
+}
+
+// pinnedKey returns keyID from is's verify_keys.
+func pinnedKey(is config.IdentityServer, keyID string) (ed25519.PublicKey, error) {
+	b64, ok := is.VerifyKeys[keyID]
+	if !ok {
+		return nil, fmt.Errorf("key %s of %s is not among its pinned verify_keys", keyID, identityServerName(is))
+	}
+	key, err := decodePublicKey(b64)
+	if err != nil {
+		return nil, fmt.Errorf("pinned key %s of %s: %w", keyID, identityServerName(is), err)
+	}
+	return key, nil
+}
+
+// checkKeyID accepts "ed25519:<identifier>" with a reasonable identifier.
+func checkKeyID(keyID string) error {
+	id, ok := strings.CutPrefix(keyID, ed25519Prefix)
+	if !ok || id == "" || len(keyID) > maxKeyIDLen || !headerSafe(id) || strings.ContainsAny(id, "/?#%") {
+		return fmt.Errorf("key ID %q is not an ed25519 key ID", truncate(keyID, maxQuoted))
+	}
+	return nil
+}
+
+// decodePublicKey decodes an ed25519 public key in standard base64, padded or
+// not.
+func decodePublicKey(b64 string) (ed25519.PublicKey, error) {
+	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(b64, "="))
+	if err != nil {
+		return nil, fmt.Errorf("public key is not base64: %w", err)
+	}
+	if len(raw) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("public key is %d bytes, want %d", len(raw), ed25519.PublicKeySize)
+	}
+	return ed25519.PublicKey(raw), nil
+}
+
+// VerifyJSON checks that obj (a JSON object) carries a valid signature by
+// signingName with a key the KeyRing can find for is. Only ed25519 keys are
+// tried, at most four of them.
+func (k *KeyRing) VerifyJSON(ctx context.Context, is config.IdentityServer, signingName string, obj []byte) error {
+	ids, err := gomatrixserverlib.ListKeyIDs(signingName, obj)
+	if err != nil {
+		return fmt.Errorf("verify signature of %s: %w", signingName, err)
+	}
+	ids = slices.DeleteFunc(ids, func(id gomatrixserverlib.KeyID) bool {
+		return !strings.HasPrefix(string(id), ed25519Prefix)
+	})
+	if len(ids) == 0 {
+		return fmt.Errorf("verify signature of %s: no ed25519 signature by %s", identityServerName(is), signingName)
+	}
+	slices.Sort(ids)
+	var errs []error
+	for _, id := range ids[:min(len(ids), maxKeysPerSignature)] {
+		key, err := k.PublicKey(ctx, is, string(id))
+		if err == nil {
+			err = gomatrixserverlib.VerifyJSON(signingName, id, key, obj)
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("verify signature of %s: %w", signingName, errors.Join(errs...))
+}

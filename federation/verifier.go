@@ -1,0 +1,137 @@
+package federation
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/mxerr"
+)
+
+// Verifier authenticates inbound POST /_matrix/federation/v1/3pid/onupdate
+// requests: an X-Matrix request signed by a configured identity server, for
+// this homeserver. Our own checks run first and the body is read bounded;
+// gomatrixserverlib only checks the signature.
+type Verifier struct {
+	serverName string
+	servers    map[string]config.IdentityServer // by server_name and by signing name
+	keys       *KeyRing
+}
+
+// NewVerifier returns a Verifier for requests to serverName from servers,
+// whose keys come from keys. An identity server is recognised as origin by its
+// server_name or its signing_name; where two entries claim a name, the first
+// wins.
+func NewVerifier(serverName string, servers []config.IdentityServer, keys *KeyRing) *Verifier {
+	v := &Verifier{serverName: serverName, servers: make(map[string]config.IdentityServer, 2*len(servers)), keys: keys}
+	for _, is := range servers {
+		for _, name := range []string{is.ServerName, identityServerName(is)} {
+			if _, taken := v.servers[name]; !taken {
+				v.servers[name] = is
+			}
+		}
+	}
+	return v
+}
+
+// Verify authenticates r and returns the identity server that sent it and the
+// request body, read up to maxBody bytes. Errors are *mxerr.Error values: 413
+// M_TOO_LARGE for a body over maxBody; 401 M_UNAUTHORIZED for a missing or
+// garbled header, an unknown origin, a wrong destination, a key that cannot be
+// found or a bad signature; 403 M_FORBIDDEN for an identity server not allowed
+// to call onupdate; 400 M_NOT_JSON for a body that is not a JSON object. A
+// failure to read the body is returned as is.
+func (v *Verifier) Verify(r *http.Request, maxBody int64) (config.IdentityServer, []byte, error) {
+	body, err := readBody(r, maxBody)
+	if err != nil {
+		return config.IdentityServer{}, nil, err
+	}
+	is, x, err := v.authorize(r)
+	if err != nil {
+		return config.IdentityServer{}, nil, err
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
+		return config.IdentityServer{}, nil, mxerr.NotJSON.WithMessage("Request body is not a JSON object")
+	}
+	key, err := v.keys.PublicKey(r.Context(), is, x.KeyID)
+	if err != nil {
+		return config.IdentityServer{}, nil, mxerr.Unauthorized.WithMessage("Cannot get key %s of %s: %v", x.KeyID, x.Origin, err)
+	}
+	signed := requestObject(r.Method, requestURI(r), x.Origin, DestinationField, v.serverName, body)
+	signed["signatures"] = map[string]map[string]string{x.Origin: {x.KeyID: x.Signature}}
+	raw, err := json.Marshal(signed)
+	if err != nil {
+		return config.IdentityServer{}, nil, fmt.Errorf("verify onupdate: %w", err)
+	}
+	if err := gomatrixserverlib.VerifyJSON(x.Origin, gomatrixserverlib.KeyID(x.KeyID), key, raw); err != nil {
+		return config.IdentityServer{}, nil, mxerr.Unauthorized.WithMessage("Invalid request signature: %v", err)
+	}
+	return is, body, nil
+}
+
+// authorize runs the checks that need only the header: the X-Matrix header
+// parses, its origin is a configured identity server allowed to call onupdate,
+// its destination is us and its key is an ed25519 key.
+func (v *Verifier) authorize(r *http.Request) (config.IdentityServer, XMatrix, error) {
+	headers := r.Header.Values("Authorization")
+	switch len(headers) {
+	case 0:
+		return config.IdentityServer{}, XMatrix{}, mxerr.Unauthorized.WithMessage("Missing Authorization: X-Matrix header")
+	case 1:
+	default:
+		return config.IdentityServer{}, XMatrix{}, mxerr.Unauthorized.WithMessage("More than one Authorization header")
+	}
+	x, err := ParseXMatrix(headers[0])
+	if err != nil {
+		return config.IdentityServer{}, XMatrix{}, mxerr.Unauthorized.WithMessage("Bad Authorization header: %v", err)
+	}
+	is, ok := v.servers[x.Origin]
+	if !ok {
+		return config.IdentityServer{}, XMatrix{}, mxerr.Unauthorized.WithMessage("Origin %q is not a configured identity server", truncate(x.Origin, maxQuoted))
+	}
+	if x.Destination != "" && x.Destination != v.serverName {
+		return config.IdentityServer{}, XMatrix{}, mxerr.Unauthorized.WithMessage("Destination %q is not this server", truncate(x.Destination, maxQuoted))
+	}
+	if !is.OnUpdate {
+		return config.IdentityServer{}, XMatrix{}, mxerr.Forbidden.WithMessage("Identity server %s may not call onupdate", is.ServerName)
+	}
+	if err := checkKeyID(x.KeyID); err != nil {
+		return config.IdentityServer{}, XMatrix{}, mxerr.Unauthorized.WithMessage("Bad key in Authorization header: %v", err)
+	}
+	return is, x, nil
+}
+
+// readBody reads r's body, refusing one over maxBody without reading more than
+// maxBody+1 bytes (none when Content-Length already says it is too large).
+func readBody(r *http.Request, maxBody int64) ([]byte, error) {
+	tooLarge := mxerr.TooLarge.WithMessage("Request body larger than %d bytes", maxBody)
+	if r.ContentLength > maxBody {
+		return nil, tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return nil, tooLarge
+	case err != nil:
+		return nil, fmt.Errorf("read onupdate body: %w", err)
+	case int64(len(body)) > maxBody:
+		return nil, tooLarge
+	}
+	return body, nil
+}
+
+// requestURI is the path and query the client sent, as signed.
+func requestURI(r *http.Request) string {
+	if strings.HasPrefix(r.RequestURI, "/") {
+		return r.RequestURI
+	}
+	return r.URL.RequestURI()
+}

@@ -1,0 +1,285 @@
+// Package homeserver is threepidd's client of the upstream Matrix homeserver:
+// access-token checks (whoami, cached), the user-interactive-auth relay, and the
+// transport shared by everything that talks to the homeserver.
+package homeserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/expirable"
+
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/mxerr"
+)
+
+// maxUpstreamBody bounds what is read of a homeserver answer we interpret or relay.
+const maxUpstreamBody = 1 << 20
+
+// tokenCacheSize bounds the whoami cache.
+const tokenCacheSize = 100_000
+
+// Identity is who an access token belongs to.
+type Identity struct {
+	UserID   string
+	DeviceID string
+	IsGuest  bool
+}
+
+// Caller is what the homeserver must see of the client's request: its token,
+// the appservice user_id it masquerades as, and the forwarded headers.
+type Caller struct {
+	AccessToken string
+	// AsUserID is the ?user_id= of an appservice request, forwarded as such.
+	AsUserID string
+	// ClientIP is the real client address (from trusted proxies' X-Forwarded-For).
+	ClientIP  string
+	UserAgent string
+}
+
+// Client talks to the upstream homeserver.
+type Client struct {
+	base  *url.URL
+	http  *http.Client
+	relay config.UIARelay
+	cache *expirable.LRU[string, Identity]
+}
+
+// NewTransport returns a pooled transport, as threepidd uses for the homeserver
+// and (another instance) for identity servers and webhooks: Go's default keeps
+// 2 idle connections per host, which under load leaves thousands of sockets in
+// TIME_WAIT and costs a third of the throughput.
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 0, // /sync long-polls; callers bound requests with contexts
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     false,
+	}
+}
+
+// DefaultRelay returns the UIA relay call for a homeserver kind (DESIGN.md,
+// "UIA relay"). Both are user-interactive and have no effect once auth passes:
+// a random unknown sid for Synapse, a device the user does not have for
+// Dendrite ({random} in a path is replaced by that device id).
+func DefaultRelay(kind string) config.UIARelay {
+	if kind == "dendrite" {
+		return config.UIARelay{Method: http.MethodDelete, Path: "/_matrix/client/v3/devices/{random}"}
+	}
+	return config.UIARelay{Method: http.MethodPost, Path: "/_matrix/client/v3/account/3pid/add"}
+}
+
+// New returns a client for cfg. The transport is shared with other users of
+// the homeserver (the /sync proxy); every call is bounded by its context.
+func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
+	base, err := url.Parse(strings.TrimRight(cfg.URL, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("homeserver url: %w", err)
+	}
+	relay := DefaultRelay(cfg.Kind)
+	if cfg.UIARelay != nil {
+		relay = *cfg.UIARelay
+	}
+	ttl := cfg.TokenCacheTTL
+	c := &Client{
+		base:  base,
+		http:  &http.Client{Transport: transport, CheckRedirect: noRedirects},
+		relay: relay,
+	}
+	if ttl > 0 {
+		c.cache = expirable.NewLRU[string, Identity](tokenCacheSize, nil, ttl)
+	}
+	return c, nil
+}
+
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// URL returns the homeserver URL for path (which may carry a query).
+func (c *Client) URL(path string) string { return c.base.String() + path }
+
+// HTTPClient returns the client (pooled transport, no redirects) used for the homeserver.
+func (c *Client) HTTPClient() *http.Client { return c.http }
+
+// SetHeaders puts the caller's credentials and forwarded headers on req.
+func (caller Caller) SetHeaders(req *http.Request) {
+	if caller.AccessToken != "" {
+		req.Header.Set("Authorization", "Bearer "+caller.AccessToken)
+	}
+	if caller.ClientIP != "" {
+		req.Header.Set("X-Forwarded-For", caller.ClientIP)
+	}
+	if caller.UserAgent != "" {
+		req.Header.Set("User-Agent", caller.UserAgent)
+	}
+}
+
+func (caller Caller) query() string {
+	if caller.AsUserID == "" {
+		return ""
+	}
+	return "?user_id=" + url.QueryEscape(caller.AsUserID)
+}
+
+// WhoAmI returns the identity of the caller's token, from the cache when it was
+// checked less than token_cache_ttl ago. A 401 from the homeserver is passed back
+// as is (its body may say soft_logout); an unreachable homeserver is a 502/504
+// Matrix error, never a hang beyond ctx.
+func (c *Client) WhoAmI(ctx context.Context, caller Caller) (Identity, error) {
+	key := caller.AccessToken + "\x00" + caller.AsUserID
+	if c.cache != nil {
+		if id, ok := c.cache.Get(key); ok {
+			return id, nil
+		}
+	}
+	status, body, err := c.do(ctx, caller, http.MethodGet, "/_matrix/client/v3/account/whoami"+caller.query(), nil)
+	if err != nil {
+		return Identity{}, err
+	}
+	switch {
+	case status == http.StatusOK:
+	case status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusTooManyRequests:
+		if isMatrixError(body) {
+			return Identity{}, &mxerr.Raw{Status: status, Body: body}
+		}
+		return Identity{}, mxerr.UnknownToken
+	default:
+		return Identity{}, mxerr.Unavailable.WithMessage("The homeserver could not check the access token (status %d)", status)
+	}
+	var who struct {
+		UserID   string `json:"user_id"`
+		DeviceID string `json:"device_id"`
+		IsGuest  bool   `json:"is_guest"`
+	}
+	if err := json.Unmarshal(body, &who); err != nil || who.UserID == "" {
+		return Identity{}, mxerr.Unavailable.WithMessage("The homeserver gave an unreadable whoami answer")
+	}
+	id := Identity{UserID: who.UserID, DeviceID: who.DeviceID, IsGuest: who.IsGuest}
+	if c.cache != nil {
+		c.cache.Add(key, id)
+	}
+	return id, nil
+}
+
+// RelayUIA relays the client's auth dict to the homeserver's user-interactive
+// call configured for its kind, on behalf of userID. It returns nil once the
+// homeserver has accepted the auth; a *mxerr.Raw carrying the homeserver's
+// answer (401 flows/session/errcode, 403 for another user's password, 429, and
+// other Matrix errors) to hand back to the client; or a 502 when the homeserver
+// failed.
+//
+// Only two answers prove that user-interactive auth passed: Synapse's 400
+// M_THREEPID_AUTH_FAILED (UIA ran, then the random sid is unknown) and a 2xx
+// (Dendrite's DELETE of a device the user does not have). Everything else is
+// refused: both homeservers answer 400, 403 or 500 before or without checking a
+// password in several cases (an unknown session, a session started on another
+// request, 3PID changes switched off, another user's password).
+//
+// For DELETE /devices/{id} the device id is derived from the user ID, because
+// Dendrite ties a UIA session to the device of its first call: the retry with
+// the password must name the same device.
+func (c *Client) RelayUIA(ctx context.Context, caller Caller, userID string, auth json.RawMessage) error {
+	sum := sha256.Sum256([]byte("threepidd-uia-relay\x00" + userID))
+	path := strings.ReplaceAll(c.relay.Path, "{random}", "THREEPIDD_UIA_"+strings.ToUpper(hex.EncodeToString(sum[:10])))
+	var body []byte
+	if c.relay.Method != http.MethodGet {
+		req := map[string]any{"sid": "threepidd" + randomID(), "client_secret": "threepidd" + randomID()}
+		if len(auth) > 0 && string(auth) != "null" {
+			req["auth"] = auth
+		}
+		body, _ = json.Marshal(req)
+	}
+	status, resp, err := c.do(ctx, caller, c.relay.Method, path+caller.query(), body)
+	if err != nil {
+		return err
+	}
+	switch {
+	case status/100 == 2:
+		return nil
+	case status == http.StatusBadRequest && errcode(resp) == "M_THREEPID_AUTH_FAILED":
+		return nil
+	case status == http.StatusUnauthorized, status/100 == 4 && isMatrixError(resp):
+		return &mxerr.Raw{Status: status, Body: resp}
+	default:
+		slog.WarnContext(ctx, "homeserver UIA relay gave an unexpected answer", "status", status, "errcode", errcode(resp))
+		return mxerr.Unavailable.WithMessage("The homeserver did not confirm user-interactive authentication (status %d)", status)
+	}
+}
+
+// CallTimeout bounds one call to the homeserver (whoami, the UIA relay, a
+// forwarded request): a homeserver that hangs gets the client a 504, not a hang.
+const CallTimeout = 30 * time.Second
+
+// do sends one request to the homeserver and returns its status and (bounded) body.
+func (c *Client) do(ctx context.Context, caller Caller, method, pathAndQuery string, body []byte) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.URL(pathAndQuery), rd)
+	if err != nil {
+		return 0, nil, fmt.Errorf("build homeserver request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	caller.SetHeaders(req)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, UpstreamError(ctx, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody))
+	if err != nil {
+		return 0, nil, UpstreamError(ctx, err)
+	}
+	return resp.StatusCode, data, nil
+}
+
+// UpstreamError turns a transport error into a Matrix error: 504 on a timeout,
+// 502 otherwise. A cancelled client request is passed on as is.
+func UpstreamError(ctx context.Context, err error) error {
+	if ctx.Err() == context.Canceled {
+		return ctx.Err()
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return mxerr.Timeout.WithMessage("The homeserver did not answer in time")
+	}
+	slog.WarnContext(ctx, "homeserver unreachable", "err", err)
+	return mxerr.Unavailable.WithMessage("The homeserver is unreachable")
+}
+
+func errcode(body []byte) string {
+	var e struct {
+		ErrCode string `json:"errcode"`
+	}
+	_ = json.Unmarshal(body, &e)
+	return e.ErrCode
+}
+
+func isMatrixError(body []byte) bool { return errcode(body) != "" }
+
+func randomID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

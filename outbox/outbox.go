@@ -1,0 +1,172 @@
+// Package outbox runs durable background work stored in the database: unbinds
+// to retry, after-events to deliver, homeserver mirror calls. Items survive
+// restarts; every instance sharing the database may run workers (claims are
+// leases, so one item is handled by one worker at a time).
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/threepidd/threepidd/metrics"
+	"github.com/threepidd/threepidd/storage"
+)
+
+var (
+	queued    = metrics.Factory.NewCounterVec(metrics.CounterOpts("outbox_queued_total", "Outbox items queued, by kind."), []string{"kind"})
+	retried   = metrics.Factory.NewCounterVec(metrics.CounterOpts("outbox_retried_total", "Outbox attempts that failed and were rescheduled, by kind."), []string{"kind"})
+	succeeded = metrics.Factory.NewCounterVec(metrics.CounterOpts("outbox_succeeded_total", "Outbox items completed, by kind."), []string{"kind"})
+	givenUp   = metrics.Factory.NewCounterVec(metrics.CounterOpts("outbox_given_up_total", "Outbox items abandoned after the give-up age, by kind."), []string{"kind"})
+	pending   = metrics.Factory.NewGaugeVec(metrics.GaugeOpts("outbox_pending", "Outbox items waiting, by kind."), []string{"kind"})
+)
+
+// ErrRetry, returned (wrapped) by a Handler, asks for another attempt later.
+// Any other error is logged and the item dropped as permanently failed.
+var ErrRetry = errors.New("outbox: retry later")
+
+// Enqueue stores an item of kind with a JSON payload, due now, in q (which may
+// be a transaction, so the item commits with the change it belongs to). A
+// non-empty key makes it unique: if an item of that kind and key is already
+// pending, nothing is added.
+func Enqueue(ctx context.Context, q storage.Querier, kind, key string, payload any, now time.Time) error {
+	data, err := json.Marshal(payload)
+	if err != nil {
+		return fmt.Errorf("encode %s outbox item: %w", kind, err)
+	}
+	_, err = q.EnqueueOutbox(ctx, storage.OutboxItem{Kind: kind, Key: key, Payload: data, NextAttempt: now.UnixMilli(), CreatedAt: now.UnixMilli()})
+	if errors.Is(err, storage.ErrConflict) {
+		return nil // the same work is already pending
+	}
+	if err != nil {
+		return fmt.Errorf("queue %s: %w", kind, err)
+	}
+	queued.WithLabelValues(kind).Inc()
+	return nil
+}
+
+// Handler performs one item. nil: done. An error wrapping ErrRetry: try again
+// after a backoff. Another error: drop the item.
+type Handler func(ctx context.Context, item storage.OutboxItem) error
+
+// Worker runs the items of one kind.
+type Worker struct {
+	Store storage.Store
+	Kind  string
+	Do    Handler
+	// Poll is how often due items are looked for (default 2s).
+	Poll time.Duration
+	// BaseBackoff doubles per attempt up to MaxBackoff (defaults 5s, 1h).
+	BaseBackoff, MaxBackoff time.Duration
+	// GiveUpAfter is the age at which a failing item is abandoned (default 7 days).
+	GiveUpAfter time.Duration
+	// OnGiveUp is called for an abandoned item (for a log line naming it).
+	OnGiveUp func(ctx context.Context, item storage.OutboxItem)
+	// Batch is how many items one pass claims (default 20).
+	Batch int
+	// Lease is how long a claimed item is hidden from other workers (default 2m).
+	Lease time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (w *Worker) defaults() {
+	if w.Poll == 0 {
+		w.Poll = 2 * time.Second
+	}
+	if w.BaseBackoff == 0 {
+		w.BaseBackoff = 5 * time.Second
+	}
+	if w.MaxBackoff == 0 {
+		w.MaxBackoff = time.Hour
+	}
+	if w.GiveUpAfter == 0 {
+		w.GiveUpAfter = 7 * 24 * time.Hour
+	}
+	if w.Batch == 0 {
+		w.Batch = 20
+	}
+	if w.Lease == 0 {
+		w.Lease = 2 * time.Minute
+	}
+	if w.Now == nil {
+		w.Now = time.Now
+	}
+}
+
+// Run handles due items until ctx ends: at once, then every Poll.
+func (w *Worker) Run(ctx context.Context) {
+	w.defaults()
+	t := time.NewTicker(w.Poll)
+	defer t.Stop()
+	for {
+		for w.RunOnce(ctx) == w.Batch && ctx.Err() == nil {
+			// A full batch: more may be due.
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// RunOnce handles one batch of due items and returns how many it claimed.
+func (w *Worker) RunOnce(ctx context.Context) int {
+	w.defaults()
+	now := w.Now()
+	items, err := w.Store.ClaimOutbox(ctx, w.Kind, now.UnixMilli(), now.Add(w.Lease).UnixMilli(), w.Batch)
+	if err != nil {
+		if ctx.Err() == nil {
+			slog.WarnContext(ctx, "outbox: claim failed", "kind", w.Kind, "err", err)
+		}
+		return 0
+	}
+	for _, item := range items {
+		w.handle(ctx, item)
+	}
+	if n, err := w.Store.CountOutbox(ctx, w.Kind); err == nil {
+		pending.WithLabelValues(w.Kind).Set(float64(n))
+	}
+	return len(items)
+}
+
+func (w *Worker) handle(ctx context.Context, item storage.OutboxItem) {
+	err := w.Do(ctx, item)
+	if ctx.Err() != nil {
+		return // shutting down: the lease expires and the item is retried
+	}
+	now := w.Now()
+	switch {
+	case err == nil:
+		succeeded.WithLabelValues(w.Kind).Inc()
+		w.remove(ctx, item)
+	case isRetry(err) && now.Sub(time.UnixMilli(item.CreatedAt)) < w.GiveUpAfter:
+		retried.WithLabelValues(w.Kind).Inc()
+		delay := w.BaseBackoff << min(item.Attempts, 30)
+		if delay <= 0 || delay > w.MaxBackoff {
+			delay = w.MaxBackoff
+		}
+		if rerr := w.Store.RescheduleOutbox(ctx, item.ID, now.Add(delay).UnixMilli(), err.Error()); rerr != nil {
+			slog.WarnContext(ctx, "outbox: reschedule failed", "kind", w.Kind, "id", item.ID, "err", rerr)
+		}
+	default:
+		givenUp.WithLabelValues(w.Kind).Inc()
+		if w.OnGiveUp != nil {
+			w.OnGiveUp(ctx, item)
+		}
+		slog.WarnContext(ctx, "outbox: giving up", "kind", w.Kind, "id", item.ID, "attempts", item.Attempts+1, "err", err)
+		w.remove(ctx, item)
+	}
+}
+
+func (w *Worker) remove(ctx context.Context, item storage.OutboxItem) {
+	if err := w.Store.DeleteOutbox(ctx, item.ID); err != nil {
+		slog.WarnContext(ctx, "outbox: delete failed", "kind", w.Kind, "id", item.ID, "err", err)
+	}
+}
+
+func isRetry(err error) bool { return errors.Is(err, ErrRetry) }

@@ -1,0 +1,77 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/threepidd/threepidd/storage"
+)
+
+const associationColumns = `user_id, medium, address, validated_at, added_at`
+
+var (
+	qInsertAssociation = defineQuery(`INSERT INTO associations (` + associationColumns + `)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
+	qAssociationsOf = defineQuery(`SELECT ` + associationColumns + ` FROM associations
+		WHERE user_id = ? ORDER BY added_at, medium, address`)
+	qAssociationByAddress = defineQuery(`SELECT ` + associationColumns + ` FROM associations
+		WHERE medium = ? AND address = ?`)
+	qDeleteAssociation = defineQuery(`DELETE FROM associations
+		WHERE user_id = ? AND medium = ? AND address = ?`)
+	qCountAssociations = defineQuery(`SELECT COUNT(*) FROM associations WHERE user_id = ?`)
+)
+
+func scanAssociation(r scanner) (a storage.Association, err error) {
+	err = r.Scan(&a.UserID, &a.Medium, &a.Address, &a.ValidatedAt, &a.AddedAt)
+	return a, err
+}
+
+// InsertAssociation adds a; ErrConflict if (medium, address) is held by anyone.
+// A conflict does not abort the surrounding transaction.
+func (q *querier) InsertAssociation(ctx context.Context, a storage.Association) error {
+	n, err := q.exec(ctx, qInsertAssociation, a.UserID, a.Medium, a.Address, a.ValidatedAt, a.AddedAt)
+	if err == nil && n == 0 {
+		err = storage.ErrConflict
+	}
+	if err != nil {
+		return fmt.Errorf("insert association %s %q: %w", a.Medium, a.Address, err)
+	}
+	return nil
+}
+
+// AssociationsOf lists a user's associations, ordered by added_at, medium, address.
+func (q *querier) AssociationsOf(ctx context.Context, userID string) ([]storage.Association, error) {
+	as, err := list(ctx, q, qAssociationsOf, scanAssociation, userID)
+	if err != nil {
+		return nil, fmt.Errorf("associations of %q: %w", userID, err)
+	}
+	return as, nil
+}
+
+// AssociationByAddress returns who holds (medium, address), or ErrNotFound.
+func (q *querier) AssociationByAddress(ctx context.Context, medium, address string) (storage.Association, error) {
+	a, err := one(ctx, q, q.read, qAssociationByAddress, scanAssociation, medium, address)
+	if err != nil {
+		return a, fmt.Errorf("association of %s %q: %w", medium, address, err)
+	}
+	return a, nil
+}
+
+// DeleteAssociation removes (medium, address) from userID and reports whether
+// a row was removed.
+func (q *querier) DeleteAssociation(ctx context.Context, userID, medium, address string) (bool, error) {
+	n, err := q.exec(ctx, qDeleteAssociation, userID, medium, address)
+	if err != nil {
+		return false, fmt.Errorf("delete association %s %q: %w", medium, address, err)
+	}
+	return n > 0, nil
+}
+
+// CountAssociations returns how many 3PIDs userID holds.
+func (q *querier) CountAssociations(ctx context.Context, userID string) (int, error) {
+	n, err := scalar[int](ctx, q, q.read, qCountAssociations, userID)
+	if err != nil {
+		return 0, fmt.Errorf("count associations of %q: %w", userID, err)
+	}
+	return n, nil
+}

@@ -1,0 +1,72 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/threepidd/threepidd/storage"
+)
+
+const bindingColumns = `user_id, medium, address, id_server, bound_at`
+
+var (
+	qUpsertBinding = defineQuery(`INSERT INTO bindings (` + bindingColumns + `) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (user_id, medium, address, id_server) DO UPDATE SET bound_at = excluded.bound_at`)
+	qBindingsOf = defineQuery(`SELECT ` + bindingColumns + ` FROM bindings
+		WHERE user_id = ? ORDER BY medium, address, id_server`)
+	qBindingsOf3PID = defineQuery(`SELECT ` + bindingColumns + ` FROM bindings
+		WHERE medium = ? AND address = ? AND id_server = ? ORDER BY user_id`)
+	qBindingsOf3PIDAnywhere = defineQuery(`SELECT ` + bindingColumns + ` FROM bindings
+		WHERE medium = ? AND address = ? ORDER BY id_server, user_id`)
+	qDeleteBinding = defineQuery(`DELETE FROM bindings
+		WHERE user_id = ? AND medium = ? AND address = ? AND id_server = ?`)
+)
+
+func scanBinding(r scanner) (b storage.Binding, err error) {
+	err = r.Scan(&b.UserID, &b.Medium, &b.Address, &b.IDServer, &b.BoundAt)
+	return b, err
+}
+
+// UpsertBinding records b (bound_at updated if it exists).
+func (q *querier) UpsertBinding(ctx context.Context, b storage.Binding) error {
+	if _, err := q.exec(ctx, qUpsertBinding, b.UserID, b.Medium, b.Address, b.IDServer, b.BoundAt); err != nil {
+		return fmt.Errorf("upsert binding %s %q on %q: %w", b.Medium, b.Address, b.IDServer, err)
+	}
+	return nil
+}
+
+// BindingsOf lists a user's bindings ordered by medium, address, id_server.
+func (q *querier) BindingsOf(ctx context.Context, userID string) ([]storage.Binding, error) {
+	bs, err := list(ctx, q, qBindingsOf, scanBinding, userID)
+	if err != nil {
+		return nil, fmt.Errorf("bindings of %q: %w", userID, err)
+	}
+	return bs, nil
+}
+
+// BindingsOf3PID lists the bindings of (medium, address) on idServer (every
+// identity server if ""), ordered by id_server and user.
+func (q *querier) BindingsOf3PID(ctx context.Context, medium, address, idServer string) ([]storage.Binding, error) {
+	var (
+		bs  []storage.Binding
+		err error
+	)
+	if idServer == "" {
+		bs, err = list(ctx, q, qBindingsOf3PIDAnywhere, scanBinding, medium, address)
+	} else {
+		bs, err = list(ctx, q, qBindingsOf3PID, scanBinding, medium, address, idServer)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bindings of %s %q: %w", medium, address, err)
+	}
+	return bs, nil
+}
+
+// DeleteBinding removes one binding record and reports whether a row was removed.
+func (q *querier) DeleteBinding(ctx context.Context, userID, medium, address, idServer string) (bool, error) {
+	n, err := q.exec(ctx, qDeleteBinding, userID, medium, address, idServer)
+	if err != nil {
+		return false, fmt.Errorf("delete binding %s %q on %q: %w", medium, address, idServer, err)
+	}
+	return n > 0, nil
+}

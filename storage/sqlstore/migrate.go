@@ -1,0 +1,172 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// migration is one numbered schema step. Its statements may use the tokens
+// {{autoid}} and {{bytes}}, replaced by the dialect's column definitions.
+type migration struct {
+	version int64
+	name    string
+	stmts   []string
+}
+
+// migrations are applied in order; append new steps, never edit applied ones.
+var migrations = []migration{
+	{1, "initial schema", []string{
+		`CREATE TABLE sessions (
+			sid             TEXT PRIMARY KEY,
+			client_secret   TEXT NOT NULL,
+			medium          TEXT NOT NULL,
+			address         TEXT NOT NULL,
+			token_hash      TEXT NOT NULL,
+			send_attempt    BIGINT NOT NULL,
+			next_link       TEXT NOT NULL,
+			failed_attempts INTEGER NOT NULL,
+			validated_at    BIGINT NOT NULL,
+			expires_at      BIGINT NOT NULL,
+			created_at      BIGINT NOT NULL
+		)`,
+		`CREATE INDEX sessions_by_key ON sessions (client_secret, medium, address)`,
+		`CREATE INDEX sessions_by_expiry ON sessions (expires_at)`,
+
+		`CREATE TABLE associations (
+			medium       TEXT NOT NULL,
+			address      TEXT NOT NULL,
+			user_id      TEXT NOT NULL,
+			validated_at BIGINT NOT NULL,
+			added_at     BIGINT NOT NULL,
+			PRIMARY KEY (medium, address)
+		)`,
+		`CREATE INDEX associations_by_user ON associations (user_id, added_at, medium, address)`,
+
+		`CREATE TABLE bindings (
+			user_id   TEXT NOT NULL,
+			medium    TEXT NOT NULL,
+			address   TEXT NOT NULL,
+			id_server TEXT NOT NULL,
+			bound_at  BIGINT NOT NULL,
+			PRIMARY KEY (user_id, medium, address, id_server)
+		)`,
+		`CREATE INDEX bindings_by_threepid ON bindings (medium, address, id_server)`,
+
+		`CREATE TABLE stream_counter (
+			id    INTEGER PRIMARY KEY CHECK (id = 1),
+			value BIGINT NOT NULL
+		)`,
+		`INSERT INTO stream_counter (id, value) VALUES (1, 0)`,
+		`CREATE TABLE notifications (
+			stream_id BIGINT PRIMARY KEY,
+			user_id   TEXT NOT NULL,
+			medium    TEXT NOT NULL,
+			address   TEXT NOT NULL,
+			deleted   BOOLEAN NOT NULL,
+			mxid      TEXT NOT NULL,
+			origin    TEXT NOT NULL,
+			at        BIGINT NOT NULL
+		)`,
+		`CREATE INDEX notifications_by_user ON notifications (user_id, stream_id)`,
+
+		`CREATE TABLE outbox (
+			id           {{autoid}},
+			kind         TEXT NOT NULL,
+			item_key     TEXT NOT NULL,
+			payload      {{bytes}} NOT NULL,
+			attempts     INTEGER NOT NULL,
+			next_attempt BIGINT NOT NULL,
+			created_at   BIGINT NOT NULL,
+			last_error   TEXT NOT NULL
+		)`,
+		`CREATE INDEX outbox_by_due ON outbox (kind, next_attempt)`,
+		`CREATE INDEX outbox_by_key ON outbox (kind, item_key)`,
+
+		`CREATE TABLE replays (
+			hash    TEXT PRIMARY KEY,
+			seen_at BIGINT NOT NULL
+		)`,
+		`CREATE INDEX replays_by_age ON replays (seen_at)`,
+	}},
+	{2, "at most one pending outbox item per non-empty key", []string{
+		`DROP INDEX outbox_by_key`,
+		`CREATE UNIQUE INDEX outbox_unique_key ON outbox (kind, item_key) WHERE item_key <> ''`,
+	}},
+}
+
+var (
+	qMigrationsTable = defineQuery(`CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    BIGINT PRIMARY KEY,
+		name       TEXT NOT NULL,
+		applied_at BIGINT NOT NULL
+	)`)
+	qMigrationVersion = defineQuery(`SELECT COALESCE(MAX(version), 0) FROM schema_migrations`)
+	qMigrationDone    = defineQuery(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`)
+)
+
+// migrate applies the migrations the database lacks, on one connection, under
+// the dialect's migration lock. Each step is one transaction that first checks
+// the step is still missing, so concurrent migrators never apply one twice.
+func (s *Store) migrate(ctx context.Context) (err error) {
+	conn, err := s.writer.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: connect: %w", err)
+	}
+	defer conn.Close()
+	lock, unlock := s.dialect.MigrationLock()
+	if lock != "" {
+		if _, err := conn.ExecContext(ctx, lock); err != nil {
+			return fmt.Errorf("migrate: lock: %w", err)
+		}
+		defer func() {
+			// Release even if ctx has ended: the connection returns to the pool.
+			if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), unlock); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("migrate: unlock: %w", uerr))
+			}
+		}()
+	}
+	if _, err := conn.ExecContext(ctx, s.sql[qMigrationsTable]); err != nil {
+		return fmt.Errorf("migrate: create schema_migrations: %w", err)
+	}
+	for _, m := range migrations {
+		if err := s.migrateStep(ctx, conn, m); err != nil {
+			return fmt.Errorf("migrate to version %d (%s): %w", m.version, m.name, err)
+		}
+	}
+	return nil
+}
+
+// migrateStep applies m unless the database has it already, and refuses a
+// database whose schema is newer than this code.
+func (s *Store) migrateStep(ctx context.Context, conn *sql.Conn, m migration) error {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }() // a no-op after Commit
+	var version int64
+	if err := tx.QueryRowContext(ctx, s.sql[qMigrationVersion]).Scan(&version); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if latest := migrations[len(migrations)-1].version; version > latest {
+		return fmt.Errorf("database schema version %d is newer than this threepidd knows (%d)", version, latest)
+	}
+	if version >= m.version {
+		return nil
+	}
+	for _, stmt := range m.stmts {
+		if _, err := tx.ExecContext(ctx, s.tokens.Replace(stmt)); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, s.sql[qMigrationDone], m.version, m.name, time.Now().UnixMilli()); err != nil {
+		return fmt.Errorf("record: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}

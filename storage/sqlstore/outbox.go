@@ -1,0 +1,120 @@
+package sqlstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/threepidd/threepidd/storage"
+)
+
+const outboxColumns = `id, kind, item_key, payload, attempts, next_attempt, created_at, last_error`
+
+var (
+	qEnqueueOutbox = defineQuery(`INSERT INTO outbox
+		(kind, item_key, payload, attempts, next_attempt, created_at, last_error)
+		VALUES (?, ?, ?, 0, ?, ?, ?)
+		ON CONFLICT (kind, item_key) WHERE item_key <> '' DO NOTHING RETURNING id`)
+	qDueOutbox = defineQuery(`SELECT ` + outboxColumns + ` FROM outbox
+		WHERE kind = ? AND next_attempt <= ? ORDER BY next_attempt, id LIMIT ?{{skiplocked}}`)
+	qRescheduleOutbox = defineQuery(`UPDATE outbox
+		SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?`)
+	qDeleteOutbox  = defineQuery(`DELETE FROM outbox WHERE id = ?`)
+	qPendingOutbox = defineQuery(`SELECT ` + outboxColumns + ` FROM outbox
+		WHERE kind = ? AND item_key = ? ORDER BY id`)
+	qCountOutbox = defineQuery(`SELECT COUNT(*) FROM outbox WHERE kind = ?`)
+)
+
+// leaseOutboxSQL is the UPDATE that leases claimed rows; Rebind runs on it
+// once the number of ids is known.
+const leaseOutboxSQL = `UPDATE outbox SET next_attempt = ? WHERE id IN (`
+
+func scanOutbox(r scanner) (it storage.OutboxItem, err error) {
+	err = r.Scan(&it.ID, &it.Kind, &it.Key, &it.Payload, &it.Attempts, &it.NextAttempt, &it.CreatedAt, &it.LastError)
+	return it, err
+}
+
+// EnqueueOutbox stores item (ID and Attempts ignored) and returns its ID.
+func (q *querier) EnqueueOutbox(ctx context.Context, item storage.OutboxItem) (int64, error) {
+	payload := item.Payload
+	if payload == nil {
+		payload = []byte{}
+	}
+	id, err := scalar[int64](ctx, q, q.write, qEnqueueOutbox,
+		item.Kind, item.Key, payload, item.NextAttempt, item.CreatedAt, item.LastError)
+	if errors.Is(err, storage.ErrNotFound) {
+		// No row came back: an item with that key is already pending.
+		return 0, fmt.Errorf("enqueue %s item: key already pending: %w", item.Kind, storage.ErrConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("enqueue %s item: %w", item.Kind, err)
+	}
+	return id, nil
+}
+
+// ClaimOutbox returns up to limit items of kind due at or before now, oldest
+// due first, and pushes their NextAttempt (as returned, too) to leaseUntil, in
+// one transaction. On Postgres the rows are selected FOR UPDATE SKIP LOCKED, so
+// concurrent claimers never wait for or share an item.
+func (q *querier) ClaimOutbox(ctx context.Context, kind string, now, leaseUntil int64, limit int) ([]storage.OutboxItem, error) {
+	if limit <= 0 {
+		return []storage.OutboxItem{}, nil
+	}
+	var items []storage.OutboxItem
+	err := q.inTx(ctx, func(q *querier) error {
+		var err error
+		items, err = list(ctx, q, qDueOutbox, scanOutbox, kind, now, limit)
+		if err != nil || len(items) == 0 {
+			return err
+		}
+		args := make([]any, 0, len(items)+1)
+		args = append(args, leaseUntil)
+		for i := range items {
+			items[i].NextAttempt = leaseUntil
+			args = append(args, items[i].ID)
+		}
+		lease := q.s.dialect.Rebind(leaseOutboxSQL + placeholders(len(items)) + ")")
+		if _, err := q.write.ExecContext(ctx, lease, args...); err != nil {
+			return fmt.Errorf("lease: %w", q.s.translate(err))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim %s items: %w", kind, err)
+	}
+	return items, nil
+}
+
+// RescheduleOutbox records a failed attempt. ErrNotFound if id is gone.
+func (q *querier) RescheduleOutbox(ctx context.Context, id int64, nextAttempt int64, lastErr string) error {
+	if err := q.execOne(ctx, qRescheduleOutbox, nextAttempt, lastErr, id); err != nil {
+		return fmt.Errorf("reschedule outbox item %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteOutbox removes an item. ErrNotFound if it is gone already.
+func (q *querier) DeleteOutbox(ctx context.Context, id int64) error {
+	if err := q.execOne(ctx, qDeleteOutbox, id); err != nil {
+		return fmt.Errorf("delete outbox item %d: %w", id, err)
+	}
+	return nil
+}
+
+// PendingOutbox lists pending items of kind whose Key is key, oldest first.
+func (q *querier) PendingOutbox(ctx context.Context, kind, key string) ([]storage.OutboxItem, error) {
+	items, err := list(ctx, q, qPendingOutbox, scanOutbox, kind, key)
+	if err != nil {
+		return nil, fmt.Errorf("pending %s items: %w", kind, err)
+	}
+	return items, nil
+}
+
+// CountOutbox returns how many items of kind are pending.
+func (q *querier) CountOutbox(ctx context.Context, kind string) (int64, error) {
+	n, err := scalar[int64](ctx, q, q.read, qCountOutbox, kind)
+	if err != nil {
+		return 0, fmt.Errorf("count %s items: %w", kind, err)
+	}
+	return n, nil
+}

@@ -1,0 +1,227 @@
+// Package storage defines the one storage interface of threepidd. Two backends
+// implement it, storage/sqlite (the default) and storage/postgres, both through
+// storage/sqlstore, which holds the SQL they share. storage/storagetest is the
+// conformance suite both run.
+//
+// Every method on [Querier] works either directly on the database or inside a
+// transaction opened with [Store.WithTx]; writes that must be seen together are
+// made in one transaction by the service layer. Methods that list rows return
+// an empty, non-nil slice when nothing matches. An ErrConflict or ErrNotFound
+// inside a transaction leaves it usable.
+//
+// Addresses are stored in canonical form (see package threepid); the store never
+// canonicalises. Times are Unix milliseconds.
+package storage
+
+import (
+	"context"
+	"errors"
+)
+
+// Errors the store reports. Backends translate driver errors into these.
+var (
+	// ErrNotFound: no such row.
+	ErrNotFound = errors.New("storage: not found")
+	// ErrConflict: a unique constraint refused the write (e.g. the 3PID is
+	// associated with another user).
+	ErrConflict = errors.New("storage: conflict")
+)
+
+// Association is a 3PID associated with a local user's account (/3pid/add).
+type Association struct {
+	UserID      string
+	Medium      string
+	Address     string
+	ValidatedAt int64
+	AddedAt     int64
+}
+
+// Binding records that a local user bound a 3PID on an identity server.
+type Binding struct {
+	UserID   string
+	Medium   string
+	Address  string
+	IDServer string
+	BoundAt  int64
+}
+
+// Session is a 3PID validation session created by requestToken.
+type Session struct {
+	SID          string
+	ClientSecret string
+	Medium       string
+	Address      string
+	// TokenHash is the hex SHA-256 of the current token; the token itself is never stored.
+	TokenHash   string
+	SendAttempt int64
+	NextLink    string
+	// FailedAttempts counts the tokens submitted (right or wrong) since the last
+	// token was sent; it is incremented before a token is compared, so that
+	// concurrent guesses cannot get past the attempt limit.
+	FailedAttempts int
+	// ValidatedAt is 0 until the token was submitted correctly.
+	ValidatedAt int64
+	// ExpiresAt is when the current token stops being accepted.
+	ExpiresAt int64
+	CreatedAt int64
+}
+
+// Notification is an entry of a user's 3PID notification stream: a binding the
+// user lost (taken over or deleted on an identity server).
+type Notification struct {
+	// StreamID is the position, allocated from one counter for all users, strictly
+	// increasing in commit order of the writing transactions.
+	StreamID int64
+	UserID   string
+	Medium   string
+	Address  string
+	Deleted  bool
+	// MXID is the user the 3PID is now bound to (takeover) or was bound to (deletion).
+	MXID string
+	// Origin is the identity server that reported the change.
+	Origin string
+	At     int64
+}
+
+// OutboxItem is a unit of durable background work: an unbind to retry, an
+// after-event to deliver, a homeserver mirror call.
+type OutboxItem struct {
+	ID   int64
+	Kind string
+	// Key groups items: at most one item per (Kind, Key) is pending when Key is
+	// non-empty (EnqueueOutbox answers ErrConflict for a second); empty for
+	// ungrouped items.
+	Key         string
+	Payload     []byte
+	Attempts    int
+	NextAttempt int64
+	CreatedAt   int64
+	LastError   string
+}
+
+// Querier is every query the service layer can make, inside or outside a transaction.
+type Querier interface {
+	Sessions
+	Associations
+	Bindings
+	Notifications
+	Outbox
+	Replays
+}
+
+// Sessions stores validation sessions.
+type Sessions interface {
+	// CreateSession inserts s. ErrConflict if s.SID exists.
+	CreateSession(ctx context.Context, s Session) error
+	// SessionByID returns the session with that sid, or ErrNotFound.
+	SessionByID(ctx context.Context, sid string) (Session, error)
+	// SessionByKey returns the session for (client_secret, medium, address), or
+	// ErrNotFound. The key is not unique: with several, the newest (created_at) wins.
+	SessionByKey(ctx context.Context, clientSecret, medium, address string) (Session, error)
+	// UpdateSessionToken replaces the token of sid after a higher send_attempt:
+	// new hash, send attempt, expiry; failed attempts reset to 0. ErrNotFound if absent.
+	UpdateSessionToken(ctx context.Context, sid, tokenHash string, sendAttempt, expiresAt int64) error
+	// IncrementSessionFailures adds one failed token attempt and returns the new
+	// count. ErrNotFound if absent.
+	IncrementSessionFailures(ctx context.Context, sid string) (int, error)
+	// MarkSessionValidated sets validated_at (only if it is still 0). ErrNotFound
+	// if absent.
+	MarkSessionValidated(ctx context.Context, sid string, at int64) error
+	// DeleteSession removes sid (a spent session). It reports whether a row was removed.
+	DeleteSession(ctx context.Context, sid string) (bool, error)
+	// DeleteSessionsExpiredBefore removes sessions whose expiry is before t; it returns how many.
+	DeleteSessionsExpiredBefore(ctx context.Context, t int64) (int64, error)
+}
+
+// Associations stores the 3PIDs associated with local accounts.
+type Associations interface {
+	// InsertAssociation adds a; ErrConflict if (medium, address) is held by anyone.
+	InsertAssociation(ctx context.Context, a Association) error
+	// AssociationsOf lists a user's associations, ordered by added_at, medium, address.
+	AssociationsOf(ctx context.Context, userID string) ([]Association, error)
+	// AssociationByAddress returns who holds (medium, address), or ErrNotFound.
+	AssociationByAddress(ctx context.Context, medium, address string) (Association, error)
+	// DeleteAssociation removes (medium, address) from userID; it reports whether a row was removed.
+	DeleteAssociation(ctx context.Context, userID, medium, address string) (bool, error)
+	// CountAssociations returns how many 3PIDs userID holds.
+	CountAssociations(ctx context.Context, userID string) (int, error)
+}
+
+// Bindings stores the identity-server bindings threepidd made or learned of.
+type Bindings interface {
+	// UpsertBinding records b (bound_at updated if it exists).
+	UpsertBinding(ctx context.Context, b Binding) error
+	// BindingsOf lists a user's bindings ordered by medium, address, id_server.
+	BindingsOf(ctx context.Context, userID string) ([]Binding, error)
+	// BindingsOf3PID lists the bindings of (medium, address) on idServer, by any
+	// user; idServer "" means on every identity server. Ordered by id_server, user.
+	BindingsOf3PID(ctx context.Context, medium, address, idServer string) ([]Binding, error)
+	// DeleteBinding removes one binding record; it reports whether a row was removed.
+	DeleteBinding(ctx context.Context, userID, medium, address, idServer string) (bool, error)
+}
+
+// Notifications is the per-user 3PID notification stream.
+type Notifications interface {
+	// AppendNotification allocates the next stream position for n (under a lock, in
+	// the caller's transaction, or in its own outside one), stores n and returns
+	// its position. The store wakes the listeners of n.UserID once the
+	// transaction commits. A rolled-back position is allocated again: positions
+	// have no gaps.
+	AppendNotification(ctx context.Context, n Notification) (int64, error)
+	// NotificationsSince returns userID's notifications with StreamID > after and
+	// At >= notBefore, oldest first, at most limit (none if limit <= 0).
+	NotificationsSince(ctx context.Context, userID string, after, notBefore int64, limit int) ([]Notification, error)
+	// MaxStreamID returns the highest allocated position (0 if none). Every
+	// position up to it is committed.
+	MaxStreamID(ctx context.Context) (int64, error)
+}
+
+// Outbox is durable background work.
+type Outbox interface {
+	// EnqueueOutbox stores item (ID, Attempts ignored) and returns its ID;
+	// ErrConflict (without aborting a transaction) if an item of that kind with
+	// that non-empty Key is pending.
+	EnqueueOutbox(ctx context.Context, item OutboxItem) (int64, error)
+	// ClaimOutbox returns up to limit items of kind due at or before now (oldest
+	// NextAttempt first; none if limit <= 0) and pushes their NextAttempt to
+	// leaseUntil (the returned items show it), so no other worker (or instance)
+	// claims them meanwhile.
+	ClaimOutbox(ctx context.Context, kind string, now, leaseUntil int64, limit int) ([]OutboxItem, error)
+	// RescheduleOutbox records a failed attempt: attempts+1, next attempt, last
+	// error. ErrNotFound if the item is gone.
+	RescheduleOutbox(ctx context.Context, id int64, nextAttempt int64, lastErr string) error
+	// DeleteOutbox removes a finished (or abandoned) item. ErrNotFound if it is
+	// gone already.
+	DeleteOutbox(ctx context.Context, id int64) error
+	// PendingOutbox lists pending items of kind whose Key is key, by ID.
+	PendingOutbox(ctx context.Context, kind, key string) ([]OutboxItem, error)
+	// CountOutbox returns how many items of kind are pending.
+	CountOutbox(ctx context.Context, kind string) (int64, error)
+}
+
+// Replays remembers the requests already applied, so a replay is a no-op.
+type Replays interface {
+	// RememberRequest stores hash (seen at `at`); it returns false if it was already
+	// stored, in which case the caller must not apply the request again.
+	RememberRequest(ctx context.Context, hash string, at int64) (bool, error)
+	// ForgetRequestsBefore drops remembered hashes older than t.
+	ForgetRequestsBefore(ctx context.Context, t int64) (int64, error)
+}
+
+// Store is a database.
+type Store interface {
+	Querier
+	// WithTx runs fn in one transaction, committed if fn returns nil and rolled
+	// back on an error or a panic (which is re-raised). fn must query through q,
+	// never the Store: on SQLite the transaction holds the only write connection,
+	// so a write through the Store would wait for it until ctx ends.
+	WithTx(ctx context.Context, fn func(q Querier) error) error
+	// Subscribe calls fn with the user ID of every notification appended after it
+	// committed, by this process or (Postgres) by any instance sharing the database,
+	// until ctx ends. fn must not block.
+	Subscribe(ctx context.Context, fn func(userID string))
+	// Ping checks the database is reachable.
+	Ping(ctx context.Context) error
+	// Close releases the database.
+	Close() error
+}

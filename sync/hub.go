@@ -1,0 +1,113 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// ErrWoken is the cause of a watch context that ended because a notification
+// for its user was appended.
+var ErrWoken = errors.New("sync: woken by a 3PID notification")
+
+// Hub fans wake-ups out to the watchers of each user. Wake is meant to be the
+// callback of one storage.Store.Subscribe; it never blocks. A watcher costs a
+// cancellable context and a list node: no goroutine, no channel per watcher.
+// The zero value is not usable; call NewHub.
+type Hub struct {
+	mu sync.Mutex
+	// users maps a user ID to the head of its watchers' list.
+	users map[string]*watcher
+	// n counts the listed watchers.
+	n int
+}
+
+// watcher is one Watch call, a node of its user's doubly linked list.
+type watcher struct {
+	user       string
+	cancel     context.CancelCauseFunc
+	prev, next *watcher
+	// listed is false once the watcher left the list (woken or stopped).
+	listed bool
+}
+
+// NewHub returns an empty hub.
+func NewHub() *Hub {
+	return &Hub{users: make(map[string]*watcher)}
+}
+
+// Watch returns a context that ends with cause ErrWoken at the next Wake of
+// userID, or when ctx ends, and the function that stops watching (it must be
+// called; it cancels the returned context).
+func (h *Hub) Watch(ctx context.Context, userID string) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	w := &watcher{user: userID, cancel: cancel, listed: true}
+	h.mu.Lock()
+	if head := h.users[userID]; head != nil {
+		w.next, head.prev = head, w
+	}
+	h.users[userID] = w
+	h.n++
+	h.mu.Unlock()
+	waiting.Inc()
+	return wctx, func() {
+		h.remove(w)
+		cancel(context.Canceled)
+	}
+}
+
+// remove unlinks w if it is still listed.
+func (h *Hub) remove(w *watcher) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !w.listed {
+		return
+	}
+	w.listed = false
+	switch {
+	case w.prev != nil:
+		w.prev.next = w.next
+	case w.next != nil:
+		h.users[w.user] = w.next
+	default:
+		delete(h.users, w.user)
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	}
+	w.prev, w.next = nil, nil
+	h.n--
+	waiting.Dec()
+}
+
+// Wake ends the watch contexts of every current watcher of userID. Watchers
+// registered afterwards wait for the next Wake.
+func (h *Hub) Wake(userID string) {
+	h.mu.Lock()
+	head := h.users[userID]
+	delete(h.users, userID)
+	n := 0
+	for w := head; w != nil; w = w.next {
+		w.listed = false
+		n++
+	}
+	h.n -= n
+	h.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	waiting.Sub(float64(n))
+	wakeups.Add(float64(n))
+	// Unlisted nodes are never modified again: walk them unlocked, so that
+	// cancellation (which propagates to child contexts) runs outside the lock.
+	for w := head; w != nil; w = w.next {
+		w.cancel(ErrWoken)
+	}
+}
+
+// Waiting returns how many watchers are registered.
+func (h *Hub) Waiting() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n
+}

@@ -1,0 +1,299 @@
+// Package harness starts threepidd in-process for end-to-end tests, on
+// OS-chosen 127.0.0.1 ports, against the fakes of package fakes (homeserver,
+// identity servers, SMTP and SMS sinks) and a real SQLite or Postgres store.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/federation/signingkey"
+	"github.com/threepidd/threepidd/server"
+	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/fakes"
+)
+
+// ServerName is the fake homeserver's name.
+const ServerName = "hs.test"
+
+// Options shape an Env.
+type Options struct {
+	// Kind is the homeserver kind (synapse by default).
+	Kind string
+	// IdentityServers is how many fake identity servers to configure.
+	IdentityServers int
+	// NoOnUpdate lists the indices (in IS) of identity servers configured
+	// with onupdate: false; the others may call onupdate.
+	NoOnUpdate []int
+	// NoEmail and NoMSISDN leave that medium unconfigured.
+	NoEmail, NoMSISDN bool
+	// RateLimitYAML replaces the default (off) ratelimit section, e.g.
+	// "{requesttoken_per_ip: {per_second: 0.1, burst: 2}}".
+	RateLimitYAML string
+	// ExtraYAML is appended to the generated configuration (top-level keys).
+	ExtraYAML string
+	// HomeserverYAML adds keys to the homeserver mapping, which is written in
+	// flow style: e.g. "admin_token: tok, mirror: synapse_admin".
+	HomeserverYAML string
+}
+
+// Env is a running threepidd with its fakes.
+type Env struct {
+	t       testing.TB
+	Backend storagetest.Backend
+	HS      *fakes.Homeserver
+	SMTP    *fakes.SMTPSink
+	SMS     *fakes.SMSSink
+	IS      []*fakes.IdentityServer
+	Key     *signingkey.Key
+	Config  *config.Config
+	Server  *server.Server
+	// URL is threepidd's base URL.
+	URL string
+
+	configPath string
+	cancel     context.CancelFunc
+	done       chan error
+}
+
+func init() {
+	// Server logs are noise in test output unless asked for.
+	if os.Getenv("THREEPIDD_TEST_VERBOSE") == "" {
+		slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+}
+
+// Run calls fn once per storage backend (SQLite, and Postgres when configured).
+func Run(t *testing.T, fn func(t *testing.T, b storagetest.Backend)) {
+	t.Helper()
+	for _, b := range storagetest.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) { fn(t, b) })
+	}
+}
+
+// Start starts the fakes and threepidd on backend b.
+func Start(t testing.TB, b storagetest.Backend, opts Options) *Env {
+	t.Helper()
+	e := &Env{t: t, Backend: b}
+	e.HS = fakes.NewHomeserver(t, ServerName)
+	e.SMTP = fakes.NewSMTPSink(t)
+	e.SMS = fakes.NewSMSSink(t)
+	dir := t.TempDir()
+	key, err := signingkey.Generate("")
+	if err != nil {
+		t.Fatalf("generate key: %v", err)
+	}
+	e.Key = key
+	keyPath := filepath.Join(dir, "signing.key")
+	var kb bytes.Buffer
+	if err := key.WriteSynapse(&kb); err != nil {
+		t.Fatalf("write key: %v", err)
+	}
+	if err := os.WriteFile(keyPath, kb.Bytes(), 0o600); err != nil {
+		t.Fatalf("write key: %v", err)
+	}
+	kind := opts.Kind
+	if kind == "" {
+		kind = "synapse"
+	}
+	var y strings.Builder
+	fmt.Fprintf(&y, "server_name: %s\nlisten: 127.0.0.1:0\nsigning_key_path: %q\n", ServerName, keyPath)
+	fmt.Fprintf(&y, "database: {driver: %s, dsn: %q}\n", b.Driver, b.DSN)
+	hsExtra := ""
+	if opts.HomeserverYAML != "" {
+		hsExtra = ", " + opts.HomeserverYAML
+	}
+	fmt.Fprintf(&y, "homeserver: {url: %q, kind: %s, token_cache_ttl: 2s%s}\n", e.HS.URL(), kind, hsExtra)
+	if !opts.NoEmail {
+		fmt.Fprintf(&y, "email: {smtp_host: 127.0.0.1, smtp_port: %d, from: \"threepidd@hs.test\"}\n", e.SMTP.Port())
+	}
+	if !opts.NoMSISDN {
+		fmt.Fprintf(&y, "msisdn: {webhook_url: %q}\n", e.SMS.URL())
+	}
+	if opts.RateLimitYAML == "" {
+		opts.RateLimitYAML = "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}}"
+	}
+	fmt.Fprintf(&y, "ratelimit: %s\n", opts.RateLimitYAML)
+	if opts.IdentityServers > 0 {
+		y.WriteString("identity_servers:\n")
+		for i := 0; i < opts.IdentityServers; i++ {
+			is := fakes.NewIdentityServer(t, fmt.Sprintf("id%d.test", i+1))
+			is.TrustHomeserver(ServerName, string(key.ID), key.PublicKey())
+			e.IS = append(e.IS, is)
+			fmt.Fprintf(&y, "  - {server_name: %s, base_url: %q, onupdate: %t}\n", is.Name(), is.URL(), !slices.Contains(opts.NoOnUpdate, i))
+		}
+	}
+	y.WriteString(opts.ExtraYAML)
+	e.configPath = filepath.Join(dir, "threepidd.yaml")
+	if err := os.WriteFile(e.configPath, []byte(y.String()), 0o600); err != nil {
+		t.Fatalf("write config: %v", err)
+	}
+	e.start()
+	t.Cleanup(e.Stop)
+	return e
+}
+
+// start loads the config file and starts a server. After the first start the
+// listen address is pinned, so links sent before a restart still work.
+func (e *Env) start() {
+	e.t.Helper()
+	cfg, err := config.Load(e.configPath, nil)
+	if err != nil {
+		e.t.Fatalf("load config: %v", err)
+	}
+	if e.Config != nil {
+		cfg.Listen = e.Config.Listen
+		cfg.PublicBaseURL = e.Config.PublicBaseURL
+	}
+	srv, err := server.New(context.Background(), cfg)
+	if err != nil {
+		e.t.Fatalf("start threepidd: %v", err)
+	}
+	cfg.Listen = srv.Addr()
+	e.Config, e.Server, e.URL = cfg, srv, "http://"+srv.Addr()
+	registerThreepidd(srv.Addr())
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel, e.done = cancel, make(chan error, 1)
+	go func() { e.done <- srv.Serve(ctx) }()
+}
+
+// Stop shuts threepidd down (idempotent).
+func (e *Env) Stop() {
+	if e.Server == nil {
+		return
+	}
+	if err := e.Server.Shutdown(); err != nil {
+		e.t.Errorf("shutdown: %v", err)
+	}
+	e.cancel()
+	<-e.done
+	unregisterThreepidd(e.Config.Listen)
+	e.Server = nil
+}
+
+// Restart stops threepidd and starts it again on the same store and address.
+func (e *Env) Restart() {
+	e.t.Helper()
+	e.Stop()
+	e.start()
+}
+
+// Response is an HTTP answer.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// JSON decodes the body as an object (failing the test if it is not one).
+func (r Response) JSON(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("response %d is not a JSON object: %v: %s", r.Status, err, r.Body)
+	}
+	return m
+}
+
+// ErrCode returns the errcode of an error body ("" if none).
+func (r Response) ErrCode() string {
+	var m struct {
+		ErrCode string `json:"errcode"`
+	}
+	_ = json.Unmarshal(r.Body, &m)
+	return m.ErrCode
+}
+
+// Do sends a request to threepidd with an optional access token. body may be
+// nil, a []byte or string (sent as is) or any value (sent as JSON).
+func (e *Env) Do(method, path, token string, body any) Response {
+	e.t.Helper()
+	return Do(e.t, method, e.URL+path, token, body)
+}
+
+// Do sends one HTTP request and reads the whole answer.
+func Do(t testing.TB, method, url, token string, body any) Response {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			t.Fatalf("marshal body: %v", err)
+		}
+		rd = bytes.NewReader(data)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return roundTrip(t, noRedirects, req)
+}
+
+// noRedirects hands redirects back to the test (the e-mail link answers 302).
+var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+// roundTrip sends req, reads the whole answer and checks it against the spec.
+func roundTrip(t testing.TB, client *http.Client, req *http.Request) Response {
+	t.Helper()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	checkSpec(t, resp, data)
+	return Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+}
+
+// Expect fails the test unless r has the status and (if non-empty) errcode.
+func Expect(t testing.TB, r Response, status int, errcode string) {
+	t.Helper()
+	if r.Status != status || (errcode != "" && r.ErrCode() != errcode) {
+		t.Fatalf("got %d %s, want %d %s: %s", r.Status, r.ErrCode(), status, errcode, r.Body)
+	}
+}
+
+// DoHeaders sends a GET-style request with extra headers.
+func DoHeaders(t testing.TB, method, url, token string, headers map[string]string) Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	return roundTrip(t, http.DefaultClient, req)
+}

@@ -1,0 +1,335 @@
+// journey.mjs: a user's whole 3PID journey through matrix-js-sdk, as a real
+// client makes it, against a base URL (nginx in front of threepidd and the
+// homeserver).
+//
+//   JOURNEY_PASSWORD=secret node journey.mjs --base-url http://127.0.0.1:8080 \
+//       --user alice --email alice@example.org \
+//       --identity-server http://127.0.0.1:8091 --control http://127.0.0.1:8092
+//
+// Each option falls back to an environment variable: JOURNEY_BASE_URL,
+// JOURNEY_USER, JOURNEY_PASSWORD, JOURNEY_EMAIL, JOURNEY_IDENTITY_SERVER,
+// JOURNEY_CONTROL.
+//
+// The steps a client cannot make alone are asked of the test that runs the
+// script, through its control endpoint (--control, 127.0.0.1 only):
+//   GET  /mail?to=ADDRESS    waits for the validation mail, answers {"link"}
+//   GET  /identity-session   a session validated on the identity server,
+//                            answers {"sid","client_secret","id_access_token"}
+//   POST /takeover           once a long-polling /sync is parked in threepidd,
+//                            another user binds the address on the identity
+//                            server, which sends threepidd a signed onupdate;
+//                            answers {"mxid","replaced"}: the new owner
+//                            and whom the identity server bound before
+// A control answer other than 200 fails the step with its body as message.
+//
+// Every step prints one JSON line on stdout:
+//   {"step":"<name>","ok":true,"ms":<duration>,"result":<what the step returned>}
+//   {"step":"<name>","ok":false,"ms":<duration>,"error":{"name","message","httpStatus","errcode","data"}}
+// The journey stops at the first failed step and exits 1; it exits 0 when
+// every step passed. Nothing else is written to stdout (the SDK's own logging
+// is silenced), so the caller can parse every line. Steps share one state
+// object; to extend the journey, add to STEPS.
+
+import { randomBytes } from "node:crypto";
+import { parseArgs } from "node:util";
+import * as sdk from "matrix-js-sdk";
+import { logger } from "matrix-js-sdk/lib/logger.js";
+
+logger.setLevel("silent");
+
+// matrix-js-sdk 43 declares Node >= 22, and its event sending path
+// (sendTextMessage → encryptAndSendEvent) calls Promise.withResolvers, which
+// Node 20 lacks ("Promise.withResolvers is not a function"). This is the
+// standard's definition, for Node 20 only.
+Promise.withResolvers ??= function withResolvers() {
+    let resolve, reject;
+    const promise = new this((res, rej) => {
+        resolve = res;
+        reject = rej;
+    });
+    return { promise, resolve, reject };
+};
+
+/** How long a long-polling /sync may wait upstream, in ms. */
+const SYNC_TIMEOUT_MS = 30000;
+/** How many incremental syncs may pass before the room message must have come. */
+const MAX_MESSAGE_SYNCS = 5;
+/** The text of the room message sent after the takeover. */
+const MESSAGE_TEXT = "threepidd journey: room messages keep coming";
+
+/** Each step is {name, run(state) → result}; a step may add to state for the next ones. */
+const STEPS = [
+    {
+        name: "login",
+        async run(state) {
+            const anonymous = sdk.createClient({ baseUrl: state.baseUrl });
+            const res = await anonymous.loginRequest({
+                type: "m.login.password",
+                identifier: { type: "m.id.user", user: state.user },
+                password: state.password,
+                initial_device_display_name: "threepidd realpeer journey",
+            });
+            state.client = sdk.createClient({
+                baseUrl: state.baseUrl,
+                idBaseUrl: state.identityServer,
+                accessToken: res.access_token,
+                userId: res.user_id,
+                deviceId: res.device_id,
+            });
+            return { user_id: res.user_id, device_id: res.device_id };
+        },
+    },
+    {
+        name: "whoami",
+        run: (state) => state.client.whoami(),
+    },
+    {
+        name: "getThreePids",
+        run: (state) => state.client.getThreePids(),
+    },
+    {
+        name: "requestAdd3pidEmailToken",
+        async run(state) {
+            state.clientSecret = randomBytes(16).toString("hex");
+            const res = await state.client.requestAdd3pidEmailToken(state.email, state.clientSecret, 1);
+            state.sid = res.sid;
+            return res;
+        },
+    },
+    {
+        name: "readMail",
+        async run(state) {
+            const res = await control(state, "GET", "/mail?to=" + encodeURIComponent(state.email));
+            state.link = res.link;
+            return res;
+        },
+    },
+    {
+        name: "openLink",
+        async run(state) {
+            const res = await fetch(state.link, { redirect: "manual" });
+            const body = await res.text();
+            if (!res.ok) {
+                throw new Error(`validation link answered ${res.status}: ${body}`);
+            }
+            return { status: res.status, content_type: res.headers.get("content-type") };
+        },
+    },
+    {
+        // The spec's user-interactive auth as a client does it: the first call
+        // without auth gets 401 with flows and a session, the second sends
+        // the password within that session.
+        name: "addThreePidOnly",
+        async run(state) {
+            const creds = { sid: state.sid, client_secret: state.clientSecret };
+            let challenge;
+            try {
+                await state.client.addThreePidOnly(creds);
+                throw new Error("addThreePidOnly without auth succeeded; want a 401 challenge");
+            } catch (err) {
+                if (err?.httpStatus !== 401 || !err.data?.session) {
+                    throw err;
+                }
+                challenge = err.data;
+            }
+            const result = await state.client.addThreePidOnly({
+                ...creds,
+                auth: {
+                    type: "m.login.password",
+                    identifier: { type: "m.id.user", user: state.user },
+                    password: state.password,
+                    session: challenge.session,
+                },
+            });
+            return { challenge: { flows: challenge.flows, session: challenge.session }, result };
+        },
+    },
+    {
+        // The relay to the homeserver must leave this client logged in, on
+        // the same device, with every device of the user still there.
+        name: "afterAdd",
+        async run(state) {
+            const who = await state.client.whoami();
+            const { devices } = await state.client.getDevices();
+            return { whoami: who, device_ids: devices.map((d) => d.device_id).sort() };
+        },
+    },
+    {
+        name: "getThreePidsAfterAdd",
+        run: (state) => state.client.getThreePids(),
+    },
+    {
+        name: "bindThreePid",
+        async run(state) {
+            const session = await control(state, "GET", "/identity-session");
+            return state.client.bindThreePid({
+                sid: session.sid,
+                client_secret: session.client_secret,
+                id_server: state.client.getIdentityServerUrl(true),
+                id_access_token: session.id_access_token,
+            });
+        },
+    },
+    {
+        name: "createRoom",
+        async run(state) {
+            const res = await state.client.createRoom({ name: "threepidd journey", preset: "private_chat" });
+            state.roomId = res.room_id;
+            return res;
+        },
+    },
+    {
+        name: "initialSync",
+        async run(state) {
+            const res = await sync(state, undefined, 0);
+            state.since = res.next_batch;
+            return { next_batch: res.next_batch, threepids: res.threepids ?? null, joined: Object.keys(res.rooms?.join ?? {}) };
+        },
+    },
+    {
+        // A long-polling /sync is parked in threepidd (upstream in Dendrite)
+        // when the identity server reports that someone else took the
+        // address over: the sync returns with the threepids section.
+        name: "syncTakeover",
+        async run(state) {
+            const started = Date.now();
+            const pending = sync(state, state.since, SYNC_TIMEOUT_MS);
+            // If the takeover fails, the sync still has to end before the
+            // step can report; it ends at the latest after SYNC_TIMEOUT_MS.
+            const takeover = await control(state, "POST", "/takeover").catch(async (err) => {
+                await pending.catch(() => {});
+                throw err;
+            });
+            const res = await pending;
+            const since = state.since;
+            state.since = res.next_batch;
+            return {
+                since,
+                next_batch: res.next_batch,
+                threepids: res.threepids ?? null,
+                new_owner: takeover.mxid,
+                replaced: takeover.replaced,
+                elapsed_ms: Date.now() - started,
+            };
+        },
+    },
+    {
+        // Room traffic keeps flowing through the proxy after the wake-up:
+        // the message sent now arrives in one of the next syncs.
+        name: "syncMessage",
+        async run(state) {
+            const sent = await state.client.sendTextMessage(state.roomId, MESSAGE_TEXT);
+            const rounds = [];
+            for (let i = 0; i < MAX_MESSAGE_SYNCS; i++) {
+                const res = await sync(state, state.since, SYNC_TIMEOUT_MS);
+                state.since = res.next_batch;
+                const events = res.rooms?.join?.[state.roomId]?.timeline?.events ?? [];
+                const found = events.find((e) => e.event_id === sent.event_id);
+                rounds.push({ threepids: res.threepids ?? null, events: events.length });
+                if (found) {
+                    return { event_id: sent.event_id, body: found.content?.body, rounds };
+                }
+            }
+            throw new Error(`message ${sent.event_id} not in ${MAX_MESSAGE_SYNCS} syncs: ${JSON.stringify(rounds)}`);
+        },
+    },
+    {
+        name: "unbindThreePid",
+        run: (state) => state.client.unbindThreePid("email", state.email),
+    },
+    {
+        name: "deleteThreePid",
+        run: (state) => state.client.deleteThreePid("email", state.email),
+    },
+    {
+        name: "getThreePidsAfterDelete",
+        run: (state) => state.client.getThreePids(),
+    },
+];
+
+/** sync makes one /sync through the SDK's HTTP layer (initial when since is undefined). */
+function sync(state, since, timeoutMs) {
+    const query = { timeout: String(timeoutMs) };
+    if (since !== undefined) {
+        query.since = since;
+    }
+    // Not the SDK's localTimeoutMs: its timer is never cleared and keeps
+    // Node running until it fires; AbortSignal.timeout's does not.
+    return state.client.http.authedRequest(sdk.Method.Get, "/sync", query, undefined, {
+        abortSignal: AbortSignal.timeout(timeoutMs + 30000),
+    });
+}
+
+/** control asks the test for what a client cannot do alone; see the top of the file. */
+async function control(state, method, path) {
+    const res = await fetch(state.control + path, { method });
+    const body = await res.text();
+    if (res.status !== 200) {
+        throw new Error(`control ${method} ${path}: ${res.status}: ${body}`);
+    }
+    return JSON.parse(body);
+}
+
+const OPTIONS = ["base-url", "user", "password", "email", "identity-server", "control"];
+
+function options() {
+    const spec = {};
+    for (const name of OPTIONS) {
+        spec[name] = { type: "string", default: process.env["JOURNEY_" + name.toUpperCase().replaceAll("-", "_")] };
+    }
+    const { values } = parseArgs({ options: spec });
+    for (const name of OPTIONS) {
+        if (!values[name]) {
+            throw new Error(`missing --${name} (or its JOURNEY_* environment variable)`);
+        }
+    }
+    return {
+        baseUrl: values["base-url"],
+        user: values.user,
+        password: values.password,
+        email: values.email,
+        identityServer: values["identity-server"],
+        control: values.control,
+    };
+}
+
+function describe(err) {
+    return {
+        name: err?.name ?? "Error",
+        message: String(err?.message ?? err),
+        httpStatus: err?.httpStatus ?? null,
+        errcode: err?.errcode ?? null,
+        data: err?.data ?? null,
+    };
+}
+
+function emit(line) {
+    process.stdout.write(JSON.stringify(line) + "\n");
+}
+
+async function main() {
+    let state;
+    try {
+        state = options();
+    } catch (err) {
+        emit({ step: "options", ok: false, error: describe(err) });
+        return 1;
+    }
+    try {
+        for (const step of STEPS) {
+            const started = Date.now();
+            try {
+                const result = await step.run(state);
+                emit({ step: step.name, ok: true, ms: Date.now() - started, result: result ?? null });
+            } catch (err) {
+                emit({ step: step.name, ok: false, ms: Date.now() - started, error: describe(err) });
+                return 1;
+            }
+        }
+        return 0;
+    } finally {
+        state.client?.stopClient();
+    }
+}
+
+process.exitCode = await main();

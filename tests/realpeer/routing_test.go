@@ -1,0 +1,142 @@
+//go:build realpeer
+
+package realpeer
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// seenRequest is what the stand-in for threepidd saw of one request.
+type seenRequest struct {
+	Method, RequestURI, Host, XForwardedFor string
+}
+
+// recorder stands in for threepidd behind nginx: it records each request
+// and passes it on to the homeserver, so that every answer is a real one.
+type recorder struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	seen []seenRequest
+}
+
+func newRecorder(t *testing.T, homeserverURL string) *recorder {
+	t.Helper()
+	target, err := url.Parse(homeserverURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	r := &recorder{}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.seen = append(r.seen, seenRequest{req.Method, req.RequestURI, req.Host, req.Header.Get("X-Forwarded-For")})
+		r.mu.Unlock()
+		proxy.ServeHTTP(w, req)
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+// addr is host:port, for the nginx upstream.
+func (r *recorder) addr() string { return r.srv.Listener.Addr().String() }
+
+// take returns the requests seen since the last call and forgets them.
+func (r *recorder) take() []seenRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen := r.seen
+	r.seen = nil
+	return seen
+}
+
+// TestNginxRouting sends requests through nginx configured with
+// deploy/nginx/threepidd.conf and checks which upstream each one reaches,
+// with its URI unchanged and the forwarding headers set.
+func TestNginxRouting(t *testing.T) {
+	ctx := testContext(t)
+	d := StartDendrite(ctx, t, env)
+	alice := mustRegister(ctx, t, d, "alice", "alice-password")
+	threepidd := newRecorder(t, d.URL)
+	n := StartNginx(ctx, t, env, threepidd.addr(), d.Addr)
+
+	tests := []struct {
+		method, path string
+		toThreepidd  bool
+	}{
+		{http.MethodGet, "/_matrix/client/v3/account/3pid", true},
+		{http.MethodGet, "/_matrix/client/r0/account/3pid", true},
+		{http.MethodPost, "/_matrix/client/v3/account/3pid/add", true},
+		{http.MethodPost, "/_matrix/client/v3/account/3pid/bind", true},
+		{http.MethodPost, "/_matrix/client/r0/account/3pid/delete", true},
+		{http.MethodPost, "/_matrix/client/v3/account/3pid/unbind", true},
+		{http.MethodPost, "/_matrix/client/v3/account/3pid/email/requestToken", true},
+		{http.MethodPost, "/_matrix/client/v3/account/3pid/msisdn/requestToken", true},
+		{http.MethodGet, "/_matrix/client/unstable/add_threepid/email/submit_token?sid=1&client_secret=s&token=t", true},
+		{http.MethodPost, "/_matrix/client/unstable/add_threepid/msisdn/submit_token", true},
+		{http.MethodGet, "/_matrix/client/v3/sync?timeout=0", true},
+		{http.MethodGet, "/_matrix/client/r0/sync?timeout=0", true},
+		{http.MethodPost, "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", true},
+		{http.MethodGet, "/_matrix/client/v3/keys/changes?from=s0&to=s1", true},
+		{http.MethodGet, "/_matrix/client/v3/rooms/%21room%3Alocalhost/messages?dir=b", true},
+		{http.MethodGet, "/_matrix/client/r0/rooms/!room:localhost/messages", true},
+		{http.MethodPost, "/_matrix/client/v3/account/deactivate", true},
+		{http.MethodGet, "/_threepidd/admin/v1/users/%40alice%3Alocalhost/threepids", true},
+		{http.MethodPost, "/_matrix/federation/v1/3pid/onupdate", true},
+
+		{http.MethodGet, "/_matrix/client/versions", false},
+		{http.MethodGet, "/_matrix/client/v3/account/whoami", false},
+		{http.MethodPost, "/_matrix/client/v3/account/password", false},
+		{http.MethodGet, "/_matrix/client/v3/account/3pidx", false},
+		{http.MethodGet, "/_matrix/client/v3/devices", false},
+		{http.MethodGet, "/_matrix/client/v3/rooms/%21room%3Alocalhost/state", false},
+		{http.MethodGet, "/_matrix/client/v3/rooms/%21room%3Alocalhost/messages/extra", false},
+		{http.MethodGet, "/_matrix/client/v3/sync/extra", false},
+		{http.MethodPut, "/_matrix/federation/v1/3pid/onbind", false},
+		{http.MethodPost, "/_matrix/federation/v1/3pid/onupdate/extra", false},
+		{http.MethodGet, "/_matrix/client/unstable/add_threepidx", false},
+		{http.MethodGet, "/_synapse/admin/v1/register", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			threepidd.take()
+			var body any
+			if tt.method == http.MethodPost || tt.method == http.MethodPut {
+				body = json.RawMessage(`{}`)
+			}
+			resp, err := Do(ctx, n.URL, tt.method, tt.path, alice.AccessToken, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Status == http.StatusBadGateway || resp.Status == http.StatusGatewayTimeout {
+				t.Fatalf("nginx answered %d: no upstream reached", resp.Status)
+			}
+			seen := threepidd.take()
+			if !tt.toThreepidd {
+				if len(seen) != 0 {
+					t.Fatalf("threepidd got %+v, want the homeserver to", seen)
+				}
+				return
+			}
+			if len(seen) != 1 {
+				t.Fatalf("threepidd got %d requests, want 1: %+v", len(seen), seen)
+			}
+			got := seen[0]
+			if got.Method != tt.method || got.RequestURI != tt.path {
+				t.Errorf("threepidd got %s %s, want %s %s unchanged", got.Method, got.RequestURI, tt.method, tt.path)
+			}
+			if got.XForwardedFor != "127.0.0.1" {
+				t.Errorf("X-Forwarded-For %q, want 127.0.0.1", got.XForwardedFor)
+			}
+			if want := strings.TrimPrefix(n.URL, "http://"); !strings.HasPrefix(want, got.Host+":") {
+				t.Errorf("Host %q, want the host clients asked for (%s)", got.Host, want)
+			}
+		})
+	}
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# setup.sh: install and build the real peers that tests/realpeer runs against.
+# Idempotent; a second run only checks what is there.
+#
+#   - nginx, from Debian's packages (nginx-light, else nginx), when no nginx
+#     binary is installed. Needs root (or sudo) the first time.
+#   - Dendrite's commands (dendrite, create-account, generate-config,
+#     generate-keys), built from the pinned tools module tools/dendrite and
+#     cached under ${XDG_CACHE_HOME:-$HOME/.cache}/threepidd-realpeer/,
+#     keyed by the hash of that module's go.mod and go.sum.
+#   - matrix-js-sdk for tests/realpeer/js, with `npm ci` from its lockfile,
+#     again only when the lockfile changed since the last install.
+#
+# Progress goes to stderr. stdout carries only KEY=VALUE lines for the Go
+# helper (realpeer.Setup):
+#   DENDRITE_BIN_DIR  directory holding the four Dendrite commands
+#   NGINX             path of the nginx binary
+#   NODE              path of the node binary
+#   JS_DIR            the Node client directory, with node_modules installed
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+tools="$root/tools/dendrite"
+js="$here/js"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/threepidd-realpeer"
+
+log() { echo "setup.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+as_root() {
+	if [ "$(id -u)" = 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null; then
+		sudo "$@"
+	else
+		die "need root to run: $*"
+	fi
+}
+
+find_nginx() {
+	command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true
+}
+
+# apt_install PKG...: installs with the package lists as they are, and once
+# more after apt-get update when that fails (fresh machines have no lists).
+apt_install() {
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2 && return
+	as_root apt-get update -q >&2
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
+}
+
+ensure_nginx() {
+	[ -n "$(find_nginx)" ] && return
+	command -v apt-get >/dev/null || die "nginx is missing and there is no apt-get to install it"
+	log "installing nginx from Debian's packages"
+	# The package's postinst starts the system nginx on port 80 unless a
+	# policy-rc.d forbids it (Debian's container images ship one); the tests
+	# run their own nginx, so forbid it for the install if nothing does.
+	local policy=/usr/sbin/policy-rc.d
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+		as_root chmod 755 "$policy"
+		trap 'as_root rm -f '"$policy" EXIT
+	fi
+	apt_install nginx-light || apt_install nginx
+	[ -n "$(find_nginx)" ] || die "nginx installed but not found on PATH or in /usr/sbin"
+}
+
+ensure_dendrite() {
+	local key dir tmp
+	key=$(cat "$tools/go.mod" "$tools/go.sum" | sha256sum | cut -c1-16)
+	dir="$cache/dendrite-$key"
+	if [ -x "$dir/dendrite" ] && [ -x "$dir/create-account" ] &&
+		[ -x "$dir/generate-config" ] && [ -x "$dir/generate-keys" ]; then
+		echo "$dir"
+		return
+	fi
+	log "building Dendrite from $tools into $dir (a few minutes the first time)"
+	mkdir -p "$cache"
+	tmp=$(mktemp -d "$cache/build.XXXXXX")
+	# Build into a scratch directory and rename it into place, so an
+	# interrupted build never leaves a half-filled cache entry.
+	if ! (cd "$tools" && go build -trimpath -o "$tmp/" \
+		github.com/element-hq/dendrite/cmd/dendrite \
+		github.com/element-hq/dendrite/cmd/create-account \
+		github.com/element-hq/dendrite/cmd/generate-config \
+		github.com/element-hq/dendrite/cmd/generate-keys) >&2; then
+		rm -rf "$tmp"
+		die "Dendrite build failed"
+	fi
+	rm -rf "$dir"
+	mv "$tmp" "$dir"
+	echo "$dir"
+}
+
+ensure_js() {
+	command -v node >/dev/null || die "node is missing"
+	command -v npm >/dev/null || die "npm is missing"
+	local stamp="$js/node_modules/.threepidd-lock-sha256" want
+	want=$(sha256sum <"$js/package-lock.json" | cut -c1-64)
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+		return
+	fi
+	log "installing the Node client's packages (npm ci)"
+	# matrix-js-sdk 43 declares node >= 22 and runs on Node 20: npm only
+	# warns (EBADENGINE) as long as engine-strict stays off.
+	(cd "$js" && npm ci --no-audit --no-fund --loglevel=error) >&2
+	echo "$want" >"$stamp"
+}
+
+ensure_nginx
+bin=$(ensure_dendrite)
+ensure_js
+
+echo "DENDRITE_BIN_DIR=$bin"
+echo "NGINX=$(find_nginx)"
+echo "NODE=$(command -v node)"
+echo "JS_DIR=$js"

@@ -1,0 +1,49 @@
+package threepid
+
+import (
+	"strings"
+	"testing"
+)
+
+// The seed corpora are in testdata/fuzz/.
+
+// FuzzCanonicalEmail checks that canonicalisation never panics, that its output
+// is a fixed point (canonicalising it again changes nothing, also through
+// CanonicalAddress), and that the output keeps exactly one "@".
+func FuzzCanonicalEmail(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		out, err := CanonicalEmail(s)
+		if err != nil {
+			return
+		}
+		if strings.Count(out, "@") != 1 {
+			t.Fatalf("CanonicalEmail(%q) = %q: not exactly one @", s, out)
+		}
+		again, err := CanonicalEmail(out)
+		if err != nil || again != out {
+			t.Fatalf("CanonicalEmail(%q) = %q, but that canonicalises to %q, %v", s, out, again, err)
+		}
+		if viaAddress, err := CanonicalAddress(MediumEmail, out); err != nil || viaAddress != out {
+			t.Fatalf("CanonicalAddress(email, %q) = %q, %v", out, viaAddress, err)
+		}
+	})
+}
+
+// FuzzCanonicalMSISDN checks that parsing never panics and that a canonical
+// number is stable: it passes CanonicalAddress unchanged, and parsing it back
+// in international form yields it again.
+func FuzzCanonicalMSISDN(f *testing.F) {
+	f.Fuzz(func(t *testing.T, country, number string) {
+		out, err := CanonicalMSISDN(country, number)
+		if err != nil {
+			return
+		}
+		if viaAddress, err := CanonicalAddress(MediumMSISDN, out); err != nil || viaAddress != out {
+			t.Fatalf("CanonicalMSISDN(%q, %q) = %q, but CanonicalAddress gives %q, %v", country, number, out, viaAddress, err)
+		}
+		again, err := CanonicalMSISDN(country, "+"+out)
+		if err != nil || again != out {
+			t.Fatalf("CanonicalMSISDN(%q, %q) = %q, but +%s gives %q, %v", country, number, out, out, again, err)
+		}
+	})
+}
