@@ -319,6 +319,8 @@ func TestLoadMistakes(t *testing.T) {
 		{name: "policy webhook timeout zero", env: []string{"THREEPIDD_POLICY_WEBHOOK_URL=https://p.example", "THREEPIDD_POLICY_WEBHOOK_TIMEOUT=0s"},
 			want: "config: policy.webhook.timeout:"},
 		{name: "events webhook not http", env: []string{"THREEPIDD_POLICY_EVENTS_WEBHOOK_URL=events"}, want: "config: policy.events_webhook.url:"},
+		{name: "bind allowed names an unconfigured server", env: []string{"THREEPIDD_POLICY_BIND_IDENTITY_SERVERS_ALLOWED=[vector.im]"},
+			want: `config: policy.bind_identity_servers_allowed[0]: "vector.im" is not one of identity_servers`},
 		{name: "max threepids negative", env: []string{"THREEPIDD_POLICY_MAX_THREEPIDS_PER_USER=-1"}, want: "config: policy.max_threepids_per_user:"},
 		{name: "rate negative", env: []string{"THREEPIDD_RATELIMIT_REQUESTTOKEN_PER_IP_PER_SECOND=-0.5"}, want: "config: ratelimit.requesttoken_per_ip.per_second:"},
 		{name: "rate NaN", env: []string{"THREEPIDD_RATELIMIT_ONUPDATE_PER_SERVER_PER_SECOND=.nan"}, want: "config: ratelimit.onupdate_per_server.per_second:"},

@@ -345,6 +345,12 @@ func (c *Config) validatePolicy() error {
 	if p.MaxThreepidsPerUser < 0 {
 		return problem("policy.max_threepids_per_user", "must not be negative")
 	}
+	for i, name := range p.BindIdentityServersAllowed {
+		if !slices.ContainsFunc(c.IdentityServers, func(is IdentityServer) bool { return is.ServerName == name }) {
+			return problem(fmt.Sprintf("policy.bind_identity_servers_allowed[%d]", i),
+				"%q is not one of identity_servers (a bind to it is refused anyway)", name)
+		}
+	}
 	return nil
 }
 

@@ -56,6 +56,8 @@ type Client struct {
 	http  *http.Client
 	relay config.UIARelay
 	cache *expirable.LRU[string, Identity]
+	// callTimeout bounds each call; CallTimeout except in tests.
+	callTimeout time.Duration
 }
 
 // NewTransport returns a pooled transport, as threepidd uses for the homeserver
@@ -99,9 +101,10 @@ func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 	}
 	ttl := cfg.TokenCacheTTL
 	c := &Client{
-		base:  base,
-		http:  &http.Client{Transport: transport, CheckRedirect: noRedirects},
-		relay: relay,
+		base:        base,
+		http:        &http.Client{Transport: transport, CheckRedirect: noRedirects},
+		relay:       relay,
+		callTimeout: CallTimeout,
 	}
 	if ttl > 0 {
 		c.cache = expirable.NewLRU[string, Identity](tokenCacheSize, nil, ttl)
@@ -228,7 +231,7 @@ const CallTimeout = 30 * time.Second
 
 // do sends one request to the homeserver and returns its status and (bounded) body.
 func (c *Client) do(ctx context.Context, caller Caller, method, pathAndQuery string, body []byte) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.callTimeout)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {
