@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -17,6 +18,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:0", "address threepidd listens on (port 0: a free one)")
 	verbose := fs.Bool("v", false, "print threepidd's logs on stderr too")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: threepidd demo [-listen ADDR] [-v]")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -26,10 +31,20 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	slog.SetDefault(slog.New(handler))
 	opts := demo.Options{Listen: *listen}
-	// Enter stops the demo when a person is at the terminal; piped or
-	// closed input must not end it early.
-	if fi, err := os.Stdin.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+	if interactive(os.Stdin) {
 		opts.Stdin = os.Stdin
 	}
 	return demo.Run(ctx, stdout, opts)
+}
+
+// interactive reports whether f is input a person types into, so that Enter
+// may stop the demo. Piped input, a file and /dev/null (a character device too,
+// as under nohup or a service manager) must not end it early.
+func interactive(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return false
+	}
+	null, err := os.Stat(os.DevNull)
+	return err != nil || !os.SameFile(fi, null)
 }

@@ -18,6 +18,10 @@ func generateKey(_ context.Context, args []string, stdout, stderr io.Writer) err
 	out := fs.String("out", "", "file to write (must not exist)")
 	format := fs.String("format", "synapse", "synapse | dendrite")
 	id := fs.String("id", "", "key id without the ed25519: prefix (random if empty)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: threepidd generate-key -out FILE [-format synapse|dendrite] [-id ID]")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}

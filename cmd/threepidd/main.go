@@ -26,15 +26,21 @@ import (
 
 const usage = `usage: threepidd [command] [flags]
 
-  serve -config FILE           serve the 3PID endpoints (the default command)
-  generate-key -out FILE       write an ed25519 signing key (-format synapse|dendrite)
-  notify -key FILE -origin IS -destination HS -to URL -threepid ADDR -mxid MXID [-deleted] [-medium M]
+  serve -config FILE           serve the 3PID endpoints (the default command;
+                               -config defaults to threepidd.yaml)
+  generate-key -out FILE [-format synapse|dendrite] [-id ID]
+                               write a new ed25519 signing key (Synapse's
+                               "ed25519 <id> <seed>" by default)
+  notify -key FILE -origin IS -destination HS -to URL -threepid ADDR
+         (-mxid MXID | -deleted [-mxid MXID]) [-medium email|msisdn]
                                send a signed onupdate, as an identity server would
   import -config FILE [-dendrite-db DSN]
                                copy the homeserver's existing 3PIDs into threepidd
-  demo                         walk through the whole story against in-process stand-ins
+  demo [-listen ADDR] [-v]     walk through the whole story against in-process stand-ins
   help                         this text
 
+Every configuration key has an environment override: THREEPIDD_ + its
+upper-cased path joined by "_" (THREEPIDD_DATABASE_DSN).
 Run "threepidd COMMAND -h" for a command's flags.
 `
 
@@ -85,6 +91,10 @@ func serve(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "threepidd.yaml", "configuration file")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage, "\nserve flags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}

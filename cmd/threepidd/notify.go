@@ -26,7 +26,7 @@ func notify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	deleted := fs.Bool("deleted", false, "the binding was deleted rather than taken over")
 	medium := fs.String("medium", "", "email or msisdn (inferred by the receiver when empty)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: threepidd notify -key FILE -origin IS_NAME -destination HS_SERVER_NAME -to URL -threepid ADDRESS -mxid MXID [-deleted] [-medium email|msisdn]")
+		fmt.Fprintln(fs.Output(), "usage: threepidd notify -key FILE -origin IS_NAME -destination HS_SERVER_NAME -to URL -threepid ADDRESS (-mxid MXID | -deleted [-mxid MXID]) [-medium email|msisdn]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

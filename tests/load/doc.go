@@ -19,16 +19,16 @@
 //
 // It is opt-in, so that `go test ./...` stays fast:
 //
-//	THREEPIDD_LOAD=1 THREEPIDD_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test?sslmode=disable \
+//	THREEPIDD_TEST_LOAD=1 THREEPIDD_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test?sslmode=disable \
 //	    go test ./tests/load -run TestLoad -v -timeout 30m
 //
-// Knobs (environment): THREEPIDD_LOAD_DURATION (measured time per operation
-// and side, default 20s), THREEPIDD_LOAD_USERS (default 10000, each with 3
-// e-mail addresses), THREEPIDD_LOAD_CLIENTS (concurrent clients, default 100),
-// THREEPIDD_LOAD_ROUNDS (rounds the duration is split into, default 10) and
-// THREEPIDD_LOAD_WARMUP (unmeasured load per operation and side, default 2s).
+// Knobs (environment): THREEPIDD_TEST_LOAD_DURATION (measured time per operation
+// and side, default 20s), THREEPIDD_TEST_LOAD_USERS (default 10000, each with 3
+// e-mail addresses), THREEPIDD_TEST_LOAD_CLIENTS (concurrent clients, default 100),
+// THREEPIDD_TEST_LOAD_ROUNDS (rounds the duration is split into, default 10) and
+// THREEPIDD_TEST_LOAD_WARMUP (unmeasured load per operation and side, default 2s).
 //
-// THREEPIDD_LOAD_OPS selects operations by key (list, list-cached, flow, bind,
+// THREEPIDD_TEST_LOAD_OPS selects operations by key (list, list-cached, flow, bind,
 // onupdate; comma-separated), e.g. to profile one with -cpuprofile.
 //
 // BenchmarkList is the unit-level counterpart: GET /account/3pid against

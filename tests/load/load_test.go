@@ -15,7 +15,7 @@ import (
 )
 
 // loadEnv turns TestLoad on.
-const loadEnv = "THREEPIDD_LOAD"
+const loadEnv = "THREEPIDD_TEST_LOAD"
 
 // p99Target is the bound on threepidd's p99 latency over the baseline's.
 const p99Target = 1.3
@@ -35,7 +35,7 @@ type settings struct {
 func loadSettings(t *testing.T) settings {
 	t.Helper()
 	s := settings{duration: 20 * time.Second, warmup: 2 * time.Second, users: 10_000, clients: 100, rounds: 10}
-	for name, d := range map[string]*time.Duration{"THREEPIDD_LOAD_DURATION": &s.duration, "THREEPIDD_LOAD_WARMUP": &s.warmup} {
+	for name, d := range map[string]*time.Duration{"THREEPIDD_TEST_LOAD_DURATION": &s.duration, "THREEPIDD_TEST_LOAD_WARMUP": &s.warmup} {
 		if v := os.Getenv(name); v != "" {
 			parsed, err := time.ParseDuration(v)
 			if err != nil || parsed < 0 {
@@ -44,7 +44,7 @@ func loadSettings(t *testing.T) settings {
 			*d = parsed
 		}
 	}
-	for name, n := range map[string]*int{"THREEPIDD_LOAD_USERS": &s.users, "THREEPIDD_LOAD_CLIENTS": &s.clients, "THREEPIDD_LOAD_ROUNDS": &s.rounds} {
+	for name, n := range map[string]*int{"THREEPIDD_TEST_LOAD_USERS": &s.users, "THREEPIDD_TEST_LOAD_CLIENTS": &s.clients, "THREEPIDD_TEST_LOAD_ROUNDS": &s.rounds} {
 		if v := os.Getenv(name); v != "" {
 			parsed, err := strconv.Atoi(v)
 			if err != nil || parsed < 1 {
@@ -53,7 +53,7 @@ func loadSettings(t *testing.T) settings {
 			*n = parsed
 		}
 	}
-	if v := os.Getenv("THREEPIDD_LOAD_OPS"); v != "" {
+	if v := os.Getenv("THREEPIDD_TEST_LOAD_OPS"); v != "" {
 		s.ops = map[string]bool{}
 		for _, key := range strings.Split(v, ",") {
 			s.ops[strings.TrimSpace(key)] = true

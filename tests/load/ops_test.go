@@ -27,7 +27,7 @@ type iteration func(ctx context.Context, w *Worker, n int64) error
 // operation is one kind of load: its measured steps and what an iteration
 // does on threepidd and on the baseline.
 type operation struct {
-	// key selects the operation in THREEPIDD_LOAD_OPS.
+	// key selects the operation in THREEPIDD_TEST_LOAD_OPS.
 	key string
 	// name labels the whole iteration when there are several steps.
 	name  string
