@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/threepidd/threepidd/config"
@@ -81,10 +82,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
 			return 2
 		}
-		fmt.Fprintf(stderr, "threepidd %s: %v\n", name, err)
+		fmt.Fprintf(stderr, "threepidd %s: %s\n", name, oneLine(err))
 		return 1
 	}
 	return 0
+}
+
+// oneLine renders err on one line: some libraries (pgx, listing each address
+// it tried) put newlines in their errors, and operators grep logs by line.
+func oneLine(err error) string {
+	var b strings.Builder
+	for i, line := range strings.FieldsFunc(err.Error(), func(r rune) bool { return r == '\n' || r == '\r' }) {
+		if i > 0 && !strings.HasSuffix(b.String(), ":") {
+			b.WriteString(";")
+		}
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		b.WriteString(strings.TrimSpace(line))
+	}
+	return b.String()
 }
 
 func serve(ctx context.Context, args []string, _, stderr io.Writer) error {
