@@ -65,12 +65,14 @@ func (a *Account) list(w http.ResponseWriter, r *http.Request) error {
 }
 
 type tokenBody struct {
-	ClientSecret *string      `json:"client_secret"`
-	Email        *string      `json:"email"`
-	Country      *string      `json:"country"`
-	PhoneNumber  *string      `json:"phone_number"`
-	SendAttempt  *json.Number `json:"send_attempt"`
-	NextLink     *string      `json:"next_link"`
+	ClientSecret *string `json:"client_secret"`
+	Email        *string `json:"email"`
+	Country      *string `json:"country"`
+	PhoneNumber  *string `json:"phone_number"`
+	// SendAttempt is an integer: a quoted number, a fraction or an exponent
+	// is M_BAD_JSON, as the spec's type and Synapse's StrictInt have it.
+	SendAttempt *int64  `json:"send_attempt"`
+	NextLink    *string `json:"next_link"`
 }
 
 // parseCommon checks the parameters both requestToken bodies share.
@@ -78,11 +80,7 @@ func (b *tokenBody) parseCommon() (account.TokenRequest, error) {
 	if !threepid.ValidClientSecret(*b.ClientSecret) {
 		return account.TokenRequest{}, mxerr.InvalidParam.WithMessage("client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]")
 	}
-	attempt, err := b.SendAttempt.Int64()
-	if err != nil {
-		return account.TokenRequest{}, mxerr.BadJSON.WithMessage("send_attempt must be an integer")
-	}
-	req := account.TokenRequest{ClientSecret: *b.ClientSecret, SendAttempt: attempt}
+	req := account.TokenRequest{ClientSecret: *b.ClientSecret, SendAttempt: *b.SendAttempt}
 	if b.NextLink != nil && *b.NextLink != "" {
 		if len(*b.NextLink) > 2048 || !threepid.ValidNextLink(*b.NextLink) {
 			return account.TokenRequest{}, mxerr.InvalidParam.WithMessage("next_link must be an http(s) URL")
@@ -105,7 +103,7 @@ func (a *Account) requestEmailToken(w http.ResponseWriter, r *http.Request) erro
 		return err
 	}
 	req.Medium = threepid.MediumEmail
-	if req.Address, err = threepid.CanonicalEmail(*b.Email); err != nil {
+	if req.Address, err = threepid.CanonicalEmail(*b.Email); err != nil || !threepid.MailableEmail(req.Address) {
 		return mxerr.InvalidParam.WithMessage("Invalid e-mail address")
 	}
 	return a.requestToken(w, r, req)

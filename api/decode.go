@@ -29,8 +29,8 @@ func ReadBody(r *http.Request, limit int64) ([]byte, error) {
 }
 
 // DecodeJSON reads a JSON object body into v: 413 M_TOO_LARGE over the limit,
-// M_NOT_JSON if it is not a JSON object, M_BAD_JSON (naming the field) when a
-// field has the wrong type.
+// M_NOT_JSON if it is not JSON, M_BAD_JSON if it is JSON but not an object
+// (as Synapse answers) or when a field has the wrong type (naming the field).
 func DecodeJSON(r *http.Request, v any) error {
 	body, err := ReadBody(r, MaxBodyBytes)
 	if err != nil {
@@ -46,8 +46,11 @@ func UnmarshalObject(body []byte, v any) error {
 	if !json.Valid(trimmed) {
 		return mxerr.NotJSON.WithMessage("Content not JSON")
 	}
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return mxerr.NotJSON.WithMessage("Content must be a JSON object")
+	if len(trimmed) == 0 {
+		return mxerr.NotJSON.WithMessage("Content not JSON")
+	}
+	if trimmed[0] != '{' {
+		return mxerr.BadJSON.WithMessage("Content must be a JSON object")
 	}
 	if err := json.Unmarshal(trimmed, v); err != nil {
 		var te *json.UnmarshalTypeError

@@ -20,6 +20,7 @@ import (
 	"github.com/threepidd/threepidd/outbox"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage"
+	"github.com/threepidd/threepidd/threepid"
 )
 
 // Unbind results, as the spec names them.
@@ -88,6 +89,14 @@ func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid
 	if err != nil {
 		return err
 	}
+	// Record the canonical address (unbind, delete and onupdate look it up in
+	// that form), and only the 3PID the session validated and the policy judged.
+	bound, err := threepid.CanonicalAddress(assoc.Medium, assoc.Address)
+	if err != nil || assoc.Medium != medium || bound != address {
+		slog.WarnContext(ctx, "identity server bound another 3PID than the session validated", "id_server", idServer, "medium", assoc.Medium)
+		return mxerr.Unavailable.WithMessage("identity server %s returned an association for another 3PID", idServer)
+	}
+	assoc.Address = bound
 	now := s.now().UnixMilli()
 	return s.Store.WithTx(ctx, func(q storage.Querier) error {
 		previous, err := q.BindingsOf3PID(ctx, assoc.Medium, assoc.Address, idServer)

@@ -7,6 +7,7 @@ package threepid
 import (
 	"errors"
 	"fmt"
+	"net/mail"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -69,6 +70,19 @@ func CanonicalEmail(s string) (string, error) {
 		return "", invalid("an e-mail address must be %d to %d characters long", minEmailLength, maxEmailLength)
 	}
 	return out, nil
+}
+
+// MailableEmail reports whether a canonical e-mail address (from
+// [CanonicalEmail]) is a bare addr-spec that a message can be sent to exactly:
+// net/mail parses it to itself, without a display name, angle brackets,
+// comments, quoting or white space. CanonicalEmail deliberately accepts more,
+// so that addresses a homeserver already holds keep matching; requestToken,
+// which mails a token to a new address, also requires this, so that a client
+// mistake is refused up front (not reported as a mail failure) and the address
+// validated is the one the token was sent to.
+func MailableEmail(s string) bool {
+	a, err := mail.ParseAddress(s)
+	return err == nil && a.Name == "" && a.Address == s
 }
 
 // foldCase is Python's str.casefold: Unicode full case folding. x/text's

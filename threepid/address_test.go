@@ -44,6 +44,35 @@ func TestCanonicalEmail(t *testing.T) {
 	}
 }
 
+func TestMailableEmail(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"alice@example.org", true},
+		{"a@b", true},
+		{"ünïcödé@exämple.org", true},
+		{"sstrasse@straße.de", true},
+		{"lit@[192.0.2.1]", true},
+		{"first.last+tag@example.org", true},
+		{"a b@example.org", false},
+		{"a\r\nb@example.org", false},
+		{"a\r\nbcc: evil@example.org", false},
+		{"name <named@example.org>", false},
+		{"<angle@example.org>", false},
+		{"a(comment)@example.org", false},
+		{`"quoted local"@example.org`, false},
+		{"ab@", false},
+		{"@ab", false},
+		{"a..b@example.org", false},
+		{"a@b c", false},
+	} {
+		if got := MailableEmail(tc.in); got != tc.want {
+			t.Errorf("MailableEmail(%q) = %t, want %t", tc.in, got, tc.want)
+		}
+	}
+}
+
 func TestCanonicalEmailRejects(t *testing.T) {
 	tests := []struct {
 		name, in string

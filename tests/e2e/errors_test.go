@@ -28,7 +28,7 @@ func TestRequestErrors(t *testing.T) {
 			{"unknown root", "GET", "/nothing", "", nil, 404, "M_UNRECOGNIZED"},
 			{"wrong method", "PUT", "/_matrix/client/v3/account/3pid/add", u.Token, nil, 405, "M_UNRECOGNIZED"},
 			{"not json", "POST", email, "", "this is not json", 400, "M_NOT_JSON"},
-			{"json array", "POST", email, "", `[1,2]`, 400, "M_NOT_JSON"},
+			{"json array", "POST", email, "", `[1,2]`, 400, "M_BAD_JSON"},
 			{"wrong type", "POST", email, "", `{"client_secret":"x","email":"a@b.c","send_attempt":"one"}`, 400, "M_BAD_JSON"},
 			{"fractional send_attempt", "POST", email, "", `{"client_secret":"x","email":"a@b.c","send_attempt":1.5}`, 400, "M_BAD_JSON"},
 			{"email not a string", "POST", email, "", `{"client_secret":"x","email":5,"send_attempt":1}`, 400, "M_BAD_JSON"},
