@@ -60,12 +60,17 @@ type Proxy struct {
 	Homeserver *homeserver.Client
 }
 
-// Register adds the proxied routes under every client prefix.
+// Register adds the proxied routes under every client prefix. Room IDs are
+// matched percent-encoded, so that an encoded "/" stays inside its segment.
 func (p *Proxy) Register(r *mux.Router) {
+	// A subrouter without matchers of its own (see admin.Handler.Register).
+	encoded := r.NewRoute().Subrouter()
+	encoded.UseEncodedPath()
+	encoded.MethodNotAllowedHandler = r.MethodNotAllowedHandler
 	for _, prefix := range api.ClientPrefixes {
 		r.Handle(prefix+"/sync", p.Auth.Require(p.sync)).Methods(http.MethodGet)
 		r.Handle(prefix+"/keys/changes", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
-		r.Handle(prefix+"/rooms/{roomId}/messages", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
+		encoded.Handle(prefix+"/rooms/{roomId}/messages", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
 	}
 	r.Handle(SlidingSyncPath, p.Auth.Require(p.slidingSync)).Methods(http.MethodPost)
 }
@@ -192,6 +197,12 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 		if err != nil {
 			stop()
 			return unlessGone(ctx, err)
+		}
+		// A plain upstream token means "now" once, as the request began: a
+		// notification that wakes the long-poll is after that position, and
+		// must not be skipped by reading "now" again.
+		if !tok.HasPos {
+			tok = NewToken(tok.Upstream, next)
 		}
 		switch {
 		case len(sec) > 0 && woken:

@@ -458,6 +458,18 @@ func TestProxyWake(t *testing.T) {
 				t.Fatalf("got %d %s\nwant %s", r.status, r.body, want)
 			}
 		})
+		t.Run("a plain upstream token is woken too", func(t *testing.T) {
+			// Its position is "now" as the request began: a notification that
+			// arrives during the long-poll is after it, so it ends the poll.
+			e.up.setHandler(holdAll)
+			done := longPoll("GET", "/_matrix/client/v3/sync?timeout=30000&since=s5", "")
+			pos := notify(t, store, "@alice:hs", "p@example.org", false, "@eve:other", time.Now())
+			r := receive(done)
+			want := `{"next_batch":"` + NewToken("s5", pos).String() + `","threepids":{"p@example.org":{"deleted":false,"mxid":"@eve:other","medium":"email"}}}`
+			if r.status != 200 || string(r.body) != want {
+				t.Fatalf("got %d %s\nwant %s", r.status, r.body, want)
+			}
+		})
 	})
 }
 
@@ -505,6 +517,8 @@ func TestProxyPassTokens(t *testing.T) {
 			"/_matrix/client/v3/keys/changes", "from=s3_34~x.0&to=s4_34", 200},
 		{"messages", "/_matrix/client/r0/rooms/%21room%3Ahs/messages?dir=b&from=" + composite + "&to=" + composite + "&limit=5",
 			"/_matrix/client/r0/rooms/%21room%3Ahs/messages", "dir=b&from=s3_34~x.0&to=s3_34~x.0&limit=5", 200},
+		{"messages in a room whose ID has an encoded /", "/_matrix/client/v3/rooms/%21a%2Fb%3Ahs/messages?from=" + composite,
+			"/_matrix/client/v3/rooms/%21a%2Fb%3Ahs/messages", "from=s3_34~x.0", 200},
 		{"messages with a pagination token", "/_matrix/client/v3/rooms/%21room%3Ahs/messages?from=t1-3_34",
 			"/_matrix/client/v3/rooms/%21room%3Ahs/messages", "from=t1-3_34", 200},
 		{"garbled", "/_matrix/client/v3/keys/changes?from=tpd1.1.%3F", "", "", 400},
