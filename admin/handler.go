@@ -47,14 +47,15 @@ func (h *Handler) Register(r *mux.Router) {
 }
 
 // auth admits requests bearing the admin token: 401 M_MISSING_TOKEN without a
-// token, 403 M_FORBIDDEN with another one. The digests are compared in
-// constant time, which hides the token's length too.
+// token, 403 M_FORBIDDEN with another one. The token is taken from the
+// Authorization header only: a query string ends up in proxies' access logs.
+// The digests are compared in constant time, which hides the token's length too.
 func (h *Handler) auth(next mxerr.Handler) mxerr.Handler {
 	want := sha256.Sum256([]byte(h.Token))
 	return func(w http.ResponseWriter, r *http.Request) error {
-		token := api.AccessToken(r)
+		token := api.BearerToken(r)
 		if token == "" {
-			return mxerr.MissingToken
+			return mxerr.MissingToken.WithMessage("The admin API takes its token in an Authorization: Bearer header")
 		}
 		got := sha256.Sum256([]byte(token))
 		if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {

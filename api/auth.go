@@ -84,13 +84,19 @@ func (a *Auth) Caller(r *http.Request) homeserver.Caller {
 
 // AccessToken returns the token from the Authorization header or ?access_token=.
 func AccessToken(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); h != "" {
-		if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
-			return strings.TrimSpace(h[7:])
-		}
-		return ""
+	if r.Header.Get("Authorization") != "" {
+		return BearerToken(r)
 	}
 	return r.URL.Query().Get("access_token")
+}
+
+// BearerToken returns the token of an "Authorization: Bearer" header only.
+func BearerToken(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
 }
 
 type userKey struct{}

@@ -1,9 +1,6 @@
 package api
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 
@@ -36,30 +33,7 @@ func DecodeJSON(r *http.Request, v any) error {
 	if err != nil {
 		return err
 	}
-	return UnmarshalObject(body, v)
-}
-
-// UnmarshalObject decodes body, which must be a JSON object, into v, with the
-// errors of DecodeJSON.
-func UnmarshalObject(body []byte, v any) error {
-	trimmed := bytes.TrimSpace(body)
-	if !json.Valid(trimmed) {
-		return mxerr.NotJSON.WithMessage("Content not JSON")
-	}
-	if len(trimmed) == 0 {
-		return mxerr.NotJSON.WithMessage("Content not JSON")
-	}
-	if trimmed[0] != '{' {
-		return mxerr.BadJSON.WithMessage("Content must be a JSON object")
-	}
-	if err := json.Unmarshal(trimmed, v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return mxerr.BadJSON.WithMessage("%s has the wrong type: %s expected", te.Field, te.Type)
-		}
-		return mxerr.BadJSON.WithMessage("Malformed JSON: %v", err)
-	}
-	return nil
+	return mxerr.UnmarshalObject(body, v)
 }
 
 // Required returns M_MISSING_PARAM naming the first absent parameter.

@@ -25,7 +25,7 @@ import (
 )
 
 // Each Fuzz target below sends its input as the body of every endpoint that
-// decodes one body struct (api.UnmarshalObject into tokenBody, submitBody,
+// decodes one body struct (mxerr.UnmarshalObject into tokenBody, submitBody,
 // addBody, threepidBody or bindBody), through the real router and handlers
 // and services on a SQLite store, with the homeserver and the identity server
 // answering in-process. Whatever the body, the answer is a 200 or a 4xx

@@ -45,7 +45,8 @@ func NewVerifier(serverName string, servers []config.IdentityServer, keys *KeyRi
 // M_TOO_LARGE for a body over maxBody; 401 M_UNAUTHORIZED for a missing or
 // garbled header, an unknown origin, a wrong destination, a key that cannot be
 // found or a bad signature; 403 M_FORBIDDEN for an identity server not allowed
-// to call onupdate; 400 M_NOT_JSON for a body that is not a JSON object. A
+// to call onupdate; 400 M_NOT_JSON for a body that is not JSON, M_BAD_JSON for
+// JSON that is not an object. A
 // failure to read the body is returned as is.
 func (v *Verifier) Verify(r *http.Request, maxBody int64) (config.IdentityServer, []byte, error) {
 	body, err := readBody(r, maxBody)
@@ -57,8 +58,8 @@ func (v *Verifier) Verify(r *http.Request, maxBody int64) (config.IdentityServer
 		return config.IdentityServer{}, nil, err
 	}
 	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
-		return config.IdentityServer{}, nil, mxerr.NotJSON.WithMessage("Request body is not a JSON object")
+	if err := mxerr.UnmarshalObject(body, &obj); err != nil {
+		return config.IdentityServer{}, nil, err
 	}
 	key, err := v.keys.PublicKey(r.Context(), is, x.KeyID)
 	if err != nil {

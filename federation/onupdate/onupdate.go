@@ -181,7 +181,7 @@ type body struct {
 // address is canonical.
 func Parse(data []byte) (Update, error) {
 	var b body
-	if err := api.UnmarshalObject(data, &b); err != nil {
+	if err := mxerr.UnmarshalObject(data, &b); err != nil {
 		return Update{}, err
 	}
 	if err := api.Required("threepid", b.Threepid != nil, "deleted", b.Deleted != nil); err != nil {

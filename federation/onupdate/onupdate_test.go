@@ -49,7 +49,7 @@ func TestParse(t *testing.T) {
 
 		{"not JSON", `threepid=a@b.c`, onupdate.Update{}, "M_NOT_JSON"},
 		{"empty", ``, onupdate.Update{}, "M_NOT_JSON"},
-		{"array", `[{"threepid":"a@b.c","deleted":true}]`, onupdate.Update{}, "M_NOT_JSON"},
+		{"array", `[{"threepid":"a@b.c","deleted":true}]`, onupdate.Update{}, "M_BAD_JSON"},
 		{"threepid missing", `{"deleted":true}`, onupdate.Update{}, "M_MISSING_PARAM"},
 		{"deleted missing", `{"threepid":"a@b.c","mxid":"@b:other.tld"}`, onupdate.Update{}, "M_MISSING_PARAM"},
 		{"deleted null", `{"threepid":"a@b.c","deleted":null,"mxid":"@b:other.tld"}`, onupdate.Update{}, "M_MISSING_PARAM"},
