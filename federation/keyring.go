@@ -17,6 +17,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/matrix-org/gomatrixserverlib"
+	"golang.org/x/time/rate"
 
 	"github.com/threepidd/threepidd/config"
 )
@@ -32,6 +33,12 @@ const (
 	// negativeTTL is how long a failed fetch is remembered, so a down or
 	// misbehaving identity server is asked at most once per key in that time.
 	negativeTTL = 30 * time.Second
+	// fetchBurst and fetchRate bound the fetches of keys not in the cache per
+	// identity server: the key ID comes from an unauthenticated header, so
+	// without a budget anyone could make threepidd fetch a new key ID from an
+	// identity server on every request.
+	fetchBurst = 10
+	fetchRate  = rate.Limit(1) // per second
 	// fetchTimeout bounds one key fetch, whoever waits for it.
 	fetchTimeout = 10 * time.Second
 	// maxPubkeyBody bounds the pubkey answer we read.
@@ -48,15 +55,21 @@ const (
 // KeyRing fetches and caches identity-server public keys. Keys pinned in the
 // config (verify_keys) are used without HTTP; otherwise a key is fetched from
 // GET <base_url>/_matrix/identity/v2/pubkey/<keyId>. Concurrent misses for one
-// key share one fetch; the cache is bounded; failures are remembered for 30 s.
-// It is safe for concurrent use.
+// key share one fetch; the caches are bounded; failures are remembered for
+// 30 s in a cache of their own, so they cannot push good keys out; each
+// identity server gets at most fetchBurst fetches at once and fetchRate a
+// second after that. It is safe for concurrent use.
 type KeyRing struct {
-	client *http.Client
-	now    func() time.Time
-	cache  *lru.Cache[keyRef, keyEntry]
+	client   *http.Client
+	now      func() time.Time
+	keys     *lru.Cache[keyRef, keyEntry]
+	failures *lru.Cache[keyRef, keyEntry]
 
 	mu       sync.Mutex
 	inflight map[keyRef]*keyFetch
+	// budgets holds one fetch budget per identity server base URL (from the
+	// config, so bounded).
+	budgets map[string]*rate.Limiter
 }
 
 // keyRef names one key of one identity server.
@@ -84,11 +97,42 @@ func NewKeyRing(client *http.Client) *KeyRing {
 	if client == nil {
 		client = &http.Client{Timeout: fetchTimeout}
 	}
+	return &KeyRing{
+		client:   client,
+		now:      time.Now,
+		keys:     newKeyCache(),
+		failures: newKeyCache(),
+		inflight: make(map[keyRef]*keyFetch),
+		budgets:  make(map[string]*rate.Limiter),
+	}
+}
+
+func newKeyCache() *lru.Cache[keyRef, keyEntry] {
 	cache, err := lru.New[keyRef, keyEntry](keyCacheSize)
 	if err != nil {
 		panic(fmt.Sprintf("federation: key cache: %v", err)) // only for a size <= 0
 	}
-	return &KeyRing{client: client, now: time.Now, cache: cache, inflight: make(map[keyRef]*keyFetch)}
+	return cache
+}
+
+// cached returns the unexpired cached result for ref; k.mu is held.
+func (k *KeyRing) cached(ref keyRef) (keyEntry, bool) {
+	for _, c := range []*lru.Cache[keyRef, keyEntry]{k.keys, k.failures} {
+		if e, ok := c.Get(ref); ok && k.now().Before(e.expires) {
+			return e, true
+		}
+	}
+	return keyEntry{}, false
+}
+
+// allowFetch spends one fetch of baseURL's budget; k.mu is held.
+func (k *KeyRing) allowFetch(baseURL string) bool {
+	b, ok := k.budgets[baseURL]
+	if !ok {
+		b = rate.NewLimiter(fetchRate, fetchBurst)
+		k.budgets[baseURL] = b
+	}
+	return b.AllowN(k.now(), 1)
 }
 
 // PublicKey returns the public key keyID (e.g. "ed25519:0") of identity server
@@ -103,12 +147,22 @@ func (k *KeyRing) PublicKey(ctx context.Context, is config.IdentityServer, keyID
 	}
 	ref := keyRef{baseURL: identityServerURL(is), keyID: keyID}
 	k.mu.Lock()
-	if e, ok := k.cache.Get(ref); ok && k.now().Before(e.expires) {
+	if e, ok := k.cached(ref); ok {
 		k.mu.Unlock()
 		return e.key, e.err
 	}
 	f, ok := k.inflight[ref]
 	if !ok {
+		if !k.allowFetch(ref.baseURL) {
+			// Over budget: a key we fetched before is still better than
+			// none, even past its TTL (only a withdrawn key is at stake).
+			e, stale := k.keys.Peek(ref)
+			k.mu.Unlock()
+			if stale {
+				return e.key, nil
+			}
+			return nil, fmt.Errorf("key %s of %s: too many key fetches from this identity server, try again later", keyID, ref.baseURL)
+		}
 		f = &keyFetch{done: make(chan struct{})}
 		k.inflight[ref] = f
 		go k.fetch(context.WithoutCancel(ctx), ref, f)
@@ -129,12 +183,13 @@ func (k *KeyRing) fetch(ctx context.Context, ref keyRef, f *keyFetch) {
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
 	f.key, f.err = k.get(ctx, ref)
-	ttl := keyTTL
-	if f.err != nil {
-		ttl = negativeTTL
-	}
 	k.mu.Lock()
-	k.cache.Add(ref, keyEntry{key: f.key, err: f.err, expires: k.now().Add(ttl)})
+	if f.err != nil {
+		k.failures.Add(ref, keyEntry{err: f.err, expires: k.now().Add(negativeTTL)})
+	} else {
+		k.failures.Remove(ref)
+		k.keys.Add(ref, keyEntry{key: f.key, expires: k.now().Add(keyTTL)})
+	}
 	delete(k.inflight, ref)
 	k.mu.Unlock()
 	close(f.done)

@@ -3,6 +3,7 @@ package federation
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -274,5 +275,60 @@ func TestKeyRingVerifyJSON(t *testing.T) {
 				t.Fatalf("VerifyJSON error = %v, want one containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestKeyRingFetchBudget: key IDs come from an unauthenticated header, so
+// lookups of keys nobody has must not turn into unbounded fetches, nor push a
+// good key out of the cache.
+func TestKeyRingFetchBudget(t *testing.T) {
+	key := mustGenerate(t, "0")
+	fake := newFakeIdentityServer(t, key)
+	is := config.IdentityServer{ServerName: "id.example", BaseURL: fake.URL}
+	k, clock := newTestKeyRing()
+	ctx := context.Background()
+
+	for i := range 2 * fetchBurst {
+		_, err := k.PublicKey(ctx, is, fmt.Sprintf("ed25519:made_up_%d", i))
+		if err == nil {
+			t.Fatalf("made-up key %d: no error", i)
+		}
+		if i >= fetchBurst && !strings.Contains(err.Error(), "too many key fetches") {
+			t.Fatalf("lookup %d over the budget: err = %v", i, err)
+		}
+	}
+	if n := fake.hits.Load(); n != fetchBurst {
+		t.Fatalf("%d lookups of made-up keys made %d fetches, want %d", 2*fetchBurst, n, fetchBurst)
+	}
+	if _, err := k.PublicKey(ctx, is, "ed25519:0"); err == nil || !strings.Contains(err.Error(), "too many key fetches") {
+		t.Fatalf("real key with the budget spent: err = %v", err)
+	}
+	clock.Advance(time.Second)
+	if got, err := k.PublicKey(ctx, is, "ed25519:0"); err != nil || !got.Equal(key.PublicKey()) {
+		t.Fatalf("real key once the budget refilled: %v", err)
+	}
+
+	// More failures than the cache holds do not evict the good key.
+	hits := fake.hits.Load()
+	for i := range keyCacheSize + 100 {
+		clock.Advance(time.Second)
+		if _, err := k.PublicKey(ctx, is, fmt.Sprintf("ed25519:flood_%d", i)); err == nil {
+			t.Fatalf("flood key %d: no error", i)
+		}
+	}
+	if _, err := k.PublicKey(ctx, is, "ed25519:0"); err != nil {
+		t.Fatal(err)
+	}
+	if n := fake.hits.Load() - hits; n != keyCacheSize+100 {
+		t.Fatalf("good key fetched again after a flood of failures (%d fetches for %d failures)", n, keyCacheSize+100)
+	}
+
+	// Past its TTL, with the budget spent, the key we had still verifies.
+	clock.Advance(keyTTL)
+	for i := range fetchBurst {
+		_, _ = k.PublicKey(ctx, is, fmt.Sprintf("ed25519:again_%d", i))
+	}
+	if got, err := k.PublicKey(ctx, is, "ed25519:0"); err != nil || !got.Equal(key.PublicKey()) {
+		t.Fatalf("stale key with the budget spent: %v", err)
 	}
 }
