@@ -278,6 +278,17 @@ func (s *Service) Add(ctx context.Context, userID, sid, clientSecret string) err
 		return err
 	}
 	return s.Store.WithTx(ctx, func(q storage.Querier) error {
+		holder, err := q.AssociationByAddress(ctx, sess.Medium, sess.Address)
+		switch {
+		case err == nil && holder.UserID == userID:
+			// Already on this account (a second session validated before the
+			// first was used): nothing changes, as Synapse's upsert answers 200.
+			return nil
+		case err == nil:
+			return mxerr.ThreepidInUse
+		case !errors.Is(err, storage.ErrNotFound):
+			return fmt.Errorf("look up 3PID holder: %w", err)
+		}
 		if s.MaxThreepidsPerUser > 0 {
 			n, err := q.CountAssociations(ctx, userID)
 			if err != nil {

@@ -481,6 +481,8 @@ func TestAuditAdd(t *testing.T) {
 		acctExpect(t, s.submit(t, e, s.token), 200, "")
 		bobs := acctStartEmailSession(t, e, "bob-secret", "shared@example.org")
 		acctExpect(t, bobs.submit(t, e, bobs.token), 200, "")
+		again := acctStartEmailSession(t, e, "alice-again", "shared@example.org")
+		acctExpect(t, again.submit(t, e, again.token), 200, "")
 		t.Run("another client's secret", func(t *testing.T) {
 			acctExpect(t, e.AddThreepid(t, bob, s.sid, bobs.secret), 400, "M_THREEPID_AUTH_FAILED")
 			acctExpect(t, e.AddThreepid(t, bob, s.sid, "nottheone"), 400, "M_THREEPID_AUTH_FAILED")
@@ -492,6 +494,11 @@ func TestAuditAdd(t *testing.T) {
 		})
 		t.Run("twice", func(t *testing.T) {
 			acctExpect(t, e.AddThreepid(t, alice, s.sid, s.secret), 400, "M_THREEPID_AUTH_FAILED")
+			acctExpectListed(t, e, alice, "email:shared@example.org")
+		})
+		t.Run("already held, from a second session", func(t *testing.T) {
+			// As Synapse's upsert: 200, and the 3PID is listed once.
+			acctExpect(t, e.AddThreepid(t, alice, again.sid, again.secret), 200, "")
 			acctExpectListed(t, e, alice, "email:shared@example.org")
 		})
 		t.Run("held by another user", func(t *testing.T) {
