@@ -282,7 +282,11 @@ func (s *Service) Add(ctx context.Context, userID, sid, clientSecret string) err
 		switch {
 		case err == nil && holder.UserID == userID:
 			// Already on this account (a second session validated before the
-			// first was used): nothing changes, as Synapse's upsert answers 200.
+			// first was used): only the session is spent; Synapse's upsert
+			// answers 200 too.
+			if _, err := q.DeleteSession(ctx, sid); err != nil {
+				return fmt.Errorf("spend session: %w", err)
+			}
 			return nil
 		case err == nil:
 			return mxerr.ThreepidInUse

@@ -500,6 +500,7 @@ func TestAuditAdd(t *testing.T) {
 			// As Synapse's upsert: 200, and the 3PID is listed once.
 			acctExpect(t, e.AddThreepid(t, alice, again.sid, again.secret), 200, "")
 			acctExpectListed(t, e, alice, "email:shared@example.org")
+			acctExpect(t, e.AddThreepid(t, alice, again.sid, again.secret), 400, "M_THREEPID_AUTH_FAILED")
 		})
 		t.Run("held by another user", func(t *testing.T) {
 			acctExpect(t, e.AddThreepid(t, bob, bobs.sid, bobs.secret), 400, "M_THREEPID_IN_USE")
