@@ -99,6 +99,13 @@ type TokenRequest struct {
 type TokenResponse struct {
 	SID       string `json:"sid"`
 	SubmitURL string `json:"submit_url,omitempty"`
+	// For a phone number, what Sydent answers and Synapse passes on, and
+	// clients use to show the number (matrix-js-sdk's
+	// IRequestMsisdnTokenResponse, Element's "text message sent to"): the
+	// canonical digits, their international format, and success.
+	MSISDN  string `json:"msisdn,omitempty"`
+	IntlFmt string `json:"intl_fmt,omitempty"`
+	Success bool   `json:"success,omitempty"`
 }
 
 // RequestToken starts (or continues) a validation session and sends a token.
@@ -119,6 +126,7 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 	resp := TokenResponse{}
 	if req.Medium == threepid.MediumMSISDN {
 		resp.SubmitURL = s.PublicBaseURL + MSISDNSubmitPath
+		resp.MSISDN, resp.IntlFmt, resp.Success = req.Address, threepid.InternationalFormat(req.Address), true
 	}
 	now := s.now()
 	existing, err := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address)

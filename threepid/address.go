@@ -133,6 +133,18 @@ func CanonicalMSISDN(country, number string) (string, error) {
 	return strings.TrimPrefix(e164, "+"), nil
 }
 
+// InternationalFormat renders a canonical phone number (E.164 digits without
+// "+") as people write it internationally ("447700900123" → "+44 7700 900123"),
+// as identity servers answer it in intl_fmt; "+" and the digits if it does not
+// parse.
+func InternationalFormat(msisdn string) string {
+	n, err := phonenumbers.Parse("+"+msisdn, "")
+	if err != nil {
+		return "+" + msisdn
+	}
+	return phonenumbers.Format(n, phonenumbers.INTERNATIONAL)
+}
+
 // parseE164 parses a phone number as libphonenumber does for Synapse and
 // formats it as E.164 with its "+".
 func parseE164(number, country string) (string, error) {

@@ -202,3 +202,16 @@ func TestInferMedium(t *testing.T) {
 		}
 	}
 }
+
+func TestInternationalFormat(t *testing.T) {
+	for msisdn, want := range map[string]string{
+		"447700900123": "+44 7700 900123",
+		"14155552671":  "+1 415-555-2671",
+		"33612345678":  "+33 6 12 34 56 78",
+		"999":          "+999",
+	} {
+		if got := InternationalFormat(msisdn); got != want {
+			t.Errorf("InternationalFormat(%q) = %q, want %q", msisdn, got, want)
+		}
+	}
+}

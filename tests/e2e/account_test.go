@@ -69,6 +69,10 @@ func TestPhoneJourney(t *testing.T) {
 		if submitURL != e.Config.PublicBaseURL+"/_matrix/client/unstable/add_threepid/msisdn/submit_token" {
 			t.Fatalf("submit_url = %q", submitURL)
 		}
+		// What Sydent answers and clients show (matrix-js-sdk, Element).
+		if body["msisdn"] != "447700900001" || body["intl_fmt"] != "+44 7700 900001" || body["success"] != true {
+			t.Fatalf("requestToken answer = %v, want msisdn, intl_fmt and success", body)
+		}
 		sms := e.SMS.WaitSMS(t, "447700900001", 10*time.Second)
 		if len(sms.Token) < 6 || len(sms.Token) > 8 || !strings.Contains(sms.Text, sms.Token) {
 			t.Fatalf("sms = %+v", sms)

@@ -41,6 +41,10 @@ type JourneyOptions struct {
 	User, Password string
 	// Email is the address the journey adds, binds and deletes.
 	Email string
+	// PhoneCountry and PhoneNumber are the phone number the journey adds and
+	// deletes, as a user enters it: a country ("GB") and the number in its
+	// national format.
+	PhoneCountry, PhoneNumber string
 	// IdentityServerURL is the client's identity server (its id_server is
 	// this without the scheme).
 	IdentityServerURL string
@@ -56,6 +60,7 @@ func RunJourney(ctx context.Context, env Env, opts JourneyOptions) ([]JourneySte
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, env.Node, filepath.Join(env.JSDir, "journey.mjs"),
 		"--base-url", opts.BaseURL, "--user", opts.User, "--email", opts.Email,
+		"--phone-country", opts.PhoneCountry, "--phone-number", opts.PhoneNumber,
 		"--identity-server", opts.IdentityServerURL, "--control", opts.ControlURL)
 	cmd.Dir = env.JSDir
 	cmd.Env = append(os.Environ(), "JOURNEY_PASSWORD="+opts.Password)

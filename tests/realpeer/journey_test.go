@@ -41,6 +41,15 @@ const (
 	waitingLongPolls = metrics.Namespace + "_sync_waiting_long_polls"
 	// journeyMessage is the room message journey.mjs sends (MESSAGE_TEXT).
 	journeyMessage = "threepidd journey: room messages keep coming"
+	// journeyPhoneCountry and journeyPhoneNumber are the phone number the
+	// journey adds, as a user enters it (a UK number reserved for drama).
+	journeyPhoneCountry = "GB"
+	journeyPhoneNumber  = "07700 900123"
+	// journeyMSISDN is that number's 3PID address: E.164 digits without "+".
+	journeyMSISDN = "447700900123"
+	// journeyIntlFmt is its international format, which Synapse answers
+	// requestToken with (as intl_fmt, next to msisdn).
+	journeyIntlFmt = "+44 7700 900123"
 )
 
 // journeySteps are journey.mjs's steps, in order.
@@ -49,6 +58,8 @@ var journeySteps = []string{
 	"addThreePidOnly", "afterAdd", "getThreePidsAfterAdd", "bindThreePid", "createRoom",
 	"initialSync", "syncTakeover", "syncMessage", "unbindThreePid", "deleteThreePid",
 	"getThreePidsAfterDelete",
+	"requestAdd3pidMsisdnToken", "readSMS", "submitMsisdnTokenWrongCode", "submitMsisdnTokenOtherUrl",
+	"addThreePidOnlyMsisdn", "getThreePidsAfterMsisdnAdd", "deleteThreePidMsisdn", "getThreePidsAfterMsisdnDelete",
 }
 
 // TestJourney runs a user's whole 3PID journey with matrix-js-sdk
@@ -57,7 +68,8 @@ var journeySteps = []string{
 // Dendrite checks the access tokens and the password of the UIA relay, the
 // validation mail goes to an SMTP sink, the bind to a fake identity server,
 // which then sends a signed takeover onupdate through nginx while the client
-// long-polls /sync through threepidd's proxy.
+// long-polls /sync through threepidd's proxy; then a phone number is added
+// and deleted as Element does it, its code read from an SMS webhook sink.
 func TestJourney(t *testing.T) {
 	ctx := testContext(t)
 	d := StartDendrite(ctx, t, env)
@@ -77,6 +89,7 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	devicesBefore := deviceIDs(ctx, t, d, alice.AccessToken)
 
 	sink := fakes.NewSMTPSink(t)
+	smsSink := fakes.NewSMSSink(t)
 	is := fakes.NewIdentityServer(t, identitySigningName)
 	hsKey, err := signingkey.Load(d.KeyPath)
 	if err != nil {
@@ -88,16 +101,17 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	addr := ReserveAddr(t)
 	n := StartNginx(ctx, t, env, addr, d.Addr)
 	StartThreepidd(ctx, t, ThreepiddOptions{
-		Backend: b, Dendrite: d, Addr: addr, PublicBaseURL: n.URL, SMTPPort: sink.Port(),
+		Backend: b, Dendrite: d, Addr: addr, PublicBaseURL: n.URL, SMTPPort: sink.Port(), SMSWebhookURL: smsSink.URL(),
 		IdentityServers: []config.IdentityServer{{ServerName: idServer, SigningName: is.Name(), BaseURL: is.URL(), OnUpdate: true}},
 	})
-	ctl := &journeyControl{sink: sink, is: is, email: email, homeserver: d.ServerName, nginxURL: n.URL}
+	ctl := &journeyControl{sink: sink, sms: smsSink, is: is, email: email, msisdn: journeyMSISDN, homeserver: d.ServerName, nginxURL: n.URL}
 	ctlSrv := httptest.NewServer(ctl.handler())
 	t.Cleanup(ctlSrv.Close)
 
 	start := time.Now()
 	steps, err := RunJourney(ctx, env, JourneyOptions{
 		BaseURL: n.URL, User: localpart, Password: alice.Password, Email: email,
+		PhoneCountry: journeyPhoneCountry, PhoneNumber: journeyPhoneNumber,
 		IdentityServerURL: is.URL(), ControlURL: ctlSrv.URL,
 	})
 	t.Logf("js-sdk journey took %v", time.Since(start).Round(time.Millisecond))
@@ -108,7 +122,7 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 		t.Fatal(err)
 	}
 	var names []string
-	results := map[string]json.RawMessage{}
+	results := journeyResults{}
 	for _, s := range steps {
 		names = append(names, s.Step)
 		results[s.Step] = s.Result
@@ -118,9 +132,7 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	}
 	decode := func(step string, v any) {
 		t.Helper()
-		if err := json.Unmarshal(results[step], v); err != nil {
-			t.Fatalf("step %s: %v: %s", step, err, results[step])
-		}
+		results.decode(t, step, v)
 	}
 
 	var login struct {
@@ -131,7 +143,7 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	if login.UserID != alice.UserID || login.DeviceID == "" || slices.Contains(devicesBefore, login.DeviceID) {
 		t.Errorf("login %+v, want %s on a new device", login, alice.UserID)
 	}
-	for _, step := range []string{"getThreePids", "getThreePidsAfterDelete"} {
+	for _, step := range []string{"getThreePids", "getThreePidsAfterDelete", "getThreePidsAfterMsisdnDelete"} {
 		if got := string(results[step]); got != `{"threepids":[]}` {
 			t.Errorf("%s: %s, want {\"threepids\":[]}", step, got)
 		}
@@ -162,20 +174,7 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	}
 
 	// /3pid/add through UIA, relayed to Dendrite's password check.
-	var add struct {
-		Challenge struct {
-			Flows   []any  `json:"flows"`
-			Session string `json:"session"`
-		} `json:"challenge"`
-		Result map[string]any `json:"result"`
-	}
-	decode("addThreePidOnly", &add)
-	if !reflect.DeepEqual(add.Challenge.Flows, passwordFlows) || add.Challenge.Session == "" {
-		t.Errorf("UIA challenge %+v, want Dendrite's password flow with a session", add.Challenge)
-	}
-	if len(add.Result) != 0 {
-		t.Errorf("addThreePidOnly answered %v, want {}", add.Result)
-	}
+	results.checkUIAAdd(t, "addThreePidOnly")
 	var afterAdd struct {
 		Whoami struct {
 			UserID   string `json:"user_id"`
@@ -189,19 +188,7 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	if afterAdd.Whoami.UserID != alice.UserID || afterAdd.Whoami.DeviceID != login.DeviceID || !slices.Equal(afterAdd.DeviceIDs, wantDevices) {
 		t.Errorf("after the UIA relay: %+v, want %s on %s with devices %v", afterAdd, alice.UserID, login.DeviceID, wantDevices)
 	}
-	var listed struct {
-		Threepids []struct {
-			Medium      string `json:"medium"`
-			Address     string `json:"address"`
-			ValidatedAt int64  `json:"validated_at"`
-			AddedAt     int64  `json:"added_at"`
-		} `json:"threepids"`
-	}
-	decode("getThreePidsAfterAdd", &listed)
-	if len(listed.Threepids) != 1 || listed.Threepids[0].Medium != "email" || listed.Threepids[0].Address != email ||
-		listed.Threepids[0].ValidatedAt <= 0 || listed.Threepids[0].AddedAt < listed.Threepids[0].ValidatedAt {
-		t.Errorf("getThreePids after add: %s, want %s validated and added", results["getThreePidsAfterAdd"], email)
-	}
+	results.checkListedOnly(t, "getThreePidsAfterAdd", "email", email)
 
 	// Bind, then the takeover reaches the parked long-poll.
 	if got := string(results["bindThreePid"]); got != `{}` {
@@ -281,12 +268,16 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 		t.Errorf("unbind %q, delete %q; want success, no-support", unbind.Result, del.Result)
 	}
 	calls := is.UnbindCalls()
+	// One call: the phone number's delete (below) has no binding to remove.
 	if len(calls) != 1 || !calls[0].Verified || calls[0].Origin != d.ServerName || calls[0].MXID != alice.UserID || calls[0].Address != email {
 		t.Errorf("identity server unbind calls %+v, want one verified from %s for %s", calls, d.ServerName, alice.UserID)
 	}
 	if got := is.Bindings()[email]; got != newOwner {
 		t.Errorf("identity server binds %s to %q, want %s's binding untouched", email, got, newOwner)
 	}
+
+	// The phone number, added and deleted as Element does it.
+	checkMSISDNSteps(t, results, n.URL)
 
 	// The registration device survives too, seen from Dendrite directly.
 	var who map[string]any
@@ -301,13 +292,117 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	}
 }
 
+// checkMSISDNSteps checks the phone-number part of the journey, as Element
+// makes it (AddThreepid.addMsisdn, haveMsisdnToken): the requestToken answer,
+// the SMS, a wrong code, the right one, the add through UIA, the listing and
+// the delete. nginxURL is the public base URL.
+func checkMSISDNSteps(t *testing.T, results journeyResults, nginxURL string) {
+	t.Helper()
+	var token struct {
+		SID       string `json:"sid"`
+		SubmitURL string `json:"submit_url"`
+		MSISDN    string `json:"msisdn"`
+		IntlFmt   string `json:"intl_fmt"`
+	}
+	results.decode(t, "requestAdd3pidMsisdnToken", &token)
+	if token.SID == "" || token.SubmitURL != nginxURL+account.MSISDNSubmitPath {
+		t.Errorf("requestAdd3pidMsisdnToken answered %s, want a sid and submit_url %s%s", results["requestAdd3pidMsisdnToken"], nginxURL, account.MSISDNSubmitPath)
+	}
+	// matrix-js-sdk types the answer IRequestMsisdnTokenResponse; Element
+	// shows "A text message has been sent to +<msisdn>" and lists the new
+	// number under msisdn until the next reload.
+	if token.MSISDN != journeyMSISDN || token.IntlFmt != journeyIntlFmt {
+		t.Errorf("requestAdd3pidMsisdnToken answered %s, want msisdn %q and intl_fmt %q as Synapse answers (Element shows and lists the number by msisdn)",
+			results["requestAdd3pidMsisdnToken"], journeyMSISDN, journeyIntlFmt)
+	}
+	var sms fakes.SMS
+	results.decode(t, "readSMS", &sms)
+	if sms.To != journeyMSISDN || len(sms.Token) < 6 || len(sms.Token) > 8 || strings.Trim(sms.Token, "0123456789") != "" || !strings.Contains(sms.Text, sms.Token) {
+		t.Errorf("SMS %+v, want to %s a 6-8 digit code that its text contains", sms, journeyMSISDN)
+	}
+	var wrong struct {
+		Code        string       `json:"code"`
+		MatrixError bool         `json:"matrix_error"`
+		Error       JourneyError `json:"error"`
+	}
+	results.decode(t, "submitMsisdnTokenWrongCode", &wrong)
+	if wrong.Code == sms.Token || !wrong.MatrixError || wrong.Error.HTTPStatus != http.StatusBadRequest || wrong.Error.Errcode != "M_TOKEN_INCORRECT" {
+		t.Errorf("wrong code %q: the SDK rejected with %s, want a MatrixError 400 M_TOKEN_INCORRECT (DESIGN.md, Validation)", wrong.Code, results["submitMsisdnTokenWrongCode"])
+	}
+	if got := string(results["submitMsisdnTokenOtherUrl"]); got != `{"success":true}` {
+		t.Errorf("submitMsisdnTokenOtherUrl with the SMS's code after a wrong one answered %s, want {\"success\":true}", got)
+	}
+	results.checkUIAAdd(t, "addThreePidOnlyMsisdn")
+	results.checkListedOnly(t, "getThreePidsAfterMsisdnAdd", "msisdn", journeyMSISDN)
+	// Never bound, so no identity server is asked.
+	var del struct {
+		Result *string `json:"id_server_unbind_result"`
+	}
+	results.decode(t, "deleteThreePidMsisdn", &del)
+	if del.Result == nil || *del.Result != "no-support" {
+		t.Errorf("deleteThreePid of the phone number answered %s, want id_server_unbind_result no-support", results["deleteThreePidMsisdn"])
+	}
+}
+
+// journeyResults are the results of a journey's steps, by step name.
+type journeyResults map[string]json.RawMessage
+
+// decode unmarshals step's result into v; it stops the test when it cannot.
+func (r journeyResults) decode(t *testing.T, step string, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r[step], v); err != nil {
+		t.Fatalf("step %s: %v: %s", step, err, r[step])
+	}
+}
+
+// checkUIAAdd checks an add step of journey.mjs (addWithUIA): a 401 with
+// Dendrite's password flow and a session, then {} once the password passed.
+func (r journeyResults) checkUIAAdd(t *testing.T, step string) {
+	t.Helper()
+	var add struct {
+		Challenge struct {
+			Flows   []any  `json:"flows"`
+			Session string `json:"session"`
+		} `json:"challenge"`
+		Result map[string]any `json:"result"`
+	}
+	r.decode(t, step, &add)
+	if !reflect.DeepEqual(add.Challenge.Flows, passwordFlows) || add.Challenge.Session == "" {
+		t.Errorf("%s: UIA challenge %+v, want Dendrite's password flow with a session", step, add.Challenge)
+	}
+	if len(add.Result) != 0 {
+		t.Errorf("%s answered %v, want {}", step, add.Result)
+	}
+}
+
+// checkListedOnly checks that a getThreePids step lists exactly one 3PID, the
+// given one, validated and then added.
+func (r journeyResults) checkListedOnly(t *testing.T, step, medium, address string) {
+	t.Helper()
+	var listed struct {
+		Threepids []struct {
+			Medium      string `json:"medium"`
+			Address     string `json:"address"`
+			ValidatedAt int64  `json:"validated_at"`
+			AddedAt     int64  `json:"added_at"`
+		} `json:"threepids"`
+	}
+	r.decode(t, step, &listed)
+	if len(listed.Threepids) != 1 || listed.Threepids[0].Medium != medium || listed.Threepids[0].Address != address ||
+		listed.Threepids[0].ValidatedAt <= 0 || listed.Threepids[0].AddedAt < listed.Threepids[0].ValidatedAt {
+		t.Errorf("%s: %s, want only %s %s, validated and added", step, r[step], medium, address)
+	}
+}
+
 // journeyControl serves journey.mjs's control endpoint: what a client cannot
-// do alone (read the mail, validate on the identity server, make someone else
-// take the address over).
+// do alone (read the mail and the SMS, validate on the identity server, make
+// someone else take the address over).
 type journeyControl struct {
 	sink       *fakes.SMTPSink
+	sms        *fakes.SMSSink
 	is         *fakes.IdentityServer
 	email      string
+	msisdn     string
 	homeserver string
 	nginxURL   string
 }
@@ -315,6 +410,7 @@ type journeyControl struct {
 func (c *journeyControl) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /mail", c.serve(c.mail))
+	mux.HandleFunc("GET /sms", c.serve(c.readSMS))
 	mux.HandleFunc("GET /identity-session", c.serve(c.identitySession))
 	mux.HandleFunc("POST /takeover", c.serve(c.takeover))
 	return mux
@@ -352,6 +448,25 @@ func (c *journeyControl) mail(ctx context.Context, r *http.Request) (any, error)
 		return nil, fmt.Errorf("no mail to %s: %w", to, err)
 	}
 	return map[string]string{"link": link}, nil
+}
+
+// readSMS waits for the validation SMS to the journey's phone number and
+// answers it as the gateway got it: {"to","token","text"}.
+func (c *journeyControl) readSMS(ctx context.Context, _ *http.Request) (any, error) {
+	var found *fakes.SMS
+	err := pollUntil(ctx, func() bool {
+		for _, m := range c.sms.Messages() {
+			if m.To == c.msisdn {
+				found = &m
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("no SMS to %s (the gateway got %+v): %w", c.msisdn, c.sms.Messages(), err)
+	}
+	return found, nil
 }
 
 // identitySession validates the address on the identity server, as the user

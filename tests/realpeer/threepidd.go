@@ -46,6 +46,9 @@ type ThreepiddOptions struct {
 	// SMTPPort is the port of an SMTP server on 127.0.0.1 for validation
 	// mail; 0 leaves e-mail off.
 	SMTPPort int
+	// SMSWebhookURL is the SMS gateway webhook for validation codes
+	// (msisdn.webhook_url); "" leaves phone numbers off.
+	SMSWebhookURL string
 	// IdentityServers are the identity servers it trusts.
 	IdentityServers []config.IdentityServer
 }
@@ -91,6 +94,9 @@ func startThreepidd(ctx context.Context, t testing.TB, opts ThreepiddOptions) (*
 	}
 	if opts.SMTPPort != 0 {
 		doc["email"] = map[string]any{"smtp_host": "127.0.0.1", "smtp_port": opts.SMTPPort, "from": "threepidd@" + opts.Dendrite.ServerName}
+	}
+	if opts.SMSWebhookURL != "" {
+		doc["msisdn"] = map[string]any{"webhook_url": opts.SMSWebhookURL}
 	}
 	if len(opts.IdentityServers) > 0 {
 		doc["identity_servers"] = opts.IdentityServers

@@ -4,15 +4,20 @@
 //
 //   JOURNEY_PASSWORD=secret node journey.mjs --base-url http://127.0.0.1:8080 \
 //       --user alice --email alice@example.org \
+//       --phone-country GB --phone-number '07700 900123' \
 //       --identity-server http://127.0.0.1:8091 --control http://127.0.0.1:8092
 //
 // Each option falls back to an environment variable: JOURNEY_BASE_URL,
-// JOURNEY_USER, JOURNEY_PASSWORD, JOURNEY_EMAIL, JOURNEY_IDENTITY_SERVER,
-// JOURNEY_CONTROL.
+// JOURNEY_USER, JOURNEY_PASSWORD, JOURNEY_EMAIL, JOURNEY_PHONE_COUNTRY,
+// JOURNEY_PHONE_NUMBER, JOURNEY_IDENTITY_SERVER, JOURNEY_CONTROL. The phone
+// number is given as a user types it, in the national format of its country.
 //
 // The steps a client cannot make alone are asked of the test that runs the
 // script, through its control endpoint (--control, 127.0.0.1 only):
 //   GET  /mail?to=ADDRESS    waits for the validation mail, answers {"link"}
+//   GET  /sms                waits for the validation SMS to the journey's
+//                            phone number (the test knows its E.164 form),
+//                            answers {"to","token","text"} as the gateway got it
 //   GET  /identity-session   a session validated on the identity server,
 //                            answers {"sid","client_secret","id_access_token"}
 //   POST /takeover           once a long-polling /sync is parked in threepidd,
@@ -116,33 +121,9 @@ const STEPS = [
         },
     },
     {
-        // The spec's user-interactive auth as a client does it: the first call
-        // without auth gets 401 with flows and a session, the second sends
-        // the password within that session.
+        // Through user-interactive auth (addWithUIA).
         name: "addThreePidOnly",
-        async run(state) {
-            const creds = { sid: state.sid, client_secret: state.clientSecret };
-            let challenge;
-            try {
-                await state.client.addThreePidOnly(creds);
-                throw new Error("addThreePidOnly without auth succeeded; want a 401 challenge");
-            } catch (err) {
-                if (err?.httpStatus !== 401 || !err.data?.session) {
-                    throw err;
-                }
-                challenge = err.data;
-            }
-            const result = await state.client.addThreePidOnly({
-                ...creds,
-                auth: {
-                    type: "m.login.password",
-                    identifier: { type: "m.id.user", user: state.user },
-                    password: state.password,
-                    session: challenge.session,
-                },
-            });
-            return { challenge: { flows: challenge.flows, session: challenge.session }, result };
-        },
+        run: (state) => addWithUIA(state, { sid: state.sid, client_secret: state.clientSecret }),
     },
     {
         // The relay to the homeserver must leave this client logged in, on
@@ -245,7 +226,116 @@ const STEPS = [
         name: "getThreePidsAfterDelete",
         run: (state) => state.client.getThreePids(),
     },
+    // The phone number, as Element adds one (AddThreepid.addMsisdn and
+    // haveMsisdnToken): requestToken on the homeserver, the code from the SMS
+    // submitted to the submit_url it answered, then /3pid/add through UIA.
+    {
+        name: "requestAdd3pidMsisdnToken",
+        async run(state) {
+            state.msisdnSecret = randomBytes(16).toString("hex");
+            const res = await state.client.requestAdd3pidMsisdnToken(
+                state.phoneCountry,
+                state.phoneNumber,
+                state.msisdnSecret,
+                1,
+            );
+            // Without submit_url Element has nowhere to send the code ("The
+            // add / bind with MSISDN flow is misconfigured").
+            if (!res?.sid || !res.submit_url) {
+                throw new Error(`requestAdd3pidMsisdnToken answered ${JSON.stringify(res)}; want sid and submit_url`);
+            }
+            state.msisdnSid = res.sid;
+            state.submitUrl = res.submit_url;
+            return res;
+        },
+    },
+    {
+        name: "readSMS",
+        async run(state) {
+            const res = await control(state, "GET", "/sms");
+            state.smsCode = res.token;
+            return res;
+        },
+    },
+    {
+        // A mistyped code: the SDK must reject with a MatrixError carrying
+        // the errcode (Element shows it), and the session must survive it.
+        name: "submitMsisdnTokenWrongCode",
+        async run(state) {
+            const wrong = otherCode(state.smsCode);
+            try {
+                await state.client.submitMsisdnTokenOtherUrl(state.submitUrl, state.msisdnSid, state.msisdnSecret, wrong);
+            } catch (err) {
+                return { code: wrong, matrix_error: err instanceof sdk.MatrixError, error: describe(err) };
+            }
+            throw new Error(`submitMsisdnTokenOtherUrl accepted the wrong code ${wrong} (the SMS said ${state.smsCode})`);
+        },
+    },
+    {
+        name: "submitMsisdnTokenOtherUrl",
+        run: (state) =>
+            state.client.submitMsisdnTokenOtherUrl(state.submitUrl, state.msisdnSid, state.msisdnSecret, state.smsCode),
+    },
+    {
+        name: "addThreePidOnlyMsisdn",
+        run: (state) => addWithUIA(state, { sid: state.msisdnSid, client_secret: state.msisdnSecret }),
+    },
+    {
+        // Element lists the account's 3PIDs and deletes by the address listed.
+        name: "getThreePidsAfterMsisdnAdd",
+        async run(state) {
+            const res = await state.client.getThreePids();
+            const phone = res.threepids?.find((t) => t.medium === "msisdn");
+            if (!phone) {
+                throw new Error(`getThreePids lists no msisdn after the add: ${JSON.stringify(res)}`);
+            }
+            state.msisdnAddress = phone.address;
+            return res;
+        },
+    },
+    {
+        name: "deleteThreePidMsisdn",
+        run: (state) => state.client.deleteThreePid("msisdn", state.msisdnAddress),
+    },
+    {
+        name: "getThreePidsAfterMsisdnDelete",
+        run: (state) => state.client.getThreePids(),
+    },
 ];
+
+/**
+ * addWithUIA adds a validated 3PID with the spec's user-interactive auth, as
+ * a client does it: the first call without auth gets 401 with flows and a
+ * session, the second sends the password within that session.
+ */
+async function addWithUIA(state, creds) {
+    let challenge;
+    try {
+        await state.client.addThreePidOnly(creds);
+        throw new Error("addThreePidOnly without auth succeeded; want a 401 challenge");
+    } catch (err) {
+        if (err?.httpStatus !== 401 || !err.data?.session) {
+            throw err;
+        }
+        challenge = err.data;
+    }
+    const result = await state.client.addThreePidOnly({
+        ...creds,
+        auth: {
+            type: "m.login.password",
+            identifier: { type: "m.id.user", user: state.user },
+            password: state.password,
+            session: challenge.session,
+        },
+    });
+    return { challenge: { flows: challenge.flows, session: challenge.session }, result };
+}
+
+/** otherCode returns a code of the same length as code that differs from it in its last digit. */
+function otherCode(code) {
+    const last = Number(code.at(-1));
+    return code.slice(0, -1) + String((Number.isNaN(last) ? 0 : last + 1) % 10);
+}
 
 /** sync makes one /sync through the SDK's HTTP layer (initial when since is undefined). */
 function sync(state, since, timeoutMs) {
@@ -270,7 +360,7 @@ async function control(state, method, path) {
     return JSON.parse(body);
 }
 
-const OPTIONS = ["base-url", "user", "password", "email", "identity-server", "control"];
+const OPTIONS = ["base-url", "user", "password", "email", "phone-country", "phone-number", "identity-server", "control"];
 
 function options() {
     const spec = {};
@@ -288,6 +378,8 @@ function options() {
         user: values.user,
         password: values.password,
         email: values.email,
+        phoneCountry: values["phone-country"],
+        phoneNumber: values["phone-number"],
         identityServer: values["identity-server"],
         control: values.control,
     };
