@@ -114,7 +114,9 @@ func (w *Webhook) Worker(store storage.Store) *outbox.Worker {
 	}
 }
 
-// deliver posts one event; anything but a 2xx answer is retried.
+// deliver posts one event; anything but a 2xx answer is retried. Redirects
+// are not followed (a 301/302 would turn the POST into a GET whose 2xx would
+// drop the event undelivered).
 func (w *Webhook) deliver(ctx context.Context, item storage.OutboxItem) error {
 	ctx, cancel := context.WithTimeout(ctx, DeliveryTimeout)
 	defer cancel()
@@ -124,7 +126,7 @@ func (w *Webhook) deliver(ctx context.Context, item storage.OutboxItem) error {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(policy.SignatureHeader, policy.Sign(w.Secret, item.Payload))
-	resp, err := w.Client.Do(req)
+	resp, err := policy.WithoutRedirects(w.Client).Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: deliver event: %v", outbox.ErrRetry, err)
 	}

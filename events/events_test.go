@@ -120,3 +120,30 @@ func TestDelivery(t *testing.T) {
 		}
 	})
 }
+
+// TestDeliveryRedirect: a redirect is not a delivery: the event stays queued
+// (following a 302 would GET the new location and count its 200 as delivered).
+func TestDeliveryRedirect(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		var moved atomic.Int32
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/moved" {
+				moved.Add(1)
+				return
+			}
+			http.Redirect(w, r, "/moved", http.StatusFound)
+		}))
+		defer srv.Close()
+		w := New(config.EventsWebhook{URL: srv.URL + "/events", Secret: "s3cret"}, nil)
+		if err := s.WithTx(ctx, func(q storage.Querier) error { return w.Applied(ctx, q, change) }); err != nil {
+			t.Fatal(err)
+		}
+		if n := w.Worker(s).RunOnce(ctx); n != 1 {
+			t.Fatalf("claimed %d events", n)
+		}
+		if n, _ := s.CountOutbox(ctx, OutboxKind); n != 1 || moved.Load() != 0 {
+			t.Fatalf("after a 302: %d events pending, redirect target asked %d times", n, moved.Load())
+		}
+	})
+}

@@ -29,8 +29,8 @@
 // HMAC-SHA256 of the body under the shared secret. Receivers check it with
 // [VerifySignature]. It answers {"allow": true} or {"allow": false, "reason":
 // "..."}. Unless fail_open is set, a webhook that cannot be reached, times out,
-// answers a non-2xx status or something that is not such an object blocks the
-// change, with a reason saying so.
+// answers a non-2xx status (redirects are not followed) or something that is
+// not such an object blocks the change, with a reason saying so.
 //
 // # Custom policies in Go
 //

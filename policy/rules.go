@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nyaruka/phonenumbers"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/threepid"
@@ -27,7 +28,9 @@ const (
 // unbind: a user can always drop an address the rules no longer allow.
 //
 // E-mail domain rules match the domain itself and any subdomain of it
-// (example.org matches a@example.org and a@mail.example.org). Phone rules match
+// (example.org matches a@example.org and a@mail.example.org), compared after
+// folding case and Unicode compatibility forms (see foldDomain). Punycode
+// (xn--) and Unicode spellings of one domain are not equated. Phone rules match
 // the country calling code of the number ("44", "1"). A denied entry wins over
 // an allowed one; an empty allowed list allows everything not denied.
 // Identity servers are compared by their configured server_name; an empty list
@@ -67,7 +70,7 @@ func NewRules(cfg config.Policy) (*Rules, error) {
 func domains(key string, list []string) ([]string, error) {
 	out := make([]string, 0, len(list))
 	for _, d := range list {
-		n := strings.TrimSuffix(strings.TrimPrefix(strings.ToLower(strings.TrimSpace(d)), "@"), ".")
+		n := strings.TrimSuffix(strings.TrimPrefix(foldDomain(strings.TrimSpace(d)), "@"), ".")
 		if n == "" || strings.ContainsAny(n, "@ \t/") || strings.HasPrefix(n, ".") {
 			return nil, fmt.Errorf("policy.%s: %q is not a domain", key, d)
 		}
@@ -120,8 +123,17 @@ func (r *Rules) checkAddress(c Change) Decision {
 	return Allowed
 }
 
+// foldDomain is the form in which e-mail domains are compared: compatibility
+// forms folded (NFKC: fullwidth letters and full stops, the long s), lower
+// case, and the ideographic full stop as a dot. Mail systems that resolve
+// internationalised domains map these spellings to the same domain (UTS #46),
+// so spam\uff0eexample must not escape a rule on spam.example.
+func foldDomain(d string) string {
+	return strings.ReplaceAll(strings.ToLower(norm.NFKC.String(d)), "\u3002", ".")
+}
+
 func (r *Rules) checkEmail(address string) Decision {
-	domain := strings.ToLower(address[strings.LastIndexByte(address, '@')+1:])
+	domain := foldDomain(address[strings.LastIndexByte(address, '@')+1:])
 	within := func(d string) bool { return domain == d || strings.HasSuffix(domain, "."+d) }
 	if slices.ContainsFunc(r.emailDenied, within) {
 		return Decision{Rule: RuleEmailDomainsDenied, Reason: fmt.Sprintf("e-mail addresses at %s are not allowed", domain)}

@@ -44,6 +44,16 @@ func Sign(secret string, body []byte) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// WithoutRedirects returns a copy of client that does not follow redirects:
+// a webhook's answer is the configured URL's own, and a 3xx is not a 2xx.
+// Following one would turn a POST into a GET (301, 302, 303) whose answer
+// says nothing about the change, or send the signed change to another URL.
+func WithoutRedirects(client *http.Client) *http.Client {
+	c := *client
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &c
+}
+
 // VerifySignature reports whether header (the value of SignatureHeader) is
 // the signature of body under secret. The comparison takes constant time.
 // Webhook receivers call it on the raw body before decoding it.
@@ -150,7 +160,7 @@ func (w *Webhook) call(ctx context.Context, c Change) (answer, *callError) {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(SignatureHeader, Sign(w.Secret, body))
-	resp, err := w.Client.Do(req)
+	resp, err := WithoutRedirects(w.Client).Do(req)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return answer{}, timedOut

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -198,6 +199,39 @@ func TestWebhookUnavailable(t *testing.T) {
 				t.Fatalf("the call took %s despite the 100ms timeout", elapsed)
 			}
 		})
+	}
+}
+
+// TestWebhookRedirect: a redirect is the webhook's answer, not followed: a
+// 302 would turn the question into a GET whose answer says nothing about the
+// change, a 307 would send it elsewhere.
+func TestWebhookRedirect(t *testing.T) {
+	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/moved" {
+				_, _ = io.WriteString(w, `{"allow": true}`)
+				return
+			}
+			http.Redirect(w, r, "/moved", status)
+		}))
+		defer srv.Close()
+		for _, failOpen := range []bool{false, true} {
+			w, err := NewWebhook(config.PolicyWebhook{URL: srv.URL + "/check", Secret: "s", FailOpen: failOpen}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := w.CheckBinding(context.Background(), Change{Callback: CallbackIdentityServerBinding, Op: OpBind, Medium: "email", Address: "a@example.org"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("the policy service answered HTTP %d", status)
+			if failOpen {
+				want = ""
+			}
+			if d.Allow != failOpen || d.Reason != want {
+				t.Fatalf("HTTP %d, fail_open %t: decision %+v, want allow %t reason %q", status, failOpen, d, failOpen, want)
+			}
+		}
 	}
 }
 
