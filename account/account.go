@@ -302,6 +302,10 @@ func (s *Service) Add(ctx context.Context, userID, sid, clientSecret string) err
 			return fmt.Errorf("look up 3PID holder: %w", err)
 		}
 		if s.MaxThreepidsPerUser > 0 {
+			// Two adds racing must not both pass the count.
+			if err := q.LockUser(ctx, userID); err != nil {
+				return err
+			}
 			n, err := q.CountAssociations(ctx, userID)
 			if err != nil {
 				return fmt.Errorf("count 3PIDs: %w", err)

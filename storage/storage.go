@@ -145,6 +145,11 @@ type Associations interface {
 	DeleteAssociation(ctx context.Context, userID, medium, address string) (bool, error)
 	// CountAssociations returns how many 3PIDs userID holds.
 	CountAssociations(ctx context.Context, userID string) (int, error)
+	// LockUser, inside WithTx, makes other transactions that lock userID wait
+	// until this one ends, so that a count of a user's associations stays
+	// true until the insert that depends on it commits. Outside a transaction
+	// it has no lasting effect.
+	LockUser(ctx context.Context, userID string) error
 }
 
 // Bindings stores the identity-server bindings threepidd made or learned of.

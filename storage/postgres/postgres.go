@@ -146,6 +146,11 @@ func (*dialect) AutoIncrementID() string {
 
 func (*dialect) BytesType() string { return "BYTEA" }
 
+// UserLock takes a transaction-scoped advisory lock on the user in this schema.
+func (*dialect) UserLock() string {
+	return `SELECT pg_advisory_xact_lock(hashtextextended('threepidd user ' || current_schema() || ' ' || ?, 0))`
+}
+
 // MigrationLock takes an advisory lock for the current schema, held by the
 // migrating connection until it releases it.
 func (*dialect) MigrationLock() (lock, unlock string) {

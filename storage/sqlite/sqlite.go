@@ -130,4 +130,7 @@ func (dialect) AutoIncrementID() string { return "INTEGER PRIMARY KEY AUTOINCREM
 
 func (dialect) BytesType() string { return "BLOB" }
 
+// UserLock is not needed: every write transaction is BEGIN IMMEDIATE.
+func (dialect) UserLock() string { return "" }
+
 func (dialect) MigrationLock() (lock, unlock string) { return "", "" }

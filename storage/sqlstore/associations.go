@@ -19,6 +19,7 @@ var (
 	qDeleteAssociation = defineQuery(`DELETE FROM associations
 		WHERE user_id = ? AND medium = ? AND address = ?`)
 	qCountAssociations = defineQuery(`SELECT COUNT(*) FROM associations WHERE user_id = ?`)
+	qLockUser          = defineQuery(`{{userlock}}`)
 )
 
 func scanAssociation(r scanner) (a storage.Association, err error) {
@@ -74,4 +75,15 @@ func (q *querier) CountAssociations(ctx context.Context, userID string) (int, er
 		return 0, fmt.Errorf("count associations of %q: %w", userID, err)
 	}
 	return n, nil
+}
+
+// LockUser takes the dialect's per-user lock, if it has one.
+func (q *querier) LockUser(ctx context.Context, userID string) error {
+	if q.s.sql[qLockUser] == "" {
+		return nil
+	}
+	if _, err := q.exec(ctx, qLockUser, userID); err != nil {
+		return fmt.Errorf("lock user %q: %w", userID, err)
+	}
+	return nil
 }

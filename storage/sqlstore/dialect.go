@@ -18,6 +18,10 @@ type Dialect interface {
 	AutoIncrementID() string
 	// BytesType is the column type of a byte string.
 	BytesType() string
+	// UserLock is a statement with one argument, a user ID, that takes a lock
+	// on that user held until the transaction ends; "" where writers are
+	// serialised anyway.
+	UserLock() string
 	// MigrationLock returns the statements that take and release a lock held
 	// while migrations run, so that two instances starting at once migrate one
 	// after the other; "" where each migration's transaction serialises them.

@@ -77,6 +77,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		"{{autoid}}", s.dialect.AutoIncrementID(),
 		"{{bytes}}", s.dialect.BytesType(),
 		"{{skiplocked}}", s.dialect.SkipLocked(),
+		"{{userlock}}", s.dialect.UserLock(),
 	)
 	for i, q := range queries {
 		s.sql[i] = s.dialect.Rebind(s.tokens.Replace(q))

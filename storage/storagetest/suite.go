@@ -24,6 +24,7 @@ func TestSuite(t *testing.T) {
 		{"Sessions", testSessions},
 		{"Associations", testAssociations},
 		{"AssociationRace", testAssociationRace},
+		{"LockUser", testLockUser},
 		{"Bindings", testBindings},
 		{"Replays", testReplays},
 		{"ReplayRace", testReplayRace},

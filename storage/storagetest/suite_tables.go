@@ -173,6 +173,48 @@ func testAssociationRace(t *testing.T, _ Backend, s storage.Store) {
 	equal(t, holder.UserID, fmt.Sprintf("@u%d:hs", winner), "holder")
 }
 
+// testLockUser: transactions that lock a user, count their associations and
+// add one below a limit never take the user past it, however many race.
+func testLockUser(t *testing.T, _ Backend, s storage.Store) {
+	ctx := t.Context()
+	const n, limit = 20, 3
+	errLimit := errors.New("limit reached")
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			errs[i] = s.WithTx(ctx, func(q storage.Querier) error {
+				if err := q.LockUser(ctx, "@limited:hs"); err != nil {
+					return err
+				}
+				count, err := q.CountAssociations(ctx, "@limited:hs")
+				if err != nil {
+					return err
+				}
+				if count >= limit {
+					return errLimit
+				}
+				return q.InsertAssociation(ctx, storage.Association{UserID: "@limited:hs", Medium: "email", Address: fmt.Sprintf("l%d@hs", i)})
+			})
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, errLimit) {
+			t.Errorf("transaction %d: %v", i, err)
+		}
+	}
+	count, err := s.CountAssociations(ctx, "@limited:hs")
+	check(t, err, "count")
+	equal(t, count, limit, "associations after the race")
+	// Outside a transaction it takes nothing that lasts.
+	check(t, s.LockUser(ctx, "@limited:hs"), "lock outside a transaction")
+	check(t, s.WithTx(ctx, func(q storage.Querier) error { return q.LockUser(ctx, "@limited:hs") }), "lock again")
+}
+
 func testBindings(t *testing.T, _ Backend, s storage.Store) {
 	ctx := t.Context()
 	b1 := storage.Binding{UserID: "@u:hs", Medium: "email", Address: "a@hs", IDServer: "is1", BoundAt: 10}

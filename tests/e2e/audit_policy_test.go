@@ -494,6 +494,32 @@ func TestAuditPolicyMaxThreepids(t *testing.T) {
 				t.Fatalf("%s: the account holds %d 3PIDs", s.name, n)
 			}
 		}
+
+		// Adds racing for the last place: exactly one gets it.
+		racer := e.NewUser("racer")
+		const racers = 6
+		sids := make([]string, racers)
+		for i := range racers {
+			sids[i] = e.ValidateEmail(t, fmt.Sprintf("race-%d", i), fmt.Sprintf("race%d@example.org", i))
+		}
+		harness.Expect(t, e.AddThreepid(t, racer, sids[0], "race-0"), 200, "")
+		answers := make([]harness.Response, racers)
+		var wg sync.WaitGroup
+		for i := 1; i < racers; i++ {
+			wg.Go(func() { answers[i] = e.AddThreepid(t, racer, sids[i], fmt.Sprintf("race-%d", i)) })
+		}
+		wg.Wait()
+		won := 0
+		for _, r := range answers[1:] {
+			if r.Status == 200 {
+				won++
+			} else {
+				expectBlocked(t, r, "M_THREEPID_DENIED", "max_threepids_per_user", "at most 2")
+			}
+		}
+		if n := len(e.Threepids(t, racer)); won != 1 || n != 2 {
+			t.Fatalf("racing adds: %d won, the account holds %d 3PIDs; want 1 and 2", won, n)
+		}
 	})
 }
 
