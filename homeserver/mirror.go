@@ -33,7 +33,8 @@ const (
 
 var mirrorCalls = metrics.Factory.NewCounterVec(metrics.CounterOpts("homeserver_mirror_total",
 	"Mirror items handled, by outcome: put (the homeserver's list was replaced), unchanged (it already "+
-		"matched), no_user (unknown or deactivated on the homeserver: never PUT)."), []string{"outcome"})
+		"matched), no_user (unknown or deactivated on the homeserver: never PUT), not_applied (PUT, "+
+		"but the homeserver's answer still differs: a legacy non-canonical row Synapse cannot delete)."), []string{"outcome"})
 
 // Events receives applied changes inside the transaction that applied them
 // (the shape of account.Events and bindings.Events).
@@ -177,8 +178,19 @@ func (m *Mirror) handle(ctx context.Context, item storage.OutboxItem) error {
 		mirrorCalls.WithLabelValues("unchanged").Inc()
 		return nil
 	}
-	if err := m.Admin.SetThreepids(ctx, job.UserID, list); err != nil {
+	after, err := m.Admin.SetThreepids(ctx, job.UserID, list)
+	if err != nil {
 		return adminFailure(err)
+	}
+	if _, differs := withThreepid(after, job.Medium, job.Address, want); differs {
+		// Synapse canonicalises an e-mail address before deleting it, so a
+		// row it holds in another spelling (from before it canonicalised)
+		// cannot be removed through this API. Retrying would not help.
+		mirrorCalls.WithLabelValues("not_applied").Inc()
+		slog.WarnContext(ctx, "homeserver mirror: the homeserver did not apply the change; "+
+			"Synapse cannot remove a 3PID it holds in a non-canonical spelling, remove it there by hand",
+			"user_id", job.UserID, "medium", job.Medium, "op", job.Op)
+		return nil
 	}
 	mirrorCalls.WithLabelValues("put").Inc()
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/homeserver"
+	"github.com/threepidd/threepidd/metrics"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -238,7 +239,44 @@ func TestMirror(t *testing.T) {
 		if f.pending() != 0 || len(f.next.changes) != 1 || f.next.changes[0] != bind {
 			t.Fatalf("bind: %d pending, Next got %+v", f.pending(), f.next.changes)
 		}
+
+		// A legacy row in a non-canonical spelling: Synapse canonicalises an
+		// address before deleting it, so the PUT leaves the row. The mirror
+		// notices from the answer (not_applied) and does not retry in vain.
+		legacy := fakes.HomeserverThreepid{Medium: "email", Address: "Legacy@Example.org", ValidatedAt: 3000, AddedAt: 2900}
+		hs.SetThreepids(alice, []fakes.HomeserverThreepid{old, phone, legacy})
+		before := mirrorOutcomes(t, "not_applied")
+		f.change(policy.OpRemove, alice, "email", "legacy@example.org")
+		if n := f.run(0); n != 2 {
+			t.Fatalf("%d admin calls for the legacy row, want GET and PUT", n)
+		}
+		f.expectThreepids(alice, old, phone, legacy)
+		if got := mirrorOutcomes(t, "not_applied") - before; got != 1 || f.pending() != 0 {
+			t.Fatalf("legacy row: not_applied counted %v times, %d pending; want 1 and 0", got, f.pending())
+		}
 	})
+}
+
+// mirrorOutcomes reads threepidd_homeserver_mirror_total{outcome}.
+func mirrorOutcomes(t *testing.T, outcome string) float64 {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "threepidd_homeserver_mirror_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == outcome {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // deactivate deactivates userID on the fake homeserver, as a client would.

@@ -161,10 +161,11 @@ func (a *SynapseAdmin) User(ctx context.Context, userID string) (SynapseUser, er
 }
 
 // SetThreepids replaces userID's 3PIDs with list (only medium and address are
-// sent). Synapse CREATES a user it does not know on this call, so callers must
-// have seen the user with [SynapseAdmin.User] first. See [Mirror] for what
-// Synapse does with the list.
-func (a *SynapseAdmin) SetThreepids(ctx context.Context, userID string, list []SynapseThreepid) error {
+// sent) and returns the list the homeserver holds afterwards (its answer).
+// Synapse CREATES a user it does not know on this call, so callers must have
+// seen the user with [SynapseAdmin.User] first. See [Mirror] for what Synapse
+// does with the list.
+func (a *SynapseAdmin) SetThreepids(ctx context.Context, userID string, list []SynapseThreepid) ([]SynapseThreepid, error) {
 	type pair struct {
 		Medium  string `json:"medium"`
 		Address string `json:"address"`
@@ -177,12 +178,13 @@ func (a *SynapseAdmin) SetThreepids(ctx context.Context, userID string, list []S
 	}
 	data, err := json.Marshal(body)
 	if err != nil {
-		return fmt.Errorf("encode 3PIDs of %s: %w", userID, err)
+		return nil, fmt.Errorf("encode 3PIDs of %s: %w", userID, err)
 	}
-	if err := a.call(ctx, http.MethodPut, adminUserPath(userID), data, nil); err != nil {
-		return fmt.Errorf("put 3PIDs of %s: %w", userID, err)
+	var after SynapseUser
+	if err := a.call(ctx, http.MethodPut, adminUserPath(userID), data, &after); err != nil {
+		return nil, fmt.Errorf("put 3PIDs of %s: %w", userID, err)
 	}
-	return nil
+	return after.Threepids, nil
 }
 
 func adminUserPath(userID string) string {
