@@ -74,9 +74,15 @@ func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid
 	if err != nil {
 		return err
 	}
-	medium, address, err := s.Identity.Validated3PID(ctx, is, idAccessToken, sid, clientSecret)
-	if err != nil {
-		return err
+	// A policy that judges addresses needs the 3PID before the bind: the
+	// identity server tells which one the session validated. Without one, the
+	// extra round trip is skipped and the policy sees an empty address.
+	judged := s.Policy != nil && policy.JudgesBindAddress(s.Policy)
+	var medium, address string
+	if judged {
+		if medium, address, err = s.Identity.Validated3PID(ctx, is, idAccessToken, sid, clientSecret); err != nil {
+			return err
+		}
 	}
 	if err := s.check(ctx, policy.OpBind, userID, medium, address, idServer); err != nil {
 		var blocked errBlocked
@@ -92,7 +98,7 @@ func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid
 	// Record the canonical address (unbind, delete and onupdate look it up in
 	// that form), and only the 3PID the session validated and the policy judged.
 	bound, err := threepid.CanonicalAddress(assoc.Medium, assoc.Address)
-	if err != nil || assoc.Medium != medium || bound != address {
+	if err != nil || (judged && (assoc.Medium != medium || bound != address)) {
 		slog.WarnContext(ctx, "identity server bound another 3PID than the session validated", "id_server", idServer, "medium", assoc.Medium)
 		return mxerr.Unavailable.WithMessage("identity server %s returned an association for another 3PID", idServer)
 	}

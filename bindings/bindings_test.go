@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/threepidd/threepidd/federation/signingkey"
 	"github.com/threepidd/threepidd/internal/sydent"
 	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage/backend"
 	"github.com/threepidd/threepidd/storage/storagetest"
 )
@@ -27,8 +29,8 @@ const (
 
 // newLyingIdentityServer is an identity server whose session validated
 // validated@example.org and whose bind answers a correctly signed association
-// for (medium, address).
-func newLyingIdentityServer(t *testing.T, medium, address string) config.IdentityServer {
+// for (medium, address). It counts the getValidated3pid calls in *asked.
+func newLyingIdentityServer(t *testing.T, medium, address string, asked *atomic.Int32) config.IdentityServer {
 	t.Helper()
 	key, err := signingkey.Generate("0")
 	if err != nil {
@@ -39,6 +41,7 @@ func newLyingIdentityServer(t *testing.T, medium, address string) config.Identit
 		sydent.ServePubkey(w, r, key)
 	})
 	mux.HandleFunc("GET /_matrix/identity/v2/3pid/getValidated3pid", func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
 		mxerr.WriteJSON(w, http.StatusOK, map[string]any{"medium": "email", "address": "validated@example.org", "validated_at": 1})
 	})
 	mux.HandleFunc("POST /_matrix/identity/v2/3pid/bind", func(w http.ResponseWriter, r *http.Request) {
@@ -55,19 +58,29 @@ func newLyingIdentityServer(t *testing.T, medium, address string) config.Identit
 }
 
 // TestBindRecordsTheValidatedCanonicalAddress: the binding is recorded under
-// the canonical form of the address the session validated (the form unbind,
-// delete and onupdate look up), and an association for another 3PID than the
-// validated one is refused with nothing recorded.
+// the canonical form of the bound address (the form unbind, delete and
+// onupdate look up). With a policy that judges addresses, threepidd first asks
+// which 3PID the session validated, and an association for another 3PID than
+// that one is refused with nothing recorded; without one, it does not ask, and
+// records the 3PID the identity server signed.
 func TestBindRecordsTheValidatedCanonicalAddress(t *testing.T) {
+	judging, err := policy.New(config.Policy{EmailDomainsDenied: []string{"spam.example"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, medium, address string
-		ok                    bool
+		judged                bool
+		recorded              string // medium:address recorded, "" for a 502
 	}{
-		{"same address", "email", "validated@example.org", true},
-		{"same address, not canonical", "email", "  Validated@EXAMPLE.org", true},
-		{"another address", "email", "other@example.org", false},
-		{"another medium", "msisdn", "447700900001", false},
-		{"not an address", "email", "validated.example.org", false},
+		{"same address", "email", "validated@example.org", true, "email:validated@example.org"},
+		{"same address, not canonical", "email", "  Validated@EXAMPLE.org", true, "email:validated@example.org"},
+		{"another address", "email", "other@example.org", true, ""},
+		{"another medium", "msisdn", "447700900001", true, ""},
+		{"not an address", "email", "validated.example.org", true, ""},
+		{"no address policy, not canonical", "email", "  Other@EXAMPLE.org", false, "email:other@example.org"},
+		{"no address policy, a phone number", "msisdn", "447700900001", false, "msisdn:447700900001"},
+		{"no address policy, not an address", "email", "validated.example.org", false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -77,17 +90,25 @@ func TestBindRecordsTheValidatedCanonicalAddress(t *testing.T) {
 				t.Fatal(err)
 			}
 			client := &http.Client{Timeout: 5 * time.Second}
+			var asked atomic.Int32
 			s := &bindings.Service{
 				Store:    store,
 				Identity: identity.NewClient("hs.test", hsKey, federation.NewKeyRing(client), client),
-				Servers:  []config.IdentityServer{newLyingIdentityServer(t, tc.medium, tc.address)},
+				Servers:  []config.IdentityServer{newLyingIdentityServer(t, tc.medium, tc.address, &asked)},
+				Policy:   policy.AllowAll{},
+			}
+			if tc.judged {
+				s.Policy = judging
 			}
 			err = s.Bind(ctx, testUser, testIDServer, "idtoken", "sid", "secret")
+			if want := map[bool]int32{true: 1, false: 0}[tc.judged]; asked.Load() != want {
+				t.Errorf("getValidated3pid asked %d times, want %d", asked.Load(), want)
+			}
 			bs, lerr := store.BindingsOf(ctx, testUser)
 			if lerr != nil {
 				t.Fatal(lerr)
 			}
-			if !tc.ok {
+			if tc.recorded == "" {
 				var me *mxerr.Error
 				if !errors.As(err, &me) || me.Status != http.StatusBadGateway {
 					t.Fatalf("Bind = %v, want a 502", err)
@@ -100,8 +121,8 @@ func TestBindRecordsTheValidatedCanonicalAddress(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Bind: %v", err)
 			}
-			if len(bs) != 1 || bs[0].Medium != "email" || bs[0].Address != "validated@example.org" || bs[0].IDServer != testIDServer {
-				t.Fatalf("recorded %+v", bs)
+			if len(bs) != 1 || bs[0].Medium+":"+bs[0].Address != tc.recorded || bs[0].IDServer != testIDServer {
+				t.Fatalf("recorded %+v, want %s", bs, tc.recorded)
 			}
 		})
 	}

@@ -26,6 +26,16 @@ func (ch Chain) CheckBinding(ctx context.Context, c Change) (Decision, error) {
 	return ch.check(ctx, c, Checker.CheckBinding)
 }
 
+// JudgesBindAddress implements AddressJudge: whether any of its Checkers does.
+func (ch Chain) JudgesBindAddress() bool {
+	for _, checker := range ch {
+		if JudgesBindAddress(checker) {
+			return true
+		}
+	}
+	return false
+}
+
 func (ch Chain) check(ctx context.Context, c Change, ask func(Checker, context.Context, Change) (Decision, error)) (Decision, error) {
 	for _, checker := range ch {
 		d, err := ask(checker, ctx, c)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/threepidd/threepidd/config"
 )
@@ -115,5 +116,44 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New(config.Policy{Webhook: config.PolicyWebhook{URL: "mailto:x@y"}}, nil); err == nil || !strings.HasPrefix(err.Error(), "policy.webhook: url: ") {
 		t.Fatalf("bad webhook: %v", err)
+	}
+}
+
+// TestJudgesBindAddress: a bind asks the identity server for the address only
+// when some part of the policy may judge it.
+func TestJudgesBindAddress(t *testing.T) {
+	rules := func(cfg config.Policy) Checker {
+		r, err := NewRules(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	webhook, err := NewWebhook(config.PolicyWebhook{URL: "http://127.0.0.1:1/check", Timeout: time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		checker Checker
+		want    bool
+	}{
+		{"allow all", AllowAll{}, false},
+		{"no rules", rules(config.Policy{}), false},
+		{"identity servers only", rules(config.Policy{BindIdentityServersAllowed: []string{"id.example.org"}}), false},
+		{"a 3PID limit only", rules(config.Policy{MaxThreepidsPerUser: 3}), false},
+		{"e-mail domains allowed", rules(config.Policy{EmailDomainsAllowed: []string{"example.org"}}), true},
+		{"e-mail domains denied", rules(config.Policy{EmailDomainsDenied: []string{"spam.example"}}), true},
+		{"countries allowed", rules(config.Policy{MSISDNCountriesAllowed: []string{"44"}}), true},
+		{"countries denied", rules(config.Policy{MSISDNCountriesDenied: []string{"1"}}), true},
+		{"webhook", webhook, true},
+		{"a custom Checker", &fixed{d: Allowed}, true},
+		{"chain without", Chain{rules(config.Policy{}), AllowAll{}}, false},
+		{"chain with", Chain{rules(config.Policy{}), webhook}, true},
+	}
+	for _, tc := range tests {
+		if got := JudgesBindAddress(tc.checker); got != tc.want {
+			t.Errorf("%s: JudgesBindAddress = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -131,6 +131,24 @@ type Checker interface {
 	CheckBinding(ctx context.Context, c Change) (Decision, error)
 }
 
+// AddressJudge is implemented by Checkers that can tell whether their
+// CheckBinding of a bind ever depends on the 3PID's medium and address. A bind
+// learns the address only by asking the identity server first (an extra round
+// trip), so it asks only when the policy needs it. A Checker that does not
+// implement AddressJudge is taken to need it.
+type AddressJudge interface {
+	JudgesBindAddress() bool
+}
+
+// JudgesBindAddress reports whether c's CheckBinding of a bind may depend on
+// the 3PID (see [AddressJudge]).
+func JudgesBindAddress(c Checker) bool {
+	if j, ok := c.(AddressJudge); ok {
+		return j.JudgesBindAddress()
+	}
+	return true
+}
+
 // AllowAll is the Checker that blocks nothing.
 type AllowAll struct{}
 
@@ -139,3 +157,6 @@ func (AllowAll) CheckUserThreepid(context.Context, Change) (Decision, error) { r
 
 // CheckBinding implements Checker.
 func (AllowAll) CheckBinding(context.Context, Change) (Decision, error) { return Allowed, nil }
+
+// JudgesBindAddress implements AddressJudge: it judges nothing.
+func (AllowAll) JudgesBindAddress() bool { return false }

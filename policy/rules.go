@@ -113,6 +113,12 @@ func (r *Rules) CheckBinding(_ context.Context, c Change) (Decision, error) {
 	return r.checkAddress(c), nil
 }
 
+// JudgesBindAddress implements AddressJudge: the address rules need the
+// address; bind_identity_servers_allowed alone does not.
+func (r *Rules) JudgesBindAddress() bool {
+	return len(r.emailAllowed)+len(r.emailDenied)+len(r.countriesAllowed)+len(r.countriesDenied) > 0
+}
+
 func (r *Rules) checkAddress(c Change) Decision {
 	switch c.Medium {
 	case threepid.MediumEmail:
