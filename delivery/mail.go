@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	mail "github.com/wneessen/go-mail"
@@ -21,13 +23,39 @@ import (
 // sendTimeout bounds one delivery: dialling, TLS, AUTH and the transfer.
 const sendTimeout = 15 * time.Second
 
+// Connection reuse: a connection that has sent a message is kept for the
+// next one, which then costs MAIL, RCPT and DATA instead of a TCP (and TLS)
+// handshake, EHLO and AUTH.
+const (
+	// maxIdleConns bounds the SMTP connections kept open between messages.
+	maxIdleConns = 4
+	// idleTimeout is how long an unused connection is kept. Servers wait at
+	// least 5 minutes before they drop an idle client (RFC 5321, 4.5.3.2.7).
+	idleTimeout = 30 * time.Second
+	// quitTimeout bounds the QUIT of a connection being dropped.
+	quitTimeout = 2 * time.Second
+)
+
 // Mailer sends plain-text e-mails through the configured SMTP server. It
-// opens one connection per message and is safe for concurrent use.
+// keeps up to maxIdleConns connections open between messages (each used by
+// one message at a time) and is safe for concurrent use. Close closes them.
 type Mailer struct {
 	cfg config.Email
 	// rootCAs, when set, replaces the system roots for verifying the server
 	// (tests use it with their own certificate).
 	rootCAs *x509.CertPool
+
+	mu     sync.Mutex
+	idle   []*smtpConn // most recently used last
+	closed bool
+}
+
+// smtpConn is an open SMTP session and its network connection, whose
+// deadlines the Mailer sets for each message.
+type smtpConn struct {
+	client   *mail.Client
+	conn     net.Conn
+	lastUsed time.Time
 }
 
 // NewMailer returns a Mailer for cfg. STARTTLS is mandatory when
@@ -39,7 +67,9 @@ func NewMailer(cfg config.Email) *Mailer {
 }
 
 // Send sends a text/plain message from the configured From address to one
-// recipient, giving up after 15 seconds or when ctx ends.
+// recipient, giving up after 15 seconds or when ctx ends. It uses an idle
+// connection when there is one, and a new one if that fails before the
+// message was handed over (the server may have closed it meanwhile).
 func (m *Mailer) Send(ctx context.Context, to, subject, text string) error {
 	server := net.JoinHostPort(m.cfg.SMTPHost, strconv.Itoa(m.cfg.SMTPPort))
 	msg := mail.NewMsg()
@@ -54,18 +84,147 @@ func (m *Mailer) Send(ctx context.Context, to, subject, text string) error {
 
 	ctx, cancel := context.WithTimeout(ctx, sendTimeout)
 	defer cancel()
-	client, err := mail.NewClient(m.cfg.SMTPHost, m.clientOptions(ctx)...)
+	if c := m.takeIdle(); c != nil {
+		err := m.sendOn(ctx, c, msg)
+		if err == nil {
+			return nil
+		}
+		if !beforeHandover(err) || ctx.Err() != nil {
+			return fmt.Errorf("send mail to %s via %s: %w", to, server, err)
+		}
+	}
+	c, err := m.dial(ctx)
 	if err != nil {
 		return fmt.Errorf("send mail via %s: %w", server, err)
 	}
-	if err := client.DialAndSendWithContext(ctx, msg); err != nil {
+	if err := m.sendOn(ctx, c, msg); err != nil {
 		return fmt.Errorf("send mail to %s via %s: %w", to, server, err)
 	}
 	return nil
 }
 
-// clientOptions configures go-mail for one message sent within ctx.
-func (m *Mailer) clientOptions(ctx context.Context) []mail.Option {
+// beforeHandover reports whether a send on a reused connection failed before
+// the server could have accepted the message (the liveness check or MAIL
+// FROM), so that another connection may try it without sending it twice.
+func beforeHandover(err error) bool {
+	var se *mail.SendError
+	return errors.As(err, &se) && (se.Reason == mail.ErrConnCheck || se.Reason == mail.ErrSMTPMailFrom)
+}
+
+// dial opens a connection within ctx: connect, greeting, EHLO, STARTTLS and AUTH.
+func (m *Mailer) dial(ctx context.Context) (*smtpConn, error) {
+	c := &smtpConn{}
+	stopWatch := func() bool { return true }
+	dial := func(dialCtx context.Context, network, address string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(dialCtx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		c.conn = conn
+		// go-mail applies its context to dialling only; these deadlines keep
+		// a server that stalls in the greeting, TLS or AUTH from holding us.
+		stopWatch = watch(ctx, conn)
+		return conn, nil
+	}
+	client, err := mail.NewClient(m.cfg.SMTPHost, m.clientOptions(dial)...)
+	if err != nil {
+		return nil, err
+	}
+	c.client = client
+	err = client.DialWithContext(ctx)
+	if interrupted := !stopWatch(); err != nil || interrupted {
+		c.drop()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// watch bounds conn's reads and writes by ctx: its deadline, and its end
+// (which sets a deadline in the past). stop ends the watch; it reports false
+// if ctx had already ended, in which case conn is unusable.
+func watch(ctx context.Context, conn net.Conn) (stop func() bool) {
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	return context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+}
+
+// sendOn sends msg on c within ctx, then keeps c for the next message, or
+// drops it if anything went wrong.
+func (m *Mailer) sendOn(ctx context.Context, c *smtpConn, msg *mail.Msg) error {
+	stop := watch(ctx, c.conn)
+	err := c.client.Send(msg)
+	if interrupted := !stop(); err != nil || interrupted {
+		c.drop()
+		return err
+	}
+	_ = c.conn.SetDeadline(time.Time{})
+	m.putIdle(c)
+	return nil
+}
+
+// takeIdle returns the most recently used idle connection that is not too
+// old, or nil; older ones are dropped.
+func (m *Mailer) takeIdle() *smtpConn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for len(m.idle) > 0 {
+		c := m.idle[len(m.idle)-1]
+		m.idle = m.idle[:len(m.idle)-1]
+		if time.Since(c.lastUsed) < idleTimeout {
+			return c
+		}
+		go c.quit()
+	}
+	return nil
+}
+
+// putIdle keeps c for the next message, unless the Mailer is closed or has
+// enough idle connections.
+func (m *Mailer) putIdle(c *smtpConn) {
+	c.lastUsed = time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || len(m.idle) >= maxIdleConns {
+		go c.quit()
+		return
+	}
+	m.idle = append(m.idle, c)
+}
+
+// Close ends the idle connections with QUIT; later messages are sent on
+// connections that are closed after use.
+func (m *Mailer) Close() error {
+	m.mu.Lock()
+	idle := m.idle
+	m.idle, m.closed = nil, true
+	m.mu.Unlock()
+	for _, c := range idle {
+		c.quit()
+	}
+	return nil
+}
+
+// quit ends the SMTP session politely, within quitTimeout.
+func (c *smtpConn) quit() {
+	_ = c.conn.SetDeadline(time.Now().Add(quitTimeout))
+	_ = c.client.Close()
+	_ = c.conn.Close()
+}
+
+// drop closes a connection in an unknown state, without a word.
+func (c *smtpConn) drop() {
+	if c.conn != nil {
+		_ = c.conn.Close()
+	}
+}
+
+// clientOptions configures go-mail for connections made with dial.
+func (m *Mailer) clientOptions(dial mail.DialContextFunc) []mail.Option {
 	policy := mail.TLSOpportunistic
 	if m.cfg.RequireTLS {
 		policy = mail.TLSMandatory
@@ -73,7 +232,10 @@ func (m *Mailer) clientOptions(ctx context.Context) []mail.Option {
 	opts := []mail.Option{
 		mail.WithTimeout(sendTimeout),
 		mail.WithTLSPolicy(policy),
-		mail.WithDialContextFunc(dialWithin(ctx)),
+		mail.WithDialContextFunc(dial),
+		// No NOOP before each message: a connection the server closed
+		// fails at MAIL FROM instead, which Send retries on a new one.
+		mail.WithoutNoop(),
 	}
 	if m.cfg.SMTPPort != 0 {
 		opts = append(opts, mail.WithPort(m.cfg.SMTPPort))
@@ -93,25 +255,6 @@ func (m *Mailer) clientOptions(ctx context.Context) []mail.Option {
 		}))
 	}
 	return opts
-}
-
-// dialWithin returns a dialer whose connections obey ctx for their whole life.
-// go-mail applies its context to dialling only, so a server that stalls
-// mid-conversation would otherwise hold Send forever.
-func dialWithin(ctx context.Context) mail.DialContextFunc {
-	return func(dialCtx context.Context, network, address string) (net.Conn, error) {
-		var d net.Dialer
-		conn, err := d.DialContext(dialCtx, network, address)
-		if err != nil {
-			return nil, err
-		}
-		if deadline, ok := ctx.Deadline(); ok {
-			_ = conn.SetDeadline(deadline)
-		}
-		// Cancellation before the deadline unblocks reads and writes too.
-		context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
-		return conn, nil
-	}
 }
 
 // plainOrLogin authenticates with PLAIN when the server offers it, else with

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"mime"
@@ -18,6 +19,8 @@ import (
 	"net/mail"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,19 +48,28 @@ type smtpServer struct {
 	user     string
 	password string
 	got      chan delivered
+	// conns counts the connections the server accepted, logouts the
+	// sessions that ended (QUIT or a dropped connection).
+	conns, logouts atomic.Int32
 }
 
 // startSMTP starts a server; with tlsConf it offers STARTTLS.
 func startSMTP(t *testing.T, tlsConf *tls.Config, mechs []string, user, password string) *smtpServer {
+	return startSMTPIdle(t, tlsConf, mechs, user, password, 10*time.Second)
+}
+
+// startSMTPIdle starts a server that drops a client idle for readTimeout.
+func startSMTPIdle(t *testing.T, tlsConf *tls.Config, mechs []string, user, password string, readTimeout time.Duration) *smtpServer {
 	t.Helper()
-	s := &smtpServer{mechs: mechs, user: user, password: password, got: make(chan delivered, 4)}
+	s := &smtpServer{mechs: mechs, user: user, password: password, got: make(chan delivered, 64)}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		s.conns.Add(1)
 		return &smtpSession{srv: s, conn: c}, nil
 	}))
 	srv.Domain = "127.0.0.1"
 	srv.AllowInsecureAuth = true // the client allows it only because the server is on localhost
 	srv.TLSConfig = tlsConf
-	srv.ReadTimeout = 10 * time.Second
+	srv.ReadTimeout = readTimeout
 	srv.WriteTimeout = 10 * time.Second
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -158,7 +170,10 @@ func (s *smtpSession) Data(r io.Reader) error {
 
 func (s *smtpSession) Reset() { s.cur = delivered{mech: s.cur.mech, user: s.cur.user} }
 
-func (s *smtpSession) Logout() error { return nil }
+func (s *smtpSession) Logout() error {
+	s.srv.logouts.Add(1)
+	return nil
+}
 
 // loginServer is the server side of AUTH LOGIN, which go-sasl lacks.
 type loginServer struct {
@@ -449,4 +464,99 @@ func TestMailerServerDown(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:"+strconv.Itoa(port)) {
 		t.Fatalf("Send to a closed port: %v, want an error naming the server", err)
 	}
+}
+
+// TestMailerReusesConnections: consecutive messages share one connection, a
+// connection the server dropped while idle is replaced without an error,
+// concurrent messages each get a connection of their own, and Close ends the
+// idle ones with QUIT.
+func TestMailerReusesConnections(t *testing.T) {
+	t.Run("sequential", func(t *testing.T) {
+		srv := startSMTP(t, nil, nil, "", "")
+		m := NewMailer(srv.email())
+		defer m.Close()
+		for i := range 3 {
+			if err := m.Send(context.Background(), fmt.Sprintf("seq%d@example.com", i), "Hi", "text\n"); err != nil {
+				t.Fatal(err)
+			}
+			if d := srv.next(t); len(d.to) != 1 || d.to[0] != fmt.Sprintf("seq%d@example.com", i) {
+				t.Fatalf("message %d delivered to %v", i, d.to)
+			}
+		}
+		if n := srv.conns.Load(); n != 1 {
+			t.Fatalf("3 messages used %d connections, want 1", n)
+		}
+	})
+
+	t.Run("dropped while idle", func(t *testing.T) {
+		srv := startSMTPIdle(t, nil, []string{sasl.Plain}, "user", "secret", 200*time.Millisecond)
+		cfg := srv.email()
+		cfg.SMTPUsername, cfg.SMTPPassword = "user", "secret"
+		m := NewMailer(cfg)
+		defer m.Close()
+		if err := m.Send(context.Background(), "first@example.com", "Hi", "text\n"); err != nil {
+			t.Fatal(err)
+		}
+		srv.next(t)
+		deadline := time.Now().Add(10 * time.Second)
+		for srv.logouts.Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond) // the server drops the idle connection
+		}
+		if err := m.Send(context.Background(), "second@example.com", "Hi", "text\n"); err != nil {
+			t.Fatalf("send after the server dropped the idle connection: %v", err)
+		}
+		if d := srv.next(t); d.to[0] != "second@example.com" || d.user != "user" {
+			t.Fatalf("delivered %+v", d)
+		}
+		if n := srv.conns.Load(); n != 2 {
+			t.Fatalf("%d connections, want 2", n)
+		}
+		srv.assertNothingDelivered(t) // sent once, not twice
+	})
+
+	t.Run("concurrent, then Close", func(t *testing.T) {
+		srv := startSMTP(t, nil, nil, "", "")
+		m := NewMailer(srv.email())
+		const n = 12
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := range n {
+			wg.Go(func() { errs <- m.Send(context.Background(), fmt.Sprintf("c%d@example.com", i), "Hi", "text\n") })
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[string]bool{}
+		for range n {
+			got[srv.next(t).to[0]] = true
+		}
+		if len(got) != n {
+			t.Fatalf("%d distinct recipients delivered, want %d", len(got), n)
+		}
+		m.mu.Lock()
+		idle := len(m.idle)
+		m.mu.Unlock()
+		if idle > maxIdleConns {
+			t.Fatalf("%d idle connections kept, at most %d", idle, maxIdleConns)
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for srv.logouts.Load() != srv.conns.Load() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if open := srv.conns.Load() - srv.logouts.Load(); open != 0 {
+			t.Fatalf("%d connections still open after Close", open)
+		}
+		// After Close a message still goes, on a connection closed after use.
+		if err := m.Send(context.Background(), "late@example.com", "Hi", "text\n"); err != nil {
+			t.Fatal(err)
+		}
+		srv.next(t)
+	})
 }

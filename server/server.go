@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -246,7 +247,8 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // Shutdown stops accepting, lets in-flight requests finish (bounded by
-// ShutdownTimeout), stops the workers and closes the database.
+// ShutdownTimeout), stops the workers, ends the idle SMTP connections and
+// closes the database.
 func (s *Server) Shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
 	defer cancel()
@@ -258,6 +260,9 @@ func (s *Server) Shutdown() error {
 		s.cancel()
 	}
 	s.wg.Wait()
+	if mailer, ok := s.Account.Email.(io.Closer); ok {
+		_ = mailer.Close()
+	}
 	if cerr := s.Store.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
