@@ -45,8 +45,13 @@ type Mailer struct {
 	// (tests use it with their own certificate).
 	rootCAs *x509.CertPool
 
+	// idleTimeout is how long an unused connection is kept (idleTimeout, the
+	// constant, except in tests).
+	idleTimeout time.Duration
+
 	mu     sync.Mutex
 	idle   []*smtpConn // most recently used last
+	reaper *time.Timer // pending reap of expired idle connections, or nil
 	closed bool
 }
 
@@ -63,7 +68,7 @@ type smtpConn struct {
 // the client authenticates with PLAIN or LOGIN, whichever the server offers,
 // and only over TLS or to a server on localhost.
 func NewMailer(cfg config.Email) *Mailer {
-	return &Mailer{cfg: cfg}
+	return &Mailer{cfg: cfg, idleTimeout: idleTimeout}
 }
 
 // Send sends a text/plain message from the configured From address to one
@@ -175,7 +180,7 @@ func (m *Mailer) takeIdle() *smtpConn {
 	for len(m.idle) > 0 {
 		c := m.idle[len(m.idle)-1]
 		m.idle = m.idle[:len(m.idle)-1]
-		if time.Since(c.lastUsed) < idleTimeout {
+		if time.Since(c.lastUsed) < m.idleTimeout {
 			return c
 		}
 		go c.quit()
@@ -194,6 +199,30 @@ func (m *Mailer) putIdle(c *smtpConn) {
 		return
 	}
 	m.idle = append(m.idle, c)
+	if m.reaper == nil {
+		m.reaper = time.AfterFunc(m.idleTimeout, m.reap)
+	}
+}
+
+// reap ends the idle connections unused for idleTimeout, and comes back
+// while any remain, so that quiet hours hold no connections open.
+func (m *Mailer) reap() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	kept := m.idle[:0]
+	for _, c := range m.idle {
+		if time.Since(c.lastUsed) < m.idleTimeout {
+			kept = append(kept, c)
+		} else {
+			go c.quit()
+		}
+	}
+	clear(m.idle[len(kept):])
+	m.idle = kept
+	m.reaper = nil
+	if len(m.idle) > 0 && !m.closed {
+		m.reaper = time.AfterFunc(m.idleTimeout-time.Since(m.idle[0].lastUsed), m.reap)
+	}
 }
 
 // Close ends the idle connections with QUIT; later messages are sent on
@@ -202,6 +231,10 @@ func (m *Mailer) Close() error {
 	m.mu.Lock()
 	idle := m.idle
 	m.idle, m.closed = nil, true
+	if m.reaper != nil {
+		m.reaper.Stop()
+		m.reaper = nil
+	}
 	m.mu.Unlock()
 	for _, c := range idle {
 		c.quit()

@@ -514,6 +514,26 @@ func TestMailerReusesConnections(t *testing.T) {
 		srv.assertNothingDelivered(t) // sent once, not twice
 	})
 
+	t.Run("idle connections are ended", func(t *testing.T) {
+		srv := startSMTP(t, nil, nil, "", "")
+		m := NewMailer(srv.email())
+		m.idleTimeout = 100 * time.Millisecond
+		if err := m.Send(context.Background(), "quiet@example.com", "Hi", "text\n"); err != nil {
+			t.Fatal(err)
+		}
+		srv.next(t)
+		deadline := time.Now().Add(10 * time.Second)
+		for srv.logouts.Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		m.mu.Lock()
+		idle := len(m.idle)
+		m.mu.Unlock()
+		if srv.logouts.Load() != 1 || idle != 0 {
+			t.Fatalf("after the idle timeout: %d sessions ended, %d idle; want 1 and 0", srv.logouts.Load(), idle)
+		}
+	})
+
 	t.Run("concurrent, then Close", func(t *testing.T) {
 		srv := startSMTP(t, nil, nil, "", "")
 		m := NewMailer(srv.email())
