@@ -1,7 +1,9 @@
-// Package account is the service behind the client-server 3PID endpoints: the
+// Package account is the service behind the 3PIDs of accounts: the
 // validation sessions (requestToken, submit_token), adding a validated 3PID to
-// an account, listing and deleting. Handlers in package api parse requests and
-// call it; tests call it without HTTP.
+// an account, listing and deleting; an administrator's lookups and removals;
+// and deactivation (relayed to the homeserver, then everything threepidd
+// holds for the account goes). Handlers in clientapi and adminapi parse
+// requests and call it; tests call it without HTTP.
 package account
 
 import (
@@ -13,6 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/threepidd/threepidd/events"
+	"github.com/threepidd/threepidd/homeserver"
+	"github.com/threepidd/threepidd/internal/clock"
 	"github.com/threepidd/threepidd/metrics"
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/policy"
@@ -46,15 +51,15 @@ type SMSSender interface {
 	Send(ctx context.Context, to, token, text string) error
 }
 
-// Unbinder removes a 3PID's bindings from identity servers when it is deleted
-// from the account. It answers "success" or "no-support" (MSC1915).
+// Unbinder removes 3PIDs' bindings from identity servers (bindings.Service).
+// Each method answers "success" or "no-support" (MSC1915).
 type Unbinder interface {
+	// UnbindOnDelete unbinds a 3PID the user deletes, as the user asked.
 	UnbindOnDelete(ctx context.Context, userID, medium, address, idServer string) (string, error)
-}
-
-// Events receives the changes applied, inside the transaction that applied them.
-type Events interface {
-	Applied(ctx context.Context, q storage.Querier, c policy.Change) error
+	// UnbindAll unbinds every binding recorded for userID, without the policy.
+	UnbindAll(ctx context.Context, userID string) (string, error)
+	// UnbindThreepidUnchecked unbinds one 3PID's recorded bindings, without the policy.
+	UnbindThreepidUnchecked(ctx context.Context, userID, medium, address string) (string, error)
 }
 
 // Service implements the account 3PID operations.
@@ -66,9 +71,14 @@ type Service struct {
 	Policy        policy.Checker
 	// MaxThreepidsPerUser limits /add (0: no limit).
 	MaxThreepidsPerUser int
-	Unbinder            Unbinder // nil: delete answers no-support
-	Events              Events   // nil: no after-events
-	Now                 func() time.Time
+	Unbinder            Unbinder    // nil: nothing is unbound, delete answers no-support
+	Events              events.Sink // nil: no after-events
+	// Homeserver relays deactivations (nil: /account/deactivate is not served).
+	Homeserver *homeserver.Client
+	// HomeserverAdmin checks whether an account was deactivated when the
+	// homeserver's answer to a relayed deactivation was lost; nil: not checked.
+	HomeserverAdmin *homeserver.SynapseAdmin
+	Clock           clock.Func
 }
 
 var (
@@ -77,13 +87,6 @@ var (
 	messagesFailed = metrics.Factory.NewCounterVec(metrics.CounterOpts("validation_messages_failed_total",
 		"Validation e-mails and SMS that could not be sent."), []string{"medium"})
 )
-
-func (s *Service) now() time.Time {
-	if s.Now != nil {
-		return s.Now()
-	}
-	return time.Now()
-}
 
 // TokenRequest is a requestToken call, already syntactically checked.
 type TokenRequest struct {
@@ -128,7 +131,7 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 		resp.SubmitURL = s.PublicBaseURL + MSISDNSubmitPath
 		resp.MSISDN, resp.IntlFmt, resp.Success = req.Address, threepid.InternationalFormat(req.Address), true
 	}
-	now := s.now()
+	now := s.Clock.Now()
 	existing, err := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address)
 	switch {
 	case err == nil:
@@ -224,7 +227,7 @@ func (s *Service) SubmitToken(ctx context.Context, medium, sid, clientSecret, to
 	if err != nil {
 		return "", fmt.Errorf("load session: %w", err)
 	}
-	now := s.now().UnixMilli()
+	now := s.Clock.Now().UnixMilli()
 	if sess.ValidatedAt != 0 && threepid.TokenMatches(sess.TokenHash, token) {
 		return sess.NextLink, nil // the link opened again
 	}
@@ -275,7 +278,7 @@ func (s *Service) Add(ctx context.Context, userID, sid, clientSecret string) err
 	if err != nil {
 		return fmt.Errorf("load session: %w", err)
 	}
-	now := s.now().UnixMilli()
+	now := s.Clock.Now().UnixMilli()
 	if sess.ValidatedAt == 0 {
 		return mxerr.ThreepidAuthFailed.WithMessage("The 3PID has not been validated yet")
 	}
@@ -347,7 +350,7 @@ func (s *Service) Delete(ctx context.Context, userID, medium, address, idServer 
 		}
 		return "", err
 	}
-	result := "no-support"
+	result := threepid.UnbindNoSupport
 	if s.Unbinder != nil {
 		r, err := s.Unbinder.UnbindOnDelete(ctx, userID, medium, address, idServer)
 		if err != nil {
@@ -356,15 +359,8 @@ func (s *Service) Delete(ctx context.Context, userID, medium, address, idServer 
 		result = r
 	}
 	err := s.Store.WithTx(ctx, func(q storage.Querier) error {
-		removed, err := q.DeleteAssociation(ctx, userID, medium, address)
-		if err != nil {
-			return fmt.Errorf("delete 3PID: %w", err)
-		}
-		if !removed {
-			return nil
-		}
-		return s.applied(ctx, q, policy.Change{Callback: policy.CallbackUserThreepid, Op: policy.OpRemove,
-			UserID: userID, Medium: medium, Address: address})
+		_, err := s.remove(ctx, q, userID, medium, address)
+		return err
 	})
 	if err != nil {
 		return "", err
@@ -390,10 +386,7 @@ func (s *Service) checkUserThreepid(ctx context.Context, userID, medium, address
 }
 
 func (s *Service) applied(ctx context.Context, q storage.Querier, c policy.Change) error {
-	if s.Events == nil {
-		return nil
-	}
-	return s.Events.Applied(ctx, q, c)
+	return events.Apply(ctx, s.Events, q, c)
 }
 
 // CanonicalRequestAddress canonicalises an address a client names in delete or

@@ -60,7 +60,7 @@ func wantErr(t *testing.T, err error, want *mxerr.Error) {
 func newService(t *testing.T, s storage.Store) (*account.Service, *outbox, *time.Time) {
 	now := time.Now()
 	mail := &outbox{}
-	return &account.Service{Store: s, Email: mail, PublicBaseURL: "https://hs.example", Now: func() time.Time { return now }}, mail, &now
+	return &account.Service{Store: s, Email: mail, PublicBaseURL: "https://hs.example", Clock: func() time.Time { return now }}, mail, &now
 }
 
 func TestRequestTokenAndAdd(t *testing.T) {

@@ -1,7 +1,9 @@
 // Package bindings is the service behind /3pid/bind, /3pid/unbind and the
 // unbind part of /3pid/delete: it talks to the configured identity servers,
-// records the bindings threepidd made, notifies users who lost a binding, and
-// retries unbinds that could not be delivered through the durable outbox.
+// records the bindings threepidd made, applies the loss of a binding (taken
+// over by another user's bind, or reported by an identity server's onupdate)
+// with the user's notification, and retries unbinds that could not be
+// delivered through the durable outbox.
 package bindings
 
 import (
@@ -15,7 +17,9 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/events"
 	"github.com/threepidd/threepidd/federation/identity"
+	"github.com/threepidd/threepidd/internal/clock"
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/outbox"
 	"github.com/threepidd/threepidd/policy"
@@ -23,19 +27,8 @@ import (
 	"github.com/threepidd/threepidd/threepid"
 )
 
-// Unbind results, as the spec names them.
-const (
-	ResultSuccess   = "success"
-	ResultNoSupport = "no-support"
-)
-
 // OutboxKind is the outbox kind of unbinds to retry.
 const OutboxKind = "unbind"
-
-// Events receives applied changes inside the transaction that applied them.
-type Events interface {
-	Applied(ctx context.Context, q storage.Querier, c policy.Change) error
-}
 
 // Service implements binding and unbinding.
 type Service struct {
@@ -44,15 +37,9 @@ type Service struct {
 	// Servers are the configured identity servers.
 	Servers []config.IdentityServer
 	Policy  policy.Checker
-	Events  Events
-	Now     func() time.Time
-}
-
-func (s *Service) now() time.Time {
-	if s.Now != nil {
-		return s.Now()
-	}
-	return time.Now()
+	// Events receives every applied change; nil: none.
+	Events events.Sink
+	Clock  clock.Func
 }
 
 // server returns the configured identity server called name, or 400
@@ -103,7 +90,7 @@ func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid
 		return mxerr.Unavailable.WithMessage("identity server %s returned an association for another 3PID", idServer)
 	}
 	assoc.Address = bound
-	now := s.now().UnixMilli()
+	now := s.Clock.Now().UnixMilli()
 	return s.Store.WithTx(ctx, func(q storage.Querier) error {
 		previous, err := q.BindingsOf3PID(ctx, assoc.Medium, assoc.Address, idServer)
 		if err != nil {
@@ -113,41 +100,66 @@ func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid
 			if b.UserID == userID {
 				continue
 			}
-			if err := DropAndNotify(ctx, q, s.Events, b, false, userID, idServer, now); err != nil {
+			if _, err := s.Lose(ctx, q, Loss{Binding: b, MXID: userID, Origin: idServer, At: now}); err != nil {
 				return err
 			}
 		}
 		if err := q.UpsertBinding(ctx, storage.Binding{UserID: userID, Medium: assoc.Medium, Address: assoc.Address, IDServer: idServer, BoundAt: now}); err != nil {
 			return fmt.Errorf("record binding: %w", err)
 		}
-		return applied(ctx, q, s.Events, policy.OpBind, userID, assoc.Medium, assoc.Address, idServer)
+		return s.applied(ctx, q, policy.OpBind, userID, assoc.Medium, assoc.Address, idServer)
 	})
 }
 
-// DropAndNotify removes binding b (its user lost it: taken over by mxid, or
-// deleted) and appends the notification to that user's 3PID stream, in q.
-func DropAndNotify(ctx context.Context, q storage.Querier, events Events, b storage.Binding, deleted bool, mxid, origin string, now int64) error {
-	removed, err := q.DeleteBinding(ctx, b.UserID, b.Medium, b.Address, b.IDServer)
-	if err != nil {
-		return fmt.Errorf("drop binding: %w", err)
-	}
-	if !removed {
-		return nil
-	}
-	if _, err := q.AppendNotification(ctx, storage.Notification{
-		UserID: b.UserID, Medium: b.Medium, Address: b.Address, Deleted: deleted, MXID: mxid, Origin: origin, At: now,
-	}); err != nil {
-		return fmt.Errorf("notify %s: %w", b.UserID, err)
-	}
-	return applied(ctx, q, events, policy.OpLost, b.UserID, b.Medium, b.Address, b.IDServer)
+// Loss is a binding its user lost: another user took the 3PID over on the
+// identity server, or the identity server deleted the binding.
+type Loss struct {
+	// Binding is the record of the binding lost.
+	Binding storage.Binding
+	// Deleted: the binding was deleted; else it was taken over by MXID.
+	Deleted bool
+	// MXID is the user the 3PID is now bound to (a takeover) or was bound to
+	// (a deletion); empty for a deletion that named nobody.
+	MXID string
+	// Origin is the identity server that reported it.
+	Origin string
+	// At is when, in Unix milliseconds.
+	At int64
 }
 
-func applied(ctx context.Context, q storage.Querier, events Events, op policy.Op, userID, medium, address, idServer string) error {
-	if events == nil {
-		return nil
+// Lose applies l in q, the caller's transaction: the binding record goes, the
+// user gets a notification in their 3PID stream (the /sync section), and the
+// sinks hear of it (op "lost"). It reports whether the record was still there;
+// a binding already gone changes nothing and notifies nobody.
+func (s *Service) Lose(ctx context.Context, q storage.Querier, l Loss) (bool, error) {
+	b := l.Binding
+	removed, err := q.DeleteBinding(ctx, b.UserID, b.Medium, b.Address, b.IDServer)
+	if err != nil {
+		return false, fmt.Errorf("drop binding: %w", err)
 	}
-	return events.Applied(ctx, q, policy.Change{Callback: policy.CallbackIdentityServerBinding, Op: op,
+	if !removed {
+		return false, nil
+	}
+	if _, err := q.AppendNotification(ctx, storage.Notification{
+		UserID: b.UserID, Medium: b.Medium, Address: b.Address, Deleted: l.Deleted, MXID: l.MXID, Origin: l.Origin, At: l.At,
+	}); err != nil {
+		return false, fmt.Errorf("notify %s: %w", b.UserID, err)
+	}
+	return true, s.applied(ctx, q, policy.OpLost, b.UserID, b.Medium, b.Address, b.IDServer)
+}
+
+func (s *Service) applied(ctx context.Context, q storage.Querier, op policy.Op, userID, medium, address, idServer string) error {
+	return events.Apply(ctx, s.Events, q, policy.Change{Callback: policy.CallbackIdentityServerBinding, Op: op,
 		UserID: userID, Medium: medium, Address: address, IDServer: idServer})
+}
+
+// List returns the bindings recorded for userID.
+func (s *Service) List(ctx context.Context, userID string) ([]storage.Binding, error) {
+	bs, err := s.Store.BindingsOf(ctx, userID)
+	if err != nil {
+		return nil, fmt.Errorf("list bindings: %w", err)
+	}
+	return bs, nil
 }
 
 // check asks the policy about a binding change; a block is returned as an
@@ -221,16 +233,16 @@ func (s *Service) unbind(ctx context.Context, userID, medium, address, idServer 
 		return "", err
 	}
 	if len(servers) == 0 {
-		return ResultNoSupport, nil
+		return threepid.UnbindNoSupport, nil
 	}
-	result := ResultSuccess
+	result := threepid.UnbindSuccess
 	for _, is := range servers {
 		r, err := s.unbindOne(ctx, userID, medium, address, is, passErrors, true)
 		if err != nil {
 			return "", err
 		}
-		if r != ResultSuccess {
-			result = ResultNoSupport
+		if r != threepid.UnbindSuccess {
+			result = threepid.UnbindNoSupport
 		}
 	}
 	return result, nil
@@ -247,7 +259,7 @@ func (s *Service) unbindOne(ctx context.Context, userID, medium, address string,
 		var blocked errBlocked
 		if errors.As(err, &blocked) {
 			slog.InfoContext(ctx, "unbind blocked by policy", "id_server", is.ServerName, "medium", medium, "rule", blocked.d.Rule)
-			return ResultNoSupport, nil
+			return threepid.UnbindNoSupport, nil
 		}
 		return "", err
 	}
@@ -258,21 +270,21 @@ func (s *Service) unbindOne(ctx context.Context, userID, medium, address string,
 			return "", err
 		}
 		if r.Outcome == identity.Success {
-			return ResultSuccess, nil
+			return threepid.UnbindSuccess, nil
 		}
-		return ResultNoSupport, nil
+		return threepid.UnbindNoSupport, nil
 	case identity.MatrixError:
 		if passErrors {
 			return "", r.Err
 		}
-		return ResultNoSupport, nil
+		return threepid.UnbindNoSupport, nil
 	default:
 		slog.WarnContext(ctx, "unbind queued for retry", "id_server", is.ServerName, "medium", medium, "detail", r.Detail)
 		if err := outbox.Enqueue(ctx, s.Store, OutboxKind, unbindKey(userID, medium, address, is.ServerName),
-			unbindJob{UserID: userID, Medium: medium, Address: address, IDServer: is.ServerName}, s.now()); err != nil {
+			unbindJob{UserID: userID, Medium: medium, Address: address, IDServer: is.ServerName}, s.Clock.Now()); err != nil {
 			return "", err
 		}
-		return ResultNoSupport, nil
+		return threepid.UnbindNoSupport, nil
 	}
 }
 
@@ -286,7 +298,7 @@ func (s *Service) dropOwn(ctx context.Context, userID, medium, address, idServer
 		if !removed {
 			return nil
 		}
-		return applied(ctx, q, s.Events, policy.OpUnbind, userID, medium, address, idServer)
+		return s.applied(ctx, q, policy.OpUnbind, userID, medium, address, idServer)
 	})
 }
 
@@ -308,7 +320,7 @@ func (s *Service) unbindRecorded(ctx context.Context, userID string, match func(
 	if err != nil {
 		return "", fmt.Errorf("load bindings: %w", err)
 	}
-	result := ResultSuccess
+	result := threepid.UnbindSuccess
 	for _, b := range bs {
 		if !match(b) {
 			continue
@@ -318,15 +330,15 @@ func (s *Service) unbindRecorded(ctx context.Context, userID string, match func(
 			if _, err := s.Store.DeleteBinding(ctx, userID, b.Medium, b.Address, b.IDServer); err != nil {
 				return "", fmt.Errorf("drop binding: %w", err)
 			}
-			result = ResultNoSupport
+			result = threepid.UnbindNoSupport
 			continue
 		}
 		r, err := s.unbindOne(ctx, userID, b.Medium, b.Address, is, false, false)
 		if err != nil {
 			return "", err
 		}
-		if r != ResultSuccess {
-			result = ResultNoSupport
+		if r != threepid.UnbindSuccess {
+			result = threepid.UnbindNoSupport
 		}
 	}
 	return result, nil
@@ -360,11 +372,9 @@ func (s *Service) Worker() *outbox.Worker {
 		// client's timeout) always ends before its lease.
 		Batch: 1,
 		Lease: 25 * time.Second,
-		OnGiveUp: func(ctx context.Context, item storage.OutboxItem) {
-			var job unbindJob
-			_ = json.Unmarshal(item.Payload, &job)
-			slog.WarnContext(ctx, "unbind abandoned after the give-up age", "id_server", job.IDServer, "medium", job.Medium, "attempts", item.Attempts+1)
-		},
+		OnGiveUp: outbox.LogGiveUp("unbind abandoned after the give-up age", func(j unbindJob) []any {
+			return []any{"id_server", j.IDServer, "medium", j.Medium}
+		}),
 	}
 }
 

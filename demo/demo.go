@@ -33,6 +33,7 @@ import (
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/signingkey"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/server"
 )
 
@@ -371,15 +372,15 @@ func (s *story) takeover(ctx context.Context, client, since string) error {
 		return fmt.Errorf("wait for the long-poll: %w", ctx.Err())
 	}
 	s.p.note("identity server", "%s's homeserver bound %s to them here; telling threepidd:", NewOwner, Email)
-	body, err := json.Marshal(federation.OnUpdate{Threepid: Email, Medium: "email", Deleted: false, MXID: NewOwner})
+	body, err := json.Marshal(onupdate.Body{Threepid: Email, Medium: "email", Deleted: false, MXID: NewOwner})
 	if err != nil {
 		return fmt.Errorf("encode onupdate: %w", err)
 	}
-	auth, err := federation.SignRequest(s.is.key, IdentityServerName, ServerName, federation.DestinationField, http.MethodPost, federation.OnUpdatePath, body)
+	auth, err := federation.SignRequest(s.is.key, IdentityServerName, ServerName, federation.DestinationField, http.MethodPost, onupdate.Path, body)
 	if err != nil {
 		return err
 	}
-	if _, err := s.call(ctx, request{method: http.MethodPost, url: s.base + federation.OnUpdatePath,
+	if _, err := s.call(ctx, request{method: http.MethodPost, url: s.base + onupdate.Path,
 		header: http.Header{"Authorization": {auth}}, body: body}, http.StatusOK); err != nil {
 		return err
 	}

@@ -1,139 +1,43 @@
-// Package events tells an HTTP service (policy.events_webhook) about every
-// 3PID change after it was applied: add, remove, bind, unbind, and lost (a
-// binding taken over or deleted on an identity server).
-//
-// Events are durable and never hold up the user's request: [Webhook.Applied]
-// stores the event in the outbox inside the transaction that made the change,
-// so an event exists exactly when its change committed, and the outbox worker
-// ([Webhook.Worker]) delivers it later, retrying with backoff until the
-// receiver answers 2xx (or for 7 days). Delivery is at least once and not
-// strictly ordered: receivers deduplicate on event_id and order by at.
-//
-// Each delivery is POST JSON {"event_id", "callback", "op", "user_id",
-// "medium", "address", "id_server", "at"} (at in Unix milliseconds), signed
-// like the policy webhook: the header X-Threepidd-Signature holds the hex
-// HMAC-SHA256 of the body under the secret (check it with
-// policy.VerifySignature).
+// Package events hands every applied 3PID change to the sinks that want to
+// know: the events webhook ([Webhook], policy.events_webhook) and the mirror
+// that writes account 3PIDs back to a Synapse homeserver ([Mirror],
+// homeserver.mirror). The services (account, bindings, onupdate) call a
+// [Sink] inside the transaction that applied the change; each sink stores its
+// work in the durable outbox there, so the work exists exactly when the change
+// committed, and an outbox worker does it later without holding up the
+// user's request.
 package events
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/json"
-	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
-	"time"
 
-	"github.com/threepidd/threepidd/config"
-	"github.com/threepidd/threepidd/outbox"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage"
 )
 
-// OutboxKind is the outbox kind of events waiting for delivery.
-const OutboxKind = "event"
-
-// Delivery tuning: one attempt is bounded by DeliveryTimeout; a claimed batch
-// is hidden from other instances for long enough to try every item in it.
-const (
-	DeliveryTimeout = 5 * time.Second
-	batch           = 10
-	lease           = batch*DeliveryTimeout + 30*time.Second
-	poll            = time.Second
-	baseBackoff     = time.Second
-	maxBackoff      = 10 * time.Minute
-)
-
-// Event is the body the events webhook receives.
-type Event struct {
-	// ID is unique per event and the same on every delivery attempt.
-	ID string `json:"event_id"`
-	policy.Change
-	// At is when the change was applied, in Unix milliseconds.
-	At int64 `json:"at"`
+// Sink receives each applied change inside the transaction q that applied it.
+// An error rolls the change back.
+type Sink interface {
+	Applied(ctx context.Context, q storage.Querier, c policy.Change) error
 }
 
-// Webhook queues events and delivers them. With an empty URL it is off:
-// Applied queues nothing.
-type Webhook struct {
-	URL, Secret string
-	Client      *http.Client
-	Now         func() time.Time
-}
+// Sinks hands each change to every sink in order; the first error stops.
+type Sinks []Sink
 
-// New returns the events webhook of cfg, delivering with client
-// (http.DefaultClient when nil).
-func New(cfg config.EventsWebhook, client *http.Client) *Webhook {
-	if client == nil {
-		client = http.DefaultClient
+// Applied implements Sink.
+func (s Sinks) Applied(ctx context.Context, q storage.Querier, c policy.Change) error {
+	for _, sink := range s {
+		if err := sink.Applied(ctx, q, c); err != nil {
+			return err
+		}
 	}
-	return &Webhook{URL: cfg.URL, Secret: cfg.Secret, Client: client}
+	return nil
 }
 
-// Enabled reports whether events are queued at all.
-func (w *Webhook) Enabled() bool { return w.URL != "" }
-
-func (w *Webhook) now() time.Time {
-	if w.Now != nil {
-		return w.Now()
-	}
-	return time.Now()
-}
-
-// Applied queues the event of change c in q, the transaction that applied it.
-func (w *Webhook) Applied(ctx context.Context, q storage.Querier, c policy.Change) error {
-	if !w.Enabled() {
+// Apply hands c to sink, which may be nil (no sink: nothing to do).
+func Apply(ctx context.Context, sink Sink, q storage.Querier, c policy.Change) error {
+	if sink == nil {
 		return nil
 	}
-	now := w.now()
-	if err := outbox.Enqueue(ctx, q, OutboxKind, "", Event{ID: rand.Text(), Change: c, At: now.UnixMilli()}, now); err != nil {
-		return fmt.Errorf("queue %s event: %w", c.Op, err)
-	}
-	return nil
-}
-
-// Worker returns the outbox worker that delivers queued events from store.
-func (w *Webhook) Worker(store storage.Store) *outbox.Worker {
-	return &outbox.Worker{
-		Store:       store,
-		Kind:        OutboxKind,
-		Do:          w.deliver,
-		Poll:        poll,
-		BaseBackoff: baseBackoff,
-		MaxBackoff:  maxBackoff,
-		Batch:       batch,
-		Lease:       lease,
-		OnGiveUp: func(ctx context.Context, item storage.OutboxItem) {
-			var ev Event
-			_ = json.Unmarshal(item.Payload, &ev)
-			slog.WarnContext(ctx, "event abandoned after the give-up age", "event_id", ev.ID, "op", ev.Op, "attempts", item.Attempts+1)
-		},
-	}
-}
-
-// deliver posts one event; anything but a 2xx answer is retried. Redirects
-// are not followed (a 301/302 would turn the POST into a GET whose 2xx would
-// drop the event undelivered).
-func (w *Webhook) deliver(ctx context.Context, item storage.OutboxItem) error {
-	ctx, cancel := context.WithTimeout(ctx, DeliveryTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(item.Payload))
-	if err != nil {
-		return fmt.Errorf("build event request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(policy.SignatureHeader, policy.Sign(w.Secret, item.Payload))
-	resp, err := policy.WithoutRedirects(w.Client).Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: deliver event: %v", outbox.ErrRetry, err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%w: events webhook answered HTTP %d", outbox.ErrRetry, resp.StatusCode)
-	}
-	return nil
+	return sink.Applied(ctx, q, c)
 }

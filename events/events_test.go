@@ -25,8 +25,8 @@ func TestApplied(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
 		ctx := context.Background()
 		at := time.UnixMilli(1_700_000_000_000)
-		w := New(config.EventsWebhook{URL: "http://127.0.0.1:1/events", Secret: "s"}, nil)
-		w.Now = func() time.Time { return at }
+		w := NewWebhook(config.EventsWebhook{URL: "http://127.0.0.1:1/events", Secret: "s"}, s, http.DefaultClient)
+		w.Clock = func() time.Time { return at }
 		rollback := errors.New("rollback")
 		if err := s.WithTx(ctx, func(q storage.Querier) error {
 			if err := w.Applied(ctx, q, change); err != nil {
@@ -36,7 +36,7 @@ func TestApplied(t *testing.T) {
 		}); !errors.Is(err, rollback) {
 			t.Fatalf("WithTx = %v", err)
 		}
-		off := New(config.EventsWebhook{}, nil)
+		off := NewWebhook(config.EventsWebhook{}, s, http.DefaultClient)
 		if off.Enabled() {
 			t.Fatal("a webhook without URL is enabled")
 		}
@@ -85,13 +85,13 @@ func TestDelivery(t *testing.T) {
 		defer srv.Close()
 		now := time.Now()
 		clock := func() time.Time { return now }
-		w := New(config.EventsWebhook{URL: srv.URL, Secret: "s3cret"}, srv.Client())
-		w.Now = clock
+		w := NewWebhook(config.EventsWebhook{URL: srv.URL, Secret: "s3cret"}, s, srv.Client())
+		w.Clock = clock
 		if err := s.WithTx(ctx, func(q storage.Querier) error { return w.Applied(ctx, q, change) }); err != nil {
 			t.Fatal(err)
 		}
-		worker := w.Worker(s)
-		worker.Now = clock
+		worker := w.Worker()
+		worker.Clock = clock
 
 		if n := worker.RunOnce(ctx); n != 1 {
 			t.Fatalf("first pass claimed %d events", n)
@@ -122,7 +122,8 @@ func TestDelivery(t *testing.T) {
 }
 
 // TestDeliveryRedirect: a redirect is not a delivery: the event stays queued
-// (following a 302 would GET the new location and count its 200 as delivered).
+// (following a 302 would GET the new location and count its 200 as
+// delivered), even with a client that would follow it.
 func TestDeliveryRedirect(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
 		ctx := context.Background()
@@ -135,11 +136,11 @@ func TestDeliveryRedirect(t *testing.T) {
 			http.Redirect(w, r, "/moved", http.StatusFound)
 		}))
 		defer srv.Close()
-		w := New(config.EventsWebhook{URL: srv.URL + "/events", Secret: "s3cret"}, nil)
+		w := NewWebhook(config.EventsWebhook{URL: srv.URL + "/events", Secret: "s3cret"}, s, http.DefaultClient)
 		if err := s.WithTx(ctx, func(q storage.Querier) error { return w.Applied(ctx, q, change) }); err != nil {
 			t.Fatal(err)
 		}
-		if n := w.Worker(s).RunOnce(ctx); n != 1 {
+		if n := w.Worker().RunOnce(ctx); n != 1 {
 			t.Fatalf("claimed %d events", n)
 		}
 		if n, _ := s.CountOutbox(ctx, OutboxKind); n != 1 || moved.Load() != 0 {

@@ -20,6 +20,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/outbound"
 )
 
 const (
@@ -92,11 +94,13 @@ type keyFetch struct {
 }
 
 // NewKeyRing returns a KeyRing that fetches with client (nil: a client with a
-// 10 s timeout).
+// 10 s timeout), never following redirects: a key comes from the configured
+// identity server's own URL or not at all.
 func NewKeyRing(client *http.Client) *KeyRing {
 	if client == nil {
-		client = &http.Client{Timeout: fetchTimeout}
+		client = outbound.NewClient(outbound.NewTransport(), fetchTimeout)
 	}
+	client = outbound.WithoutRedirects(client)
 	return &KeyRing{
 		client:   client,
 		now:      time.Now,
@@ -145,7 +149,7 @@ func (k *KeyRing) PublicKey(ctx context.Context, is config.IdentityServer, keyID
 	if len(is.VerifyKeys) > 0 {
 		return pinnedKey(is, keyID)
 	}
-	ref := keyRef{baseURL: identityServerURL(is), keyID: keyID}
+	ref := keyRef{baseURL: is.URL(), keyID: keyID}
 	k.mu.Lock()
 	if e, ok := k.cached(ref); ok {
 		k.mu.Unlock()
@@ -213,7 +217,7 @@ func (k *KeyRing) get(ctx context.Context, ref keyRef) (ed25519.PublicKey, error
 		return nil, fmt.Errorf("fetch key %s from %s: %w", ref.keyID, target, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("fetch key %s from %s: %w", ref.keyID, target, remoteError(resp.StatusCode, body))
+		return nil, fmt.Errorf("fetch key %s from %s: %w", ref.keyID, target, mxerr.DecodeRemote(resp.StatusCode, body))
 	}
 	if len(body) > maxPubkeyBody {
 		return nil, fmt.Errorf("fetch key %s from %s: answer larger than %d bytes", ref.keyID, target, maxPubkeyBody)
@@ -235,11 +239,11 @@ func (k *KeyRing) get(ctx context.Context, ref keyRef) (ed25519.PublicKey, error
 func pinnedKey(is config.IdentityServer, keyID string) (ed25519.PublicKey, error) {
 	b64, ok := is.VerifyKeys[keyID]
 	if !ok {
-		return nil, fmt.Errorf("key %s of %s is not among its pinned verify_keys", keyID, identityServerName(is))
+		return nil, fmt.Errorf("key %s of %s is not among its pinned verify_keys", keyID, is.Name())
 	}
 	key, err := decodePublicKey(b64)
 	if err != nil {
-		return nil, fmt.Errorf("pinned key %s of %s: %w", keyID, identityServerName(is), err)
+		return nil, fmt.Errorf("pinned key %s of %s: %w", keyID, is.Name(), err)
 	}
 	return key, nil
 }
@@ -278,7 +282,7 @@ func (k *KeyRing) VerifyJSON(ctx context.Context, is config.IdentityServer, sign
 		return !strings.HasPrefix(string(id), ed25519Prefix)
 	})
 	if len(ids) == 0 {
-		return fmt.Errorf("verify signature of %s: no ed25519 signature by %s", identityServerName(is), signingName)
+		return fmt.Errorf("verify signature of %s: no ed25519 signature by %s", is.Name(), signingName)
 	}
 	slices.Sort(ids)
 	var errs []error

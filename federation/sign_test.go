@@ -52,7 +52,7 @@ func TestSignRequest(t *testing.T) {
 		content          []byte
 	}{
 		{"unbind, destination_is", DestinationISField, "/_matrix/identity/v2/3pid/unbind", []byte(`{"mxid":"@a:hs.example","threepid":{"medium":"email","address":"a@b.c"}}`)},
-		{"onupdate, destination", DestinationField, OnUpdatePath, body},
+		{"onupdate, destination", DestinationField, onUpdatePath, body},
 		{"no content", DestinationField, "/_matrix/federation/v1/version?x=1", nil},
 	}
 	for _, tt := range tests {
@@ -140,11 +140,11 @@ func TestSignRequestAcceptedByGomatrixserverlib(t *testing.T) {
 		{"other destination", "elsewhere.example", http.StatusBadRequest},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			header, err := SignRequest(key, "id.example", tt.destination, DestinationField, http.MethodPost, OnUpdatePath, body)
+			header, err := SignRequest(key, "id.example", tt.destination, DestinationField, http.MethodPost, onUpdatePath, body)
 			if err != nil {
 				t.Fatal(err)
 			}
-			req, err := http.NewRequest(http.MethodPost, "http://127.0.0.1"+OnUpdatePath, bytes.NewReader(body))
+			req, err := http.NewRequest(http.MethodPost, "http://127.0.0.1"+onUpdatePath, bytes.NewReader(body))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -2,15 +2,14 @@ package federation
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/httpapi"
 	"github.com/threepidd/threepidd/mxerr"
 )
 
@@ -31,7 +30,7 @@ type Verifier struct {
 func NewVerifier(serverName string, servers []config.IdentityServer, keys *KeyRing) *Verifier {
 	v := &Verifier{serverName: serverName, servers: make(map[string]config.IdentityServer, 2*len(servers)), keys: keys}
 	for _, is := range servers {
-		for _, name := range []string{is.ServerName, identityServerName(is)} {
+		for _, name := range []string{is.ServerName, is.Name()} {
 			if _, taken := v.servers[name]; !taken {
 				v.servers[name] = is
 			}
@@ -49,7 +48,7 @@ func NewVerifier(serverName string, servers []config.IdentityServer, keys *KeyRi
 // JSON that is not an object. A
 // failure to read the body is returned as is.
 func (v *Verifier) Verify(r *http.Request, maxBody int64) (config.IdentityServer, []byte, error) {
-	body, err := readBody(r, maxBody)
+	body, err := httpapi.ReadBody(r, maxBody)
 	if err != nil {
 		return config.IdentityServer{}, nil, err
 	}
@@ -107,26 +106,6 @@ func (v *Verifier) authorize(r *http.Request) (config.IdentityServer, XMatrix, e
 		return config.IdentityServer{}, XMatrix{}, mxerr.Unauthorized.WithMessage("Bad key in Authorization header: %v", err)
 	}
 	return is, x, nil
-}
-
-// readBody reads r's body, refusing one over maxBody without reading more than
-// maxBody+1 bytes (none when Content-Length already says it is too large).
-func readBody(r *http.Request, maxBody int64) ([]byte, error) {
-	tooLarge := mxerr.TooLarge.WithMessage("Request body larger than %d bytes", maxBody)
-	if r.ContentLength > maxBody {
-		return nil, tooLarge
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		return nil, tooLarge
-	case err != nil:
-		return nil, fmt.Errorf("read onupdate body: %w", err)
-	case int64(len(body)) > maxBody:
-		return nil, tooLarge
-	}
-	return body, nil
 }
 
 // requestURI is the path and query the client sent, as signed.

@@ -19,7 +19,10 @@ import (
 
 const (
 	testServerName = "hs.example"
-	testMaxBody    = 64 << 10
+	// onUpdatePath is the endpoint whose requests the Verifier checks
+	// (onupdate.Path; package onupdate imports this one).
+	onUpdatePath = "/_matrix/federation/v1/3pid/onupdate"
+	testMaxBody  = 64 << 10
 )
 
 // countingReader counts the bytes read through it.
@@ -159,7 +162,7 @@ func TestVerifier(t *testing.T) {
 	valid := func(change func(*onUpdateRequest)) onUpdateRequest {
 		r := onUpdateRequest{
 			key: f.idKey, origin: "id.example", destination: testServerName, field: DestinationField,
-			method: http.MethodPost, uri: OnUpdatePath, body: body,
+			method: http.MethodPost, uri: onUpdatePath, body: body,
 		}
 		if change != nil {
 			change(&r)
@@ -180,7 +183,7 @@ func TestVerifier(t *testing.T) {
 		{"valid", valid(nil), 200, "", "id.example", 0},
 		{"valid, origin is the signing name", valid(func(r *onUpdateRequest) { r.origin = "vector.example" }), 200, "", "matrix.example", 0},
 		{"valid, pinned key", valid(func(r *onUpdateRequest) { r.origin, r.key = "pinned.example", f.pinnedKey }), 200, "", "pinned.example", 0},
-		{"valid, query string signed", valid(func(r *onUpdateRequest) { r.uri = OnUpdatePath + "?a=b%2Fc" }), 200, "", "id.example", 0},
+		{"valid, query string signed", valid(func(r *onUpdateRequest) { r.uri = onUpdatePath + "?a=b%2Fc" }), 200, "", "id.example", 0},
 		{"valid, no destination in header", valid(func(r *onUpdateRequest) {
 			r.header = func(auth string) []string {
 				x, _ := ParseXMatrix(auth)
@@ -206,7 +209,7 @@ func TestVerifier(t *testing.T) {
 		{"signed as an unbind (destination_is)", valid(func(r *onUpdateRequest) { r.field = DestinationISField }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
 		{"other method signed", valid(func(r *onUpdateRequest) { r.signMethod = http.MethodPut }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
 		{"other URI signed", valid(func(r *onUpdateRequest) { r.signURI = "/_matrix/federation/v1/send/1" }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
-		{"query string not signed", valid(func(r *onUpdateRequest) { r.signURI, r.uri = OnUpdatePath, OnUpdatePath+"?x=1" }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
+		{"query string not signed", valid(func(r *onUpdateRequest) { r.signURI, r.uri = onUpdatePath, onUpdatePath+"?x=1" }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
 		{"JSON that is not an object", valid(func(r *onUpdateRequest) { r.body = []byte(`["threepid"]`) }), 400, "M_BAD_JSON", "must be a JSON object", 0},
 		{"null body", valid(func(r *onUpdateRequest) { r.body = []byte(`null`) }), 400, "M_BAD_JSON", "must be a JSON object", 0},
 		{"body that is not JSON", valid(func(r *onUpdateRequest) { r.signBody, r.body = body, []byte(`threepid=a`) }), 400, "M_NOT_JSON", "not JSON", 0},
@@ -259,8 +262,8 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 // request signed by gomatrixserverlib (as Dendrite signs) is accepted.
 func TestVerifierAcceptsGomatrixserverlibRequest(t *testing.T) {
 	f := newVerifierFixture(t)
-	fr := fclient.NewFederationRequest(http.MethodPost, "id.example", testServerName, OnUpdatePath)
-	if err := fr.SetContent(OnUpdate{Threepid: "a@b.c", Deleted: true, MXID: "@a:hs.example"}); err != nil {
+	fr := fclient.NewFederationRequest(http.MethodPost, "id.example", testServerName, onUpdatePath)
+	if err := fr.SetContent(map[string]any{"threepid": "a@b.c", "deleted": true, "mxid": "@a:hs.example"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := fr.Sign("id.example", f.idKey.ID, f.idKey.Private); err != nil {

@@ -1,6 +1,7 @@
-// Package homeserver is threepidd's client of the upstream Matrix homeserver:
-// access-token checks (whoami, cached), the user-interactive-auth relay, and the
-// transport shared by everything that talks to the homeserver.
+// Package homeserver is threepidd's client of the upstream Matrix homeserver,
+// and nothing else: access-token checks (whoami, cached), the
+// user-interactive-auth relay, forwarding a client's request, and Synapse's
+// admin API.
 package homeserver
 
 import (
@@ -24,6 +25,7 @@ import (
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/outbound"
 )
 
 // maxUpstreamBody bounds what is read of a homeserver answer we interpret or relay.
@@ -60,23 +62,6 @@ type Client struct {
 	callTimeout time.Duration
 }
 
-// NewTransport returns a pooled transport, as threepidd uses for the homeserver
-// and (another instance) for identity servers and webhooks: Go's default keeps
-// 2 idle connections per host, which under load leaves thousands of sockets in
-// TIME_WAIT and costs a third of the throughput.
-func NewTransport() *http.Transport {
-	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   512,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 0, // /sync long-polls; callers bound requests with contexts
-		ExpectContinueTimeout: time.Second,
-		ForceAttemptHTTP2:     false,
-	}
-}
-
 // DefaultRelay returns the UIA relay call for a homeserver kind (DESIGN.md,
 // "UIA relay"). Both are user-interactive and have no effect once auth passes:
 // a random unknown sid for Synapse, a device the user does not have for
@@ -88,8 +73,9 @@ func DefaultRelay(kind string) config.UIARelay {
 	return config.UIARelay{Method: http.MethodPost, Path: "/_matrix/client/v3/account/3pid/add"}
 }
 
-// New returns a client for cfg. The transport is shared with other users of
-// the homeserver (the /sync proxy); every call is bounded by its context.
+// New returns a client for cfg on transport (outbound.NewTransport; the /sync
+// proxy shares it). It never follows redirects; every call is bounded by its
+// context.
 func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 	base, err := url.Parse(strings.TrimRight(cfg.URL, "/"))
 	if err != nil {
@@ -102,7 +88,7 @@ func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 	ttl := cfg.TokenCacheTTL
 	c := &Client{
 		base:        base,
-		http:        &http.Client{Transport: transport, CheckRedirect: noRedirects},
+		http:        outbound.NewClient(transport, 0),
 		relay:       relay,
 		callTimeout: CallTimeout,
 	}
@@ -111,8 +97,6 @@ func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 	}
 	return c, nil
 }
-
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // URL returns the homeserver URL for path (which may carry a query).
 func (c *Client) URL(path string) string { return c.base.String() + path }
@@ -215,12 +199,12 @@ func (c *Client) RelayUIA(ctx context.Context, caller Caller, userID string, aut
 	switch {
 	case status/100 == 2:
 		return nil
-	case status == http.StatusBadRequest && errcode(resp) == "M_THREEPID_AUTH_FAILED":
+	case status == http.StatusBadRequest && mxerr.ErrCode(resp) == "M_THREEPID_AUTH_FAILED":
 		return nil
 	case status == http.StatusUnauthorized, status/100 == 4 && isMatrixError(resp):
 		return &mxerr.Raw{Status: status, Body: resp}
 	default:
-		slog.WarnContext(ctx, "homeserver UIA relay gave an unexpected answer", "status", status, "errcode", errcode(resp))
+		slog.WarnContext(ctx, "homeserver UIA relay gave an unexpected answer", "status", status, "errcode", mxerr.ErrCode(resp))
 		return mxerr.Unavailable.WithMessage("The homeserver did not confirm user-interactive authentication (status %d)", status)
 	}
 }
@@ -271,15 +255,7 @@ func UpstreamError(ctx context.Context, err error) error {
 	return mxerr.Unavailable.WithMessage("The homeserver is unreachable")
 }
 
-func errcode(body []byte) string {
-	var e struct {
-		ErrCode string `json:"errcode"`
-	}
-	_ = json.Unmarshal(body, &e)
-	return e.ErrCode
-}
-
-func isMatrixError(body []byte) bool { return errcode(body) != "" }
+func isMatrixError(body []byte) bool { return mxerr.ErrCode(body) != "" }
 
 func randomID() string {
 	b := make([]byte, 12)

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/threepidd/threepidd/mxerr"
 )
 
 // AdminCallTimeout bounds one call to Synapse's admin API.
@@ -74,11 +76,7 @@ type UserPage struct {
 }
 
 // AdminError is a refusal from the admin API.
-type AdminError struct {
-	Status  int
-	ErrCode string
-	Message string
-}
+type AdminError struct{ mxerr.Remote }
 
 // Error implements error.
 func (e *AdminError) Error() string {
@@ -201,12 +199,7 @@ func (a *SynapseAdmin) call(ctx context.Context, method, pathAndQuery string, bo
 		return err
 	}
 	if status/100 != 2 {
-		var e struct {
-			ErrCode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		_ = json.Unmarshal(resp, &e)
-		return &AdminError{Status: status, ErrCode: e.ErrCode, Message: e.Error}
+		return &AdminError{Remote: *mxerr.DecodeRemote(status, resp)}
 	}
 	if out == nil {
 		return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/outbound"
 )
 
 // TestCallBound checks that a homeserver that accepts the connection and never
@@ -35,7 +36,7 @@ func TestCallBound(t *testing.T) {
 	defer hs.Close()
 
 	for _, kind := range []string{config.KindSynapse, config.KindDendrite} {
-		c, err := New(config.Homeserver{URL: hs.URL, Kind: kind}, NewTransport())
+		c, err := New(config.Homeserver{URL: hs.URL, Kind: kind}, outbound.NewTransport())
 		if err != nil {
 			t.Fatal(err)
 		}

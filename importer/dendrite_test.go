@@ -170,7 +170,7 @@ func TestDendriteImportTwice(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep, err := (&Importer{Store: store, Source: d, Now: func() time.Time { return at.Add(time.Duration(run) * time.Hour) }}).Run(context.Background())
+		rep, err := (&Importer{Store: store, Source: d, Clock: func() time.Time { return at.Add(time.Duration(run) * time.Hour) }}).Run(context.Background())
 		d.Close()
 		if err != nil {
 			t.Fatal(err)

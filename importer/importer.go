@@ -29,8 +29,8 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"time"
 
+	"github.com/threepidd/threepidd/internal/clock"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/threepid"
 )
@@ -109,7 +109,7 @@ type Importer struct {
 	Source Source
 	// Progress receives progress lines; nil: none.
 	Progress io.Writer
-	Now      func() time.Time
+	Clock    clock.Func
 }
 
 func (im *Importer) progress(format string, args ...any) {
@@ -203,11 +203,7 @@ func earliest(a, b int64) int64 {
 // write inserts one batch in one transaction: present rows are counted, rows
 // another account holds are conflicts.
 func (im *Importer) write(ctx context.Context, batch []Record, rep *Report) error {
-	now := time.Now
-	if im.Now != nil {
-		now = im.Now
-	}
-	at := now().UnixMilli()
+	at := im.Clock.Now().UnixMilli()
 	var imported, present int
 	var conflicts []Conflict
 	err := im.Store.WithTx(ctx, func(q storage.Querier) error {

@@ -56,7 +56,7 @@ func TestImporter(t *testing.T) {
 		for run, want := range []struct{ imported, present int }{{2, 0}, {0, 2}} {
 			var progress strings.Builder
 			now := time.UnixMilli(1_700_000_000_000).Add(time.Duration(run) * time.Hour)
-			im := &Importer{Store: store, Source: source, Progress: &progress, Now: func() time.Time { return now }}
+			im := &Importer{Store: store, Source: source, Progress: &progress, Clock: func() time.Time { return now }}
 			rep, err := im.Run(ctx)
 			if err != nil {
 				t.Fatal(err)

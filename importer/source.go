@@ -6,6 +6,7 @@ import (
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/homeserver"
+	"github.com/threepidd/threepidd/outbound"
 )
 
 // SourceFor returns the Source for cfg's homeserver: for kind synapse its
@@ -25,7 +26,7 @@ func SourceFor(cfg *config.Config, dendriteDSN string) (Source, error) {
 		if cfg.Homeserver.AdminToken == "" {
 			return nil, errors.New("homeserver.admin_token is required to import from Synapse (its admin API)")
 		}
-		hs, err := homeserver.New(cfg.Homeserver, homeserver.NewTransport())
+		hs, err := homeserver.New(cfg.Homeserver, outbound.NewTransport())
 		if err != nil {
 			return nil, err
 		}

@@ -26,3 +26,23 @@ func UnmarshalObject(body []byte, v any) error {
 	}
 	return nil
 }
+
+// Required returns M_MISSING_PARAM naming the first absent parameter.
+// Pairs are (name, present).
+func Required(pairs ...any) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if present, _ := pairs[i+1].(bool); !present {
+			return MissingParam.WithMessage("Missing parameter: %s", pairs[i])
+		}
+	}
+	return nil
+}
+
+// CheckLength rejects a string parameter longer than max bytes with
+// M_INVALID_PARAM.
+func CheckLength(name, v string, max int) error {
+	if len(v) > max {
+		return InvalidParam.WithMessage("%s is too long", name)
+	}
+	return nil
+}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/threepidd/threepidd/internal/clock"
 	"github.com/threepidd/threepidd/metrics"
 	"github.com/threepidd/threepidd/storage"
 )
@@ -69,8 +70,7 @@ type Worker struct {
 	Batch int
 	// Lease is how long a claimed item is hidden from other workers (default 2m).
 	Lease time.Duration
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	Clock clock.Func
 }
 
 func (w *Worker) defaults() {
@@ -91,9 +91,6 @@ func (w *Worker) defaults() {
 	}
 	if w.Lease == 0 {
 		w.Lease = 2 * time.Minute
-	}
-	if w.Now == nil {
-		w.Now = time.Now
 	}
 }
 
@@ -117,7 +114,7 @@ func (w *Worker) Run(ctx context.Context) {
 // RunOnce handles one batch of due items and returns how many it claimed.
 func (w *Worker) RunOnce(ctx context.Context) int {
 	w.defaults()
-	now := w.Now()
+	now := w.Clock.Now()
 	items, err := w.Store.ClaimOutbox(ctx, w.Kind, now.UnixMilli(), now.Add(w.Lease).UnixMilli(), w.Batch)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -139,7 +136,7 @@ func (w *Worker) handle(ctx context.Context, item storage.OutboxItem) {
 	if ctx.Err() != nil {
 		return // shutting down: the lease expires and the item is retried
 	}
-	now := w.Now()
+	now := w.Clock.Now()
 	switch {
 	case err == nil:
 		succeeded.WithLabelValues(w.Kind).Inc()
@@ -170,3 +167,14 @@ func (w *Worker) remove(ctx context.Context, item storage.OutboxItem) {
 }
 
 func isRetry(err error) bool { return errors.Is(err, ErrRetry) }
+
+// LogGiveUp returns an OnGiveUp that logs msg as a warning with the attempts
+// made and the attributes attrs picks from the item's payload, decoded as a J
+// (never the 3PID address: logs are not the place for it).
+func LogGiveUp[J any](msg string, attrs func(J) []any) func(context.Context, storage.OutboxItem) {
+	return func(ctx context.Context, item storage.OutboxItem) {
+		var job J
+		_ = json.Unmarshal(item.Payload, &job)
+		slog.WarnContext(ctx, msg, append(attrs(job), "attempts", item.Attempts+1)...)
+	}
+}

@@ -31,7 +31,7 @@ func TestWorker(t *testing.T) {
 
 		var calls atomic.Int32
 		outcome := fmt.Errorf("down: %w", outbox.ErrRetry)
-		w := &outbox.Worker{Store: s, Kind: "work", Now: clock, BaseBackoff: time.Second, MaxBackoff: 4 * time.Second,
+		w := &outbox.Worker{Store: s, Kind: "work", Clock: clock, BaseBackoff: time.Second, MaxBackoff: 4 * time.Second,
 			GiveUpAfter: time.Hour, Do: func(context.Context, storage.OutboxItem) error { calls.Add(1); return outcome }}
 
 		// Each failure backs off: 1s, 2s, 4s, then capped at 4s.

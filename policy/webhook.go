@@ -18,6 +18,7 @@ import (
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/metrics"
+	"github.com/threepidd/threepidd/outbound"
 )
 
 // SignatureHeader carries the hex HMAC-SHA256 of a webhook body under the
@@ -42,16 +43,6 @@ func Sign(secret string, body []byte) string {
 	m := hmac.New(sha256.New, []byte(secret))
 	m.Write(body)
 	return hex.EncodeToString(m.Sum(nil))
-}
-
-// WithoutRedirects returns a copy of client that does not follow redirects:
-// a webhook's answer is the configured URL's own, and a 3xx is not a 2xx.
-// Following one would turn a POST into a GET (301, 302, 303) whose answer
-// says nothing about the change, or send the signed change to another URL.
-func WithoutRedirects(client *http.Client) *http.Client {
-	c := *client
-	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &c
 }
 
 // VerifySignature reports whether header (the value of SignatureHeader) is
@@ -79,7 +70,9 @@ type Webhook struct {
 }
 
 // NewWebhook returns the webhook of cfg, called with client
-// (http.DefaultClient when nil). The URL must be absolute http(s).
+// (http.DefaultClient when nil) without following redirects: the webhook's
+// answer is the configured URL's own, and a 3xx is not a 2xx. The URL must be
+// absolute http(s).
 func NewWebhook(cfg config.PolicyWebhook, client *http.Client) (*Webhook, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -91,7 +84,7 @@ func NewWebhook(cfg config.PolicyWebhook, client *http.Client) (*Webhook, error)
 	if client == nil {
 		client = http.DefaultClient
 	}
-	return &Webhook{URL: cfg.URL, Secret: cfg.Secret, Timeout: cfg.Timeout, FailOpen: cfg.FailOpen, Client: client}, nil
+	return &Webhook{URL: cfg.URL, Secret: cfg.Secret, Timeout: cfg.Timeout, FailOpen: cfg.FailOpen, Client: outbound.WithoutRedirects(client)}, nil
 }
 
 // CheckUserThreepid implements Checker.
@@ -160,7 +153,7 @@ func (w *Webhook) call(ctx context.Context, c Change) (answer, *callError) {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(SignatureHeader, Sign(w.Secret, body))
-	resp, err := WithoutRedirects(w.Client).Do(req)
+	resp, err := w.Client.Do(req)
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return answer{}, timedOut

@@ -3,6 +3,7 @@
 package ratelimit
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -41,7 +42,7 @@ func New(b config.Bucket) *Limiter {
 
 // Allow takes one token for key. When none is left it returns false and how
 // long until one is.
-func (l *Limiter) Allow(key string) (bool, time.Duration) {
+func (l *Limiter) Allow(_ context.Context, key string) (bool, time.Duration) {
 	if l == nil {
 		return true, 0
 	}

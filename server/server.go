@@ -14,31 +14,40 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/mux"
 	"github.com/threepidd/threepidd/account"
-	"github.com/threepidd/threepidd/admin"
-	"github.com/threepidd/threepidd/api"
+	"github.com/threepidd/threepidd/adminapi"
+	"github.com/threepidd/threepidd/auth"
 	"github.com/threepidd/threepidd/bindings"
+	"github.com/threepidd/threepidd/clientapi"
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/delivery"
 	"github.com/threepidd/threepidd/events"
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/identity"
-	"github.com/threepidd/threepidd/federation/onupdate"
 	"github.com/threepidd/threepidd/federation/signingkey"
+	"github.com/threepidd/threepidd/federationapi"
 	"github.com/threepidd/threepidd/homeserver"
-	"github.com/threepidd/threepidd/homeserver/deactivation"
+	"github.com/threepidd/threepidd/httpapi"
 	"github.com/threepidd/threepidd/metrics"
 	"github.com/threepidd/threepidd/mxerr"
-	"github.com/threepidd/threepidd/outbox"
+	"github.com/threepidd/threepidd/onupdate"
+	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/ratelimit"
+	"github.com/threepidd/threepidd/router"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/backend"
 	tpsync "github.com/threepidd/threepidd/sync"
+	"github.com/threepidd/threepidd/sync/proxy"
 )
 
 // ShutdownTimeout bounds how long in-flight requests may finish after a stop.
 const ShutdownTimeout = 10 * time.Second
+
+// outboundTimeout bounds every call to an identity server, a webhook or the
+// SMS gateway.
+const outboundTimeout = 10 * time.Second
 
 // Server is a running threepidd.
 type Server struct {
@@ -47,16 +56,22 @@ type Server struct {
 	Account  *account.Service
 	Bindings *bindings.Service
 	OnUpdate *onupdate.Service
+	// Events is the events webhook (off without policy.events_webhook.url).
+	Events *events.Webhook
 
-	// hsWorkers are the homeserver integration's outbox workers (mirror,
-	// deactivation cleanups), built by build.
-	hsWorkers []*outbox.Worker
+	// workers run in the background from Serve until Shutdown.
+	workers []worker
 
 	listener, metricsListener net.Listener
 	http, metricsHTTP         *http.Server
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+}
+
+// worker is background work: an outbox worker or a periodic job.
+type worker interface {
+	Run(ctx context.Context)
 }
 
 // New opens the store, builds the services and binds the listeners. Serve
@@ -103,103 +118,106 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	return s, nil
 }
 
-// build creates the services and the HTTP handler.
+// build constructs every service from the config, then registers the
+// routes, then lists the background workers. Nothing is changed once built.
 func (s *Server) build() (http.Handler, error) {
 	cfg := s.cfg
-	hsTransport := homeserver.NewTransport()
-	hs, err := homeserver.New(cfg.Homeserver, hsTransport)
+	hs, err := homeserver.New(cfg.Homeserver, outbound.NewTransport())
 	if err != nil {
 		return nil, err
 	}
-	proxies, err := api.ParsePrefixes(cfg.TrustedProxies)
+	proxies, err := httpapi.ParseProxies(cfg.TrustedProxies)
 	if err != nil {
 		return nil, fmt.Errorf("trusted_proxies: %w", err)
 	}
-	auth := &api.Auth{Homeserver: hs, TrustedProxies: proxies}
-	// Identity servers, webhooks and the SMS gateway: a pooled transport of
-	// their own (Go's default keeps 2 idle connections per host, which under
-	// load piles sockets up in TIME_WAIT), every call bounded to 10 s.
-	outbound := &http.Client{Timeout: 10 * time.Second, Transport: homeserver.NewTransport()}
-
-	s.Account = &account.Service{
-		Store:               s.Store,
-		PublicBaseURL:       cfg.PublicBaseURL,
-		MaxThreepidsPerUser: cfg.Policy.MaxThreepidsPerUser,
-	}
-	if cfg.EmailEnabled() {
-		s.Account.Email = delivery.NewMailer(cfg.Email)
-	}
-	if cfg.MSISDNEnabled() {
-		s.Account.SMS = delivery.NewSMSSender(cfg.MSISDN.WebhookURL, outbound)
-	}
-
-	router := api.NewRouter()
-	router.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
-	(&api.Account{
-		Service:    s.Account,
-		Auth:       auth,
-		PerIP:      ratelimit.New(cfg.RateLimit.RequestTokenPerIP),
-		PerAddress: ratelimit.New(cfg.RateLimit.RequestTokenPerAddress),
-	}).Register(router)
-
-	// Identity servers: bind/unbind (signed with the homeserver key) and onupdate.
-	keys := federation.NewKeyRing(outbound)
 	var key *signingkey.Key
 	if cfg.SigningKeyPath != "" {
 		if key, err = signingkey.Load(cfg.SigningKeyPath); err != nil {
 			return nil, fmt.Errorf("signing_key_path: %w", err)
 		}
 	}
-	s.Bindings = &bindings.Service{
-		Store:    s.Store,
-		Identity: identity.NewClient(cfg.ServerName, key, keys, outbound),
-		Servers:  cfg.IdentityServers,
-	}
-	s.Account.Unbinder = s.Bindings
-	(&api.Bindings{Service: s.Bindings, Auth: auth}).Register(router)
-	s.OnUpdate = &onupdate.Service{Store: s.Store}
-	(&onupdate.Handler{
-		Service:   s.OnUpdate,
-		Verifier:  federation.NewVerifier(cfg.ServerName, cfg.IdentityServers, keys),
-		PerServer: ratelimit.New(cfg.RateLimit.OnUpdatePerServer),
-	}).Register(router)
-
-	// Policy callbacks, after-events and the admin API.
-	checker, err := policy.New(cfg.Policy, outbound)
+	// Identity servers, webhooks and the SMS gateway: a pooled transport of
+	// their own, separate from the homeserver's.
+	out := outbound.NewClient(outbound.NewTransport(), outboundTimeout)
+	checker, err := policy.New(cfg.Policy, out)
 	if err != nil {
 		return nil, err
 	}
-	var ev bindings.Events = events.New(cfg.Policy.EventsWebhook, outbound)
-	synapseAdmin := hs.SynapseAdmin(cfg.Homeserver.AdminToken)
+
+	// After-events: the events webhook, and the Synapse mirror.
+	s.Events = events.NewWebhook(cfg.Policy.EventsWebhook, s.Store, out)
+	sinks := events.Sinks{s.Events}
+	var mirror *events.Mirror
+	if cfg.Homeserver.Mirror == config.MirrorSynapseAdmin {
+		mirror = &events.Mirror{Admin: hs.SynapseAdmin(cfg.Homeserver.AdminToken), Store: s.Store}
+		sinks = events.Sinks{mirror, s.Events}
+	}
 	var hsAdmin *homeserver.SynapseAdmin // deactivation checks: only a Synapse has this API
 	if cfg.Homeserver.Kind == config.KindSynapse && cfg.Homeserver.AdminToken != "" {
-		hsAdmin = synapseAdmin
+		hsAdmin = hs.SynapseAdmin(cfg.Homeserver.AdminToken)
 	}
-	if cfg.Homeserver.Mirror == config.MirrorSynapseAdmin {
-		mirror := &homeserver.Mirror{Admin: synapseAdmin, Store: s.Store, Next: ev}
-		s.hsWorkers = append(s.hsWorkers, mirror.Worker())
-		ev = mirror
+
+	// The services.
+	keys := federation.NewKeyRing(out)
+	s.Bindings = &bindings.Service{
+		Store:    s.Store,
+		Identity: identity.NewClient(cfg.ServerName, key, keys, out),
+		Servers:  cfg.IdentityServers,
+		Policy:   checker,
+		Events:   sinks,
 	}
-	s.Account.Policy, s.Account.Events = checker, ev
-	s.Bindings.Policy, s.Bindings.Events = checker, ev
-	s.OnUpdate.Events = ev
-	adminService := &admin.Service{Store: s.Store, Bindings: s.Bindings, Events: ev}
-	(&admin.Handler{
-		Service:    adminService,
-		Token:      cfg.AdminToken,
-		ServerName: cfg.ServerName,
-	}).Register(router)
-	// The /sync extension: sync and the endpoints taking sync tokens, proxied.
-	(&tpsync.Proxy{
-		Stream:     tpsync.New(s.Store, tpsync.Options{Retention: cfg.Sync.Retention}),
-		Auth:       auth,
-		Homeserver: hs,
-	}).Register(router)
-	// Deactivation: relayed to the homeserver, then threepidd's 3PIDs go.
-	deactivate := &deactivation.Service{Homeserver: hs, Admin: hsAdmin, Users: adminService, Store: s.Store}
-	(&deactivation.Handler{Service: deactivate, Auth: auth}).Register(router)
-	s.hsWorkers = append(s.hsWorkers, deactivate.Worker())
-	return api.Wrap(router), nil
+	s.Account = &account.Service{
+		Store:               s.Store,
+		PublicBaseURL:       cfg.PublicBaseURL,
+		Policy:              checker,
+		MaxThreepidsPerUser: cfg.Policy.MaxThreepidsPerUser,
+		Unbinder:            s.Bindings,
+		Events:              sinks,
+		Homeserver:          hs,
+		HomeserverAdmin:     hsAdmin,
+	}
+	if cfg.EmailEnabled() {
+		s.Account.Email = delivery.NewMailer(cfg.Email)
+	}
+	if cfg.MSISDNEnabled() {
+		s.Account.SMS = delivery.NewSMSSender(cfg.MSISDN.WebhookURL, out)
+	}
+	s.OnUpdate = &onupdate.Service{Store: s.Store, Bindings: s.Bindings}
+	stream := tpsync.New(s.Store, tpsync.Options{Retention: cfg.Sync.Retention})
+
+	// The routes.
+	authn := &auth.Auth{Homeserver: hs, Proxies: proxies}
+	routes := router.NewRouter()
+	routes.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
+	for _, h := range []interface{ Register(*mux.Router) }{
+		&clientapi.Account{
+			Service:    s.Account,
+			Auth:       authn,
+			PerIP:      ratelimit.New(cfg.RateLimit.RequestTokenPerIP),
+			PerAddress: ratelimit.New(cfg.RateLimit.RequestTokenPerAddress),
+		},
+		&clientapi.Bindings{Service: s.Bindings, Auth: authn},
+		&clientapi.Deactivate{Service: s.Account, Auth: authn},
+		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs},
+		&federationapi.OnUpdate{
+			Service:   s.OnUpdate,
+			Verifier:  federation.NewVerifier(cfg.ServerName, cfg.IdentityServers, keys),
+			PerServer: ratelimit.New(cfg.RateLimit.OnUpdatePerServer),
+		},
+		&adminapi.Handler{Account: s.Account, Bindings: s.Bindings, Token: cfg.AdminToken, ServerName: cfg.ServerName},
+	} {
+		h.Register(routes)
+	}
+
+	// The background workers.
+	s.workers = []worker{s.Bindings.Worker(), s.Account.DeactivateWorker(), expiry{s.Store}}
+	if s.Events.Enabled() {
+		s.workers = append(s.workers, s.Events.Worker())
+	}
+	if mirror != nil {
+		s.workers = append(s.workers, mirror.Worker())
+	}
+	return router.Wrap(routes), nil
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
@@ -276,53 +294,37 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// every runs fn every interval until ctx ends.
-func (s *Server) every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				fn(ctx)
-			}
-		}
-	}()
-}
-
-// startWorkers starts the background work: the outbox workers, expiry of old
-// sessions and replay hashes.
+// startWorkers starts every background worker.
 func (s *Server) startWorkers(ctx context.Context) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.Bindings.Worker().Run(ctx)
-	}()
-	if ev := events.New(s.cfg.Policy.EventsWebhook, nil); ev.Enabled() {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			ev.Worker(s.Store).Run(ctx)
-		}()
-	}
-	for _, w := range s.hsWorkers {
+	for _, w := range s.workers {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			w.Run(ctx)
 		}()
 	}
-	s.every(ctx, 10*time.Minute, func(ctx context.Context) {
+}
+
+// expiry drops, every 10 minutes, the validation sessions past their use and
+// the replay hashes older than 30 days.
+type expiry struct{ store storage.Store }
+
+// Run implements worker.
+func (e expiry) Run(ctx context.Context) {
+	t := time.NewTicker(10 * time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 		now := time.Now()
-		if _, err := s.Store.DeleteSessionsExpiredBefore(ctx, now.Add(-account.ValidatedSessionLifetime).UnixMilli()); err != nil {
+		if _, err := e.store.DeleteSessionsExpiredBefore(ctx, now.Add(-account.ValidatedSessionLifetime).UnixMilli()); err != nil {
 			slog.WarnContext(ctx, "expire validation sessions", "err", err)
 		}
-		if _, err := s.Store.ForgetRequestsBefore(ctx, now.Add(-30*24*time.Hour).UnixMilli()); err != nil {
+		if _, err := e.store.ForgetRequestsBefore(ctx, now.Add(-30*24*time.Hour).UnixMilli()); err != nil {
 			slog.WarnContext(ctx, "expire replay hashes", "err", err)
 		}
-	})
+	}
 }

@@ -2,9 +2,8 @@
 // 3PID onupdate proposal, through which a client learns that one of its user's
 // identity-server bindings was taken over or deleted, and can warn the user.
 //
-// It has two halves.
-//
-// The library, for a Go homeserver that embeds it:
+// This package is the library, for a Go homeserver that embeds it; it needs
+// nothing of threepidd's HTTP layer (only a storage.Store):
 //
 //   - [Stream] reads a user's notifications after a stream position and returns
 //     the section ([Section]) and the next position; [Stream.Wait] long-polls for
@@ -18,12 +17,13 @@
 //   - [SpliceSync] and [SpliceSlidingSync] insert the section and the composite
 //     token into a response body without decoding it; the rest stays byte-identical.
 //
-// The proxy ([Proxy]), for homeservers that do not: the /sync, simplified
-// sliding sync (MSC4186), /keys/changes and /rooms/{roomId}/messages requests
-// are routed to threepidd, which forwards them to the homeserver with its part
-// of the tokens removed and splices the section into the answer. A long-polling
-// /sync returns as soon as a notification for its user is appended, on this
-// instance or (Postgres LISTEN/NOTIFY) any instance sharing the database.
+// Package sync/proxy is the /sync proxy built on it, for homeservers that do
+// not embed it: the /sync, simplified sliding sync (MSC4186), /keys/changes and
+// /rooms/{roomId}/messages requests are routed to threepidd, which forwards
+// them to the homeserver with its part of the tokens removed and splices the
+// section into the answer. A long-polling /sync returns as soon as a
+// notification for its user is appended, on this instance or (Postgres
+// LISTEN/NOTIFY) any instance sharing the database.
 //
 // Importers alias the package (e.g. tpsync) to keep the standard library's sync.
 package sync

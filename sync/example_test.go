@@ -36,7 +36,7 @@ func Example() {
 	defer stream.Close()
 
 	// An identity server reports that @bob took alice's address over
-	// (federation/onupdate appends this when it applies an onupdate).
+	// (package onupdate appends this when it applies an onupdate).
 	if _, err := store.AppendNotification(ctx, storage.Notification{
 		UserID: "@alice:example.org", Medium: "email", Address: "alice@example.org",
 		MXID: "@bob:other.example", Origin: "id.example", At: time.Now().UnixMilli(),

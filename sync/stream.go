@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/threepidd/threepidd/internal/clock"
 	"github.com/threepidd/threepidd/storage"
 )
 
@@ -49,8 +50,8 @@ type Options struct {
 	Retention time.Duration
 	// Limit bounds the notifications one section covers; zero means DefaultLimit.
 	Limit int
-	// Now returns the current time; nil means time.Now.
-	Now func() time.Time
+	// Clock returns the current time; nil means time.Now.
+	Clock clock.Func
 }
 
 // Stream serves users' 3PID notification streams: sections for sync
@@ -71,9 +72,6 @@ func New(store storage.Store, opts Options) *Stream {
 	}
 	if opts.Limit <= 0 {
 		opts.Limit = DefaultLimit
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Stream{store: store, opts: opts, hub: NewHub(), stop: stop}
@@ -111,7 +109,7 @@ func (s *Stream) Section(ctx context.Context, userID string, tok Token) (Section
 		// Positions commit in order: every notification read, and every
 		// position below it, has committed, so the last one read is a safe next
 		// position. With none, the client's position stays.
-		if s.fresh.has(userID, tok.Pos, s.opts.Now()) {
+		if s.fresh.has(userID, tok.Pos, s.opts.Clock.Now()) {
 			return nil, tok.Pos, nil
 		}
 		seq := s.fresh.seq()
@@ -120,7 +118,7 @@ func (s *Stream) Section(ctx context.Context, userID string, tok Token) (Section
 			return nil, 0, err
 		}
 		if len(ns) == 0 {
-			s.fresh.mark(userID, tok.Pos, seq, s.opts.Now())
+			s.fresh.mark(userID, tok.Pos, seq, s.opts.Clock.Now())
 			return nil, tok.Pos, nil
 		}
 		return section(ns), ns[len(ns)-1].StreamID, nil
@@ -134,7 +132,7 @@ func (s *Stream) Section(ctx context.Context, userID string, tok Token) (Section
 	if tok.Upstream != "" {
 		return nil, now, nil
 	}
-	ns, err := s.since(ctx, userID, 0, s.opts.Now().Add(-s.opts.Retention).UnixMilli())
+	ns, err := s.since(ctx, userID, 0, s.opts.Clock.Now().Add(-s.opts.Retention).UnixMilli())
 	if err != nil {
 		return nil, 0, err
 	}

@@ -10,18 +10,6 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 )
 
-// notify appends a notification for user and returns its position.
-func notify(t *testing.T, s storage.Store, user, address string, deleted bool, mxid string, at time.Time) int64 {
-	t.Helper()
-	pos, err := s.AppendNotification(context.Background(), storage.Notification{
-		UserID: user, Medium: "email", Address: address, Deleted: deleted, MXID: mxid, Origin: "id.test", At: at.UnixMilli(),
-	})
-	if err != nil {
-		t.Fatalf("append notification: %v", err)
-	}
-	return pos
-}
-
 func TestSection(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, store storage.Store) {
 		ctx := context.Background()
@@ -29,11 +17,11 @@ func TestSection(t *testing.T) {
 		st := New(store, Options{Retention: time.Hour, Limit: 3})
 		defer st.Close()
 
-		old := notify(t, store, "@alice:hs", "old@example.org", false, "@eve:other", now.Add(-2*time.Hour))
-		p1 := notify(t, store, "@alice:hs", "a@example.org", false, "@eve:other", now)
-		pb := notify(t, store, "@bob:hs", "b@example.org", true, "@bob:hs", now)
-		p3 := notify(t, store, "@alice:hs", "a@example.org", true, "@eve:other", now)
-		p4 := notify(t, store, "@alice:hs", "c@example.org", true, "", now)
+		old := storagetest.Notify(t, store, "@alice:hs", "old@example.org", false, "@eve:other", now.Add(-2*time.Hour))
+		p1 := storagetest.Notify(t, store, "@alice:hs", "a@example.org", false, "@eve:other", now)
+		pb := storagetest.Notify(t, store, "@bob:hs", "b@example.org", true, "@bob:hs", now)
+		p3 := storagetest.Notify(t, store, "@alice:hs", "a@example.org", true, "@eve:other", now)
+		p4 := storagetest.Notify(t, store, "@alice:hs", "c@example.org", true, "", now)
 
 		tests := []struct {
 			name     string
@@ -86,7 +74,7 @@ func TestWait(t *testing.T) {
 		st := New(store, Options{})
 		defer st.Close()
 		ctx := context.Background()
-		start := notify(t, store, "@alice:hs", "x@example.org", false, "@eve:other", time.Now())
+		start := storagetest.Notify(t, store, "@alice:hs", "x@example.org", false, "@eve:other", time.Now())
 
 		t.Run("pending: at once", func(t *testing.T) {
 			sec, next, err := st.Wait(ctx, "@alice:hs", NewToken("s", start-1))
@@ -117,8 +105,8 @@ func TestWait(t *testing.T) {
 			}()
 			waitFor(t, func() bool { return st.Hub().Waiting() == 1 })
 			// Bob's notification may wake nobody or be read as nothing new for alice.
-			notify(t, store, "@bob:hs", "b@example.org", true, "@bob:hs", time.Now())
-			pos := notify(t, store, "@alice:hs", "y@example.org", true, "@alice:hs", time.Now())
+			storagetest.Notify(t, store, "@bob:hs", "b@example.org", true, "@bob:hs", time.Now())
+			pos := storagetest.Notify(t, store, "@alice:hs", "y@example.org", true, "@alice:hs", time.Now())
 			select {
 			case r := <-done:
 				want := Section{"y@example.org": {Deleted: true, MXID: "@alice:hs", Medium: "email"}}
@@ -150,9 +138,9 @@ func TestSectionUpToDate(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, store storage.Store) {
 		ctx := context.Background()
 		clock := time.Now()
-		st := New(store, Options{Now: func() time.Time { return clock }})
+		st := New(store, Options{Clock: func() time.Time { return clock }})
 		defer st.Close()
-		pos := notify(t, store, "@alice:hs", "old@example.org", true, "", time.Now())
+		pos := storagetest.Notify(t, store, "@alice:hs", "old@example.org", true, "", time.Now())
 		waitFor(t, func() bool { // the wake-up of that notification has been handled
 			st.fresh.mu.Lock()
 			defer st.fresh.mu.Unlock()
@@ -164,7 +152,7 @@ func TestSectionUpToDate(t *testing.T) {
 		}
 
 		t.Run("a wake-up forgets", func(t *testing.T) {
-			p := notify(t, store, "@alice:hs", "a@example.org", true, "", time.Now())
+			p := storagetest.Notify(t, store, "@alice:hs", "a@example.org", true, "", time.Now())
 			waitFor(t, func() bool {
 				sec, next, err := st.Section(ctx, "@alice:hs", tok)
 				return err == nil && len(sec) == 1 && next == p
@@ -176,7 +164,7 @@ func TestSectionUpToDate(t *testing.T) {
 				t.Fatalf("Section = %v, %v", sec, err)
 			}
 			st.Close() // no more wake-ups
-			p := notify(t, store, "@alice:hs", "b@example.org", true, "", time.Now())
+			p := storagetest.Notify(t, store, "@alice:hs", "b@example.org", true, "", time.Now())
 			if sec, next, err := st.Section(ctx, "@alice:hs", tok); err != nil || sec != nil || next != tok.Pos {
 				t.Fatalf("Section = %v, %d, %v; want the remembered answer", sec, next, err)
 			}

@@ -25,6 +25,15 @@ const (
 	MediumMSISDN = "msisdn"
 )
 
+// The values of id_server_unbind_result (the spec's, MSC1915): whether the
+// identity servers removed a binding too.
+const (
+	// UnbindSuccess: every identity server concerned removed it.
+	UnbindSuccess = "success"
+	// UnbindNoSupport: nothing was unbound, or not everywhere (yet).
+	UnbindNoSupport = "no-support"
+)
+
 // ErrInvalidAddress is wrapped by every error about an address that cannot be
 // canonicalised; the wrapping error says why.
 var ErrInvalidAddress = errors.New("invalid address")

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/signingkey"
+	"github.com/threepidd/threepidd/onupdate"
 )
 
 // notify sends one signed POST /_matrix/federation/v1/3pid/onupdate as an
@@ -54,8 +54,8 @@ func notify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("load -key: %w", err)
 	}
-	u := federation.OnUpdate{Threepid: *address, Medium: *medium, Deleted: *deleted, MXID: *mxid}
-	if err := federation.SendOnUpdate(ctx, nil, key, *origin, *destination, *to, u); err != nil {
+	u := onupdate.Body{Threepid: *address, Medium: *medium, Deleted: *deleted, MXID: *mxid}
+	if err := onupdate.Send(ctx, nil, key, *origin, *destination, *to, u); err != nil {
 		return err
 	}
 	what := "taken over by " + u.MXID

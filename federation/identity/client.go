@@ -8,7 +8,6 @@ package identity
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/signingkey"
 	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/outbound"
 )
 
 const (
@@ -44,9 +44,7 @@ type Client struct {
 // of it that never follows redirects, so neither an access token nor a signed
 // request is ever sent to a host other than the configured one.
 func NewClient(serverName string, key *signingkey.Key, keys *federation.KeyRing, httpClient *http.Client) *Client {
-	hc := *httpClient
-	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Client{serverName: serverName, key: key, keys: keys, http: &hc}
+	return &Client{serverName: serverName, key: key, keys: keys, http: outbound.WithoutRedirects(httpClient)}
 }
 
 // answer is an identity server's HTTP answer. body is nil when the answer was
@@ -98,11 +96,8 @@ func matrixError(is config.IdentityServer, a answer) *mxerr.Error {
 	if a.status < 400 {
 		return nil
 	}
-	var e struct {
-		ErrCode string `json:"errcode"`
-		Message string `json:"error"`
-	}
-	if json.Unmarshal(a.body, &e) != nil || e.ErrCode == "" {
+	e := mxerr.DecodeRemote(a.status, a.body)
+	if e.ErrCode == "" {
 		return nil
 	}
 	switch {

@@ -118,3 +118,23 @@ func Run(t *testing.T, fn func(t *testing.T, b Backend, s storage.Store)) {
 		})
 	}
 }
+
+// Notify appends to s a notification for user that the identity server
+// id.test reported at at (an email 3PID taken over by mxid, or deleted), and
+// returns its stream position.
+func Notify(t testing.TB, s storage.Store, user, address string, deleted bool, mxid string, at time.Time) int64 {
+	t.Helper()
+	pos, err := s.AppendNotification(context.Background(), storage.Notification{
+		UserID: user, Medium: "email", Address: address, Deleted: deleted, MXID: mxid, Origin: "id.test", At: at.UnixMilli(),
+	})
+	if err != nil {
+		t.Fatalf("append notification: %v", err)
+	}
+	return pos
+}
+
+// SQLite opens a fresh SQLite store in t's temporary directory, closed when t
+// ends: for tests that need one real store and no second backend.
+func SQLite(t testing.TB) storage.Store {
+	return Open(t, Backend{Name: "sqlite", Driver: backend.SQLite, DSN: filepath.Join(t.TempDir(), "threepidd.db")})
+}

@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/config"
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/server"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -148,8 +148,8 @@ func BenchmarkSyncWakeLatency(b *testing.B) {
 					time.Sleep(50 * time.Microsecond)
 				}
 				sent := time.Now()
-				if err := federation.SendOnUpdate(ctx, isClient, is.Key(), is.Name(), harness.ServerName, e.URL,
-					federation.OnUpdate{Threepid: address(i), MXID: "@mallory:evil.test"}); err != nil {
+				if err := onupdate.Send(ctx, isClient, is.Key(), is.Name(), harness.ServerName, e.URL,
+					onupdate.Body{Threepid: address(i), MXID: "@mallory:evil.test"}); err != nil {
 					b.Fatal(err)
 				}
 				accepted := time.Now()

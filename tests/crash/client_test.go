@@ -14,7 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/tests/fakes"
 )
 
@@ -243,9 +244,9 @@ func (c *client) unbind(ctx context.Context, u user, address string) error {
 }
 
 // onUpdate sends a signed onupdate from the identity server.
-func (c *client) onUpdate(ctx context.Context, is *fakes.IdentityServer, u federation.OnUpdate) error {
-	err := federation.SendOnUpdate(ctx, c.http, is.Key(), is.Name(), serverName, c.base, u)
-	var remote *federation.RemoteError
+func (c *client) onUpdate(ctx context.Context, is *fakes.IdentityServer, u onupdate.Body) error {
+	err := onupdate.Send(ctx, c.http, is.Key(), is.Name(), serverName, c.base, u)
+	var remote *mxerr.Remote
 	if err != nil && !errors.As(err, &remote) {
 		return fmt.Errorf("%w: %v", errNoAnswer, err)
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 )
@@ -224,10 +224,10 @@ func runWorker(ctx context.Context, t *testing.T, f *fixture, st *stats, rng *ra
 				err = c.unbind(ctx, u, it.address)
 			case 1:
 				it.dropBy = "deleted"
-				err = c.onUpdate(ctx, f.IS, federation.OnUpdate{Threepid: it.address, Medium: "email", Deleted: true, MXID: u.ID})
+				err = c.onUpdate(ctx, f.IS, onupdate.Body{Threepid: it.address, Medium: "email", Deleted: true, MXID: u.ID})
 			default:
 				it.dropBy = "takeover"
-				err = c.onUpdate(ctx, f.IS, federation.OnUpdate{Threepid: it.address, MXID: takeoverMXID})
+				err = c.onUpdate(ctx, f.IS, onupdate.Body{Threepid: it.address, MXID: takeoverMXID})
 			}
 			counter := &st.onupdates
 			if it.dropBy == "unbind" {

@@ -13,6 +13,7 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/threepid"
 )
 
 const (
@@ -200,7 +201,7 @@ func TestAdminDeactivate(t *testing.T) {
 
 		e.IS[1].SetMode(fakes.IdentityServerFail500)
 		r := e.Do("POST", adminPrefix+"/users/%40alice%3Ahs.test/deactivate", adminToken, map[string]any{})
-		if got := unbindResult(t, r); got != bindings.ResultNoSupport {
+		if got := unbindResult(t, r); got != threepid.UnbindNoSupport {
 			t.Fatalf("deactivate with an identity server failing: %s", got)
 		}
 		if list := e.Threepids(t, alice); len(list) != 0 {
@@ -217,7 +218,7 @@ func TestAdminDeactivate(t *testing.T) {
 		}
 
 		r = e.Do("POST", adminPrefix+"/users/%40bob%3Ahs.test/deactivate", adminToken, nil)
-		if got := unbindResult(t, r); got != bindings.ResultSuccess {
+		if got := unbindResult(t, r); got != threepid.UnbindSuccess {
 			t.Fatalf("deactivate: %s", got)
 		}
 		if list := e.Threepids(t, bob); len(list) != 0 || e.IS[0].Bindings()["bob@example.org"] != "" {
@@ -225,7 +226,7 @@ func TestAdminDeactivate(t *testing.T) {
 		}
 		// Nothing left: success again, nothing sent.
 		before := len(e.IS[0].UnbindCalls())
-		if got := unbindResult(t, e.Do("POST", adminPrefix+"/users/%40bob%3Ahs.test/deactivate", adminToken, nil)); got != bindings.ResultSuccess || len(e.IS[0].UnbindCalls()) != before {
+		if got := unbindResult(t, e.Do("POST", adminPrefix+"/users/%40bob%3Ahs.test/deactivate", adminToken, nil)); got != threepid.UnbindSuccess || len(e.IS[0].UnbindCalls()) != before {
 			t.Fatalf("second deactivate: %s", got)
 		}
 		if ops := askedAbout(policyHook); slices.Contains(ops, "unbind") || slices.Contains(ops, "remove") {

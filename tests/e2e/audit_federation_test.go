@@ -21,6 +21,7 @@ import (
 
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/signingkey"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
@@ -47,7 +48,7 @@ func sendOnUpdateRequest(t *testing.T, e *harness.Env, r onUpdateRequest) harnes
 		method = http.MethodPost
 	}
 	if uri == "" {
-		uri = federation.OnUpdatePath
+		uri = onupdate.Path
 	}
 	var body io.Reader = bytes.NewReader(r.body)
 	if r.chunked {
@@ -72,7 +73,7 @@ func sendOnUpdateRequest(t *testing.T, e *harness.Env, r onUpdateRequest) harnes
 	if err != nil {
 		t.Fatalf("read answer: %v", err)
 	}
-	harness.CheckResponse(t, method, federation.OnUpdatePath, resp.StatusCode, data)
+	harness.CheckResponse(t, method, onupdate.Path, resp.StatusCode, data)
 	if resp.StatusCode >= 500 {
 		t.Fatalf("%s %s: server error %d: %s", method, uri, resp.StatusCode, data)
 	}
@@ -316,7 +317,7 @@ func TestAuditOnUpdateXMatrix(t *testing.T) {
 			}
 		}
 
-		const post, path = http.MethodPost, federation.OnUpdatePath
+		const post, path = http.MethodPost, onupdate.Path
 		hs := harness.ServerName
 		// quoted renders x with every parameter quoted, in this order.
 		quoted := func(x federation.XMatrix) string {

@@ -15,11 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/account"
 	"github.com/threepidd/threepidd/events"
-	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/homeserver"
-	"github.com/threepidd/threepidd/homeserver/deactivation"
 	"github.com/threepidd/threepidd/importer"
+	"github.com/threepidd/threepidd/onupdate"
+	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
@@ -547,8 +548,8 @@ func TestAuditPolicyAfterEvents(t *testing.T) {
 		harness.Expect(t, e.Do("POST", deletePath, alice.Token, map[string]any{"medium": "email", "address": "alice@example.org"}), 200, "")
 		e.AddEmail(t, carol, "carol@example.org")
 		harness.Expect(t, e.Bind(t, carol, 0, "email", "carol@example.org"), 200, "")
-		if err := federation.SendOnUpdate(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
-			federation.OnUpdate{Threepid: "carol@example.org", Medium: "email", Deleted: true, MXID: carol.ID}); err != nil {
+		if err := onupdate.Send(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
+			onupdate.Body{Threepid: "carol@example.org", Medium: "email", Deleted: true, MXID: carol.ID}); err != nil {
 			t.Fatalf("onupdate: %v", err)
 		}
 		harness.Expect(t, e.Do("DELETE", adminPrefix+"/users/%40carol%3Ahs.test/threepids/email/carol%40example.org", adminToken, nil), 200, "")
@@ -672,7 +673,7 @@ func TestAuditPolicyImport(t *testing.T) {
 		proxy := newFailingProxy(t, e.HS.URL())
 		hsCfg := e.Config.Homeserver
 		hsCfg.URL = proxy.srv.URL
-		hs, err := homeserver.New(hsCfg, homeserver.NewTransport())
+		hs, err := homeserver.New(hsCfg, outbound.NewTransport())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -753,7 +754,7 @@ func TestAuditPolicyMirror(t *testing.T) {
 		e.HS.SetAdminToken(hsAdminToken)
 		ctx := context.Background()
 		drained := func() bool {
-			n, err := e.Server.Store.CountOutbox(ctx, homeserver.MirrorKind)
+			n, err := e.Server.Store.CountOutbox(ctx, events.MirrorKind)
 			return err == nil && n == 0
 		}
 
@@ -925,7 +926,7 @@ func TestAuditPolicyDeactivation(t *testing.T) {
 			}
 			is.SetMode(fakes.IdentityServerNormal)
 			waitFor(t, "the queued unbind", func() bool { return held(u, address) == "3pids=0 bindings=0 is=false deactivated=true" }, 60*time.Second)
-			if n, err := e.Server.Store.CountOutbox(ctx, deactivation.OutboxKind); err != nil || n != 0 {
+			if n, err := e.Server.Store.CountOutbox(ctx, account.DeactivateKind); err != nil || n != 0 {
 				t.Fatalf("%d cleanups left queued (%v)", n, err)
 			}
 		})

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/homeserver"
-	"github.com/threepidd/threepidd/homeserver/deactivation"
+	"github.com/threepidd/threepidd/account"
+	"github.com/threepidd/threepidd/events"
 	"github.com/threepidd/threepidd/importer"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -166,7 +166,7 @@ func TestMirror(t *testing.T) {
 		calls := e.HS.AdminCalls()
 		e.AddEmail(t, u, "down@example.org")
 		waitFor(t, "a failed mirror attempt", func() bool {
-			n, err := e.Server.Store.CountOutbox(context.Background(), homeserver.MirrorKind)
+			n, err := e.Server.Store.CountOutbox(context.Background(), events.MirrorKind)
 			return err == nil && n == 1 && e.HS.AdminCalls() > calls
 		}, 10*time.Second)
 		if got := e.HS.Threepids(u.ID); len(got) != 1 {
@@ -238,8 +238,8 @@ func TestDeactivate(t *testing.T) {
 		// The removals were mirrored without giving the accounts anything back,
 		// and no cleanup is left over.
 		waitFor(t, "the mirror and cleanup queues to drain", func() bool {
-			m, err1 := e.Server.Store.CountOutbox(ctx, homeserver.MirrorKind)
-			d, err2 := e.Server.Store.CountOutbox(ctx, deactivation.OutboxKind)
+			m, err1 := e.Server.Store.CountOutbox(ctx, events.MirrorKind)
+			d, err2 := e.Server.Store.CountOutbox(ctx, account.DeactivateKind)
 			return err1 == nil && err2 == nil && m == 0 && d == 0
 		}, 20*time.Second)
 		for _, tc := range tests {

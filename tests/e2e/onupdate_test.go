@@ -14,6 +14,7 @@ import (
 
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/signingkey"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -22,7 +23,7 @@ import (
 // onUpdateBody is an onupdate body; mxid and medium are left out when empty.
 func onUpdateBody(t *testing.T, threepid string, deleted bool, mxid, medium string) []byte {
 	t.Helper()
-	body, err := json.Marshal(federation.OnUpdate{Threepid: threepid, Deleted: deleted, MXID: mxid, Medium: medium})
+	body, err := json.Marshal(onupdate.Body{Threepid: threepid, Deleted: deleted, MXID: mxid, Medium: medium})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +34,7 @@ func onUpdateBody(t *testing.T, threepid string, deleted bool, mxid, medium stri
 // origin to destination whose content is signed.
 func signOnUpdate(t *testing.T, key *signingkey.Key, origin, destination string, signed []byte) string {
 	t.Helper()
-	auth, err := federation.SignRequest(key, origin, destination, federation.DestinationField, http.MethodPost, federation.OnUpdatePath, signed)
+	auth, err := federation.SignRequest(key, origin, destination, federation.DestinationField, http.MethodPost, onupdate.Path, signed)
 	if err != nil {
 		t.Fatalf("sign onupdate: %v", err)
 	}
@@ -47,7 +48,7 @@ func postOnUpdate(t *testing.T, e *harness.Env, auth string, body []byte) harnes
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.URL+federation.OnUpdatePath, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.URL+onupdate.Path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func postOnUpdate(t *testing.T, e *harness.Env, auth string, body []byte) harnes
 	if err != nil {
 		t.Fatalf("read answer: %v", err)
 	}
-	harness.CheckResponse(t, http.MethodPost, federation.OnUpdatePath, resp.StatusCode, data)
+	harness.CheckResponse(t, http.MethodPost, onupdate.Path, resp.StatusCode, data)
 	return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
 }
 

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/events"
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -346,8 +346,8 @@ func TestEventsWebhook(t *testing.T) {
 		}
 		harness.Expect(t, e.Do("POST", deletePath, alice.Token, map[string]any{"medium": "email", "address": "alice@example.org"}), 200, "")
 		harness.Expect(t, e.Bind(t, carol, 0, "email", "carol@example.org"), 200, "")
-		if err := federation.SendOnUpdate(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
-			federation.OnUpdate{Threepid: "carol@example.org", Medium: "email", Deleted: true, MXID: carol.ID}); err != nil {
+		if err := onupdate.Send(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
+			onupdate.Body{Threepid: "carol@example.org", Medium: "email", Deleted: true, MXID: carol.ID}); err != nil {
 			t.Fatalf("onupdate: %v", err)
 		}
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
@@ -111,8 +111,8 @@ func waitSyncRequests(t *testing.T, e *harness.Env, n int) {
 func takeOver(t *testing.T, e *harness.Env, i int, address, mxid string) {
 	t.Helper()
 	is := e.IS[i]
-	err := federation.SendOnUpdate(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
-		federation.OnUpdate{Threepid: address, Deleted: false, MXID: mxid})
+	err := onupdate.Send(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
+		onupdate.Body{Threepid: address, Deleted: false, MXID: mxid})
 	if err != nil {
 		t.Fatalf("onupdate: %v", err)
 	}

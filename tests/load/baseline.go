@@ -278,7 +278,7 @@ func (b *Baseline) bind(ctx context.Context, user string, body []byte) (any, err
 		}
 		for _, p := range previous {
 			if p.UserID != user {
-				if err := bindings.DropAndNotify(ctx, q, nil, p, false, user, req.IDServer, now); err != nil {
+				if _, err := (&bindings.Service{}).Lose(ctx, q, bindings.Loss{Binding: p, Deleted: false, MXID: user, Origin: req.IDServer, At: now}); err != nil {
 					return err
 				}
 			}
@@ -338,7 +338,7 @@ func (b *Baseline) onUpdate(ctx context.Context, _ string, body []byte) (any, er
 		}
 		for _, r := range recorded {
 			if req.Deleted && (req.MXID == "" || req.MXID == r.UserID) || !req.Deleted && req.MXID != r.UserID {
-				if err := bindings.DropAndNotify(ctx, q, nil, r, req.Deleted, req.MXID, req.Origin, now); err != nil {
+				if _, err := (&bindings.Service{}).Lose(ctx, q, bindings.Loss{Binding: r, Deleted: req.Deleted, MXID: req.MXID, Origin: req.Origin, At: now}); err != nil {
 					return err
 				}
 			}

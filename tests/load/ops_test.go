@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/tests/harness"
 	"github.com/threepidd/threepidd/threepid"
 )
@@ -306,9 +307,9 @@ func (r *rig) bindBaseline(ctx context.Context, w *Worker, n int64) error {
 // takeover is the onupdate of iteration n: seeded 3PID n is now bound to a
 // remote user (unique per n, so that no body is a replay of another), so
 // its local holder loses the binding.
-func (r *rig) takeover(n int64) federation.OnUpdate {
+func (r *rig) takeover(n int64) onupdate.Body {
 	_, address := r.seeded(n)
-	return federation.OnUpdate{Threepid: address, Medium: threepid.MediumEmail, MXID: fmt.Sprintf("@taker%d:remote.test", n)}
+	return onupdate.Body{Threepid: address, Medium: threepid.MediumEmail, MXID: fmt.Sprintf("@taker%d:remote.test", n)}
 }
 
 // onUpdateThreepidd sends the takeover signed by onupdateIS (signing is not
@@ -317,12 +318,12 @@ func (r *rig) onUpdateThreepidd(ctx context.Context, w *Worker, n int64) error {
 	body := jsonBody(r.takeover(n))
 	is := r.onupdateIS
 	auth, err := federation.SignRequest(is.Key(), is.Name(), harness.ServerName, federation.DestinationField,
-		http.MethodPost, federation.OnUpdatePath, body)
+		http.MethodPost, onupdate.Path, body)
 	if err != nil {
 		return err
 	}
 	return w.Step(0, func() error {
-		_, err := r.client.Do(ctx, Call{Method: http.MethodPost, URL: r.url + federation.OnUpdatePath, Authorization: auth, Body: body, Want: http.StatusOK})
+		_, err := r.client.Do(ctx, Call{Method: http.MethodPost, URL: r.url + onupdate.Path, Authorization: auth, Body: body, Want: http.StatusOK})
 		return err
 	})
 }

@@ -18,9 +18,9 @@ import (
 
 	"github.com/threepidd/threepidd/account"
 	"github.com/threepidd/threepidd/config"
-	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/signingkey"
 	"github.com/threepidd/threepidd/metrics"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
 	"github.com/threepidd/threepidd/tests/fakes"
@@ -519,8 +519,8 @@ func (c *journeyControl) takeover(ctx context.Context, _ *http.Request) (any, er
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("bind %s on the identity server: status %d", newOwner, resp.StatusCode)
 	}
-	update := federation.OnUpdate{Threepid: c.email, Medium: "email", Deleted: false, MXID: newOwner}
-	if err := federation.SendOnUpdate(ctx, httpClient, c.is.Key(), c.is.Name(), c.homeserver, c.nginxURL, update); err != nil {
+	update := onupdate.Body{Threepid: c.email, Medium: "email", Deleted: false, MXID: newOwner}
+	if err := onupdate.Send(ctx, httpClient, c.is.Key(), c.is.Name(), c.homeserver, c.nginxURL, update); err != nil {
 		return nil, err
 	}
 	return map[string]string{"mxid": newOwner, "replaced": replaced}, nil

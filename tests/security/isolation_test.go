@@ -6,7 +6,7 @@ import (
 	"net/url"
 	"testing"
 
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
 )
@@ -99,8 +99,8 @@ func TestUserIsolation(t *testing.T) {
 
 		// Notifications: the identity server gives alice's address to someone
 		// else; alice sees it, bob does not.
-		err := federation.SendOnUpdate(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
-			federation.OnUpdate{Threepid: "alice@example.org", MXID: "@mallory:evil.test"})
+		err := onupdate.Send(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
+			onupdate.Body{Threepid: "alice@example.org", MXID: "@mallory:evil.test"})
 		if err != nil {
 			t.Fatalf("onupdate: %v", err)
 		}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
 )
@@ -64,7 +64,7 @@ func TestBodiesBounded(t *testing.T) {
 		{threepidPath, true, 64 << 10}, // the deprecated bind
 		{"/_matrix/client/r0/account/3pid/add", true, 64 << 10},
 		{"/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", true, 1 << 20},
-		{federation.OnUpdatePath, false, 64 << 10},
+		{onupdate.Path, false, 64 << 10},
 	}
 	client := &http.Client{Timeout: 30 * time.Second}
 	for _, ep := range endpoints {

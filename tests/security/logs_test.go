@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -122,8 +122,8 @@ func TestSecretsNeverLogged(t *testing.T) {
 		is.SetMode(fakes.IdentityServerNormal)
 
 		// onupdate, /sync, the admin API, a delete, a revoked token.
-		if err := federation.SendOnUpdate(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
-			federation.OnUpdate{Threepid: "secretive@example.org", Deleted: true, MXID: u.ID}); err != nil {
+		if err := onupdate.Send(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
+			onupdate.Body{Threepid: "secretive@example.org", Deleted: true, MXID: u.ID}); err != nil {
 			t.Fatalf("onupdate: %v", err)
 		}
 		harness.Expect(t, e.Do("GET", syncPath+"?timeout=0", u.Token, nil), 200, "")

@@ -1,0 +1,72 @@
+package federationapi_test
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/federation"
+	"github.com/threepidd/threepidd/onupdate"
+	"github.com/threepidd/threepidd/storage/backend"
+	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/threepid"
+)
+
+// The seed corpora are in testdata/fuzz/.
+
+// FuzzHandler sends each input as a request body, signed by the identity
+// server when it is JSON (else under a signature of "{}"), to the endpoint on
+// a SQLite store holding two bindings. The answer is always 200 {} or a 4xx
+// Matrix error, never a 5xx; it is 200 exactly when the body was signed and
+// Parse accepts it.
+func FuzzHandler(f *testing.F) {
+	store := storagetest.Open(f, storagetest.Backend{Name: "sqlite", Driver: backend.SQLite, DSN: filepath.Join(f.TempDir(), "fuzz.db")})
+	fx := newFixture(f, store, config.Bucket{})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fx.bind(t, "@alice:"+hsName, threepid.MediumEmail, "alice@example.org")
+		fx.bind(t, "@bob:"+hsName, threepid.MediumMSISDN, "447700900123")
+		signed := body
+		if !json.Valid(body) {
+			signed = []byte("{}")
+		}
+		auth, signErr := federation.SignRequest(fx.key, isName, hsName, federation.DestinationField, "POST", onupdate.Path, signed)
+		if signErr != nil {
+			// gomatrixserverlib refuses some JSON (e.g. invalid UTF-8 in
+			// strings, numbers outside its range): send it under "{}".
+			signed = []byte("{}")
+			var err error
+			if auth, err = federation.SignRequest(fx.key, isName, hsName, federation.DestinationField, "POST", onupdate.Path, signed); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w := fx.postWithHeader(auth, body)
+		checkAnswer(t, body, w)
+		_, parseErr := onupdate.Parse(body)
+		wantOK := signErr == nil && string(signed) == string(body) && parseErr == nil
+		if (w.Code == 200) != wantOK {
+			t.Fatalf("body %q (Parse: %v, signed: %v): answer %d %s", body, parseErr, signErr == nil, w.Code, w.Body)
+		}
+	})
+}
+
+// checkAnswer fails unless w is 200 {} or a 4xx {"errcode": "M_...", "error"}.
+func checkAnswer(t testing.TB, body []byte, w *httptest.ResponseRecorder) {
+	t.Helper()
+	var answer map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &answer); err != nil {
+		t.Fatalf("body %q: answer %d is not a JSON object: %s", body, w.Code, w.Body)
+	}
+	if w.Code == 200 {
+		if len(answer) != 0 {
+			t.Fatalf("body %q: 200 with %s, want {}", body, w.Body)
+		}
+		return
+	}
+	code, _ := answer["errcode"].(string)
+	_, hasMessage := answer["error"].(string)
+	if w.Code < 400 || w.Code > 499 || len(code) < 3 || code[:2] != "M_" || !hasMessage {
+		t.Fatalf("body %q: answer %d %s, want 200 or a 4xx Matrix error", body, w.Code, w.Body)
+	}
+}

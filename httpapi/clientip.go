@@ -1,0 +1,66 @@
+package httpapi
+
+import (
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+)
+
+// Proxies are the reverse proxies whose X-Forwarded-For is believed
+// (trusted_proxies).
+type Proxies []netip.Prefix
+
+// ParseProxies parses CIDRs or bare IPs (as trusted_proxies holds them).
+func ParseProxies(list []string) (Proxies, error) {
+	out := make(Proxies, 0, len(list))
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+func (ps Proxies) trusted(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range ps {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// ClientIP returns the address of the client: the peer, unless the peer is a
+// trusted proxy, in which case the right-most X-Forwarded-For entry that is
+// not itself a trusted proxy.
+func (ps Proxies) ClientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	peer, err := netip.ParseAddr(host)
+	if err != nil || !ps.trusted(peer) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	client := peer.Unmap().String()
+	for i := len(hops) - 1; i >= 0; i-- {
+		h, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break
+		}
+		client = h.Unmap().String()
+		if !ps.trusted(h) {
+			break
+		}
+	}
+	return client
+}

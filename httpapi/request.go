@@ -1,0 +1,62 @@
+package httpapi
+
+import (
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/threepidd/threepidd/mxerr"
+)
+
+// ClientPrefixes are the client-server API versions threepidd serves.
+var ClientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
+
+// MaxBodyBytes bounds client request bodies (DESIGN.md: 64 KiB).
+const MaxBodyBytes = 64 << 10
+
+// ReadBody reads a request body of at most limit bytes: 413 M_TOO_LARGE past
+// it, without reading more than limit+1 bytes (none when Content-Length
+// already says it is too large).
+func ReadBody(r *http.Request, limit int64) ([]byte, error) {
+	tooLarge := mxerr.TooLarge.WithMessage("Request body larger than %d bytes", limit)
+	if r.ContentLength > limit {
+		return nil, tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, mxerr.BadJSON.WithMessage("Could not read the request body")
+	}
+	if int64(len(body)) > limit {
+		return nil, tooLarge
+	}
+	return body, nil
+}
+
+// DecodeJSON reads a JSON object body into v: 413 M_TOO_LARGE over
+// MaxBodyBytes, M_NOT_JSON if it is not JSON, M_BAD_JSON if it is JSON but not
+// an object (as Synapse answers) or when a field has the wrong type (naming
+// the field).
+func DecodeJSON(r *http.Request, v any) error {
+	body, err := ReadBody(r, MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	return mxerr.UnmarshalObject(body, v)
+}
+
+// AccessToken returns the token from the Authorization header or ?access_token=.
+func AccessToken(r *http.Request) string {
+	if r.Header.Get("Authorization") != "" {
+		return BearerToken(r)
+	}
+	return r.URL.Query().Get("access_token")
+}
+
+// BearerToken returns the token of an "Authorization: Bearer" header only.
+func BearerToken(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}

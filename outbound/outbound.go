@@ -1,0 +1,73 @@
+// Package outbound builds the HTTP clients threepidd talks to other servers
+// with: the homeserver, identity servers, the policy and events webhooks and
+// the SMS gateway. Every client uses a pooled transport and never follows a
+// redirect, so a request (and the token or signature it carries) only ever
+// reaches the URL it was made for.
+package outbound
+
+import (
+	"net"
+	"net/http"
+	"time"
+)
+
+// UserAgent is sent on every request threepidd makes on its own behalf (a
+// request relayed for a client carries the client's User-Agent instead).
+const UserAgent = "threepidd"
+
+// NewTransport returns a pooled transport. Go's default keeps 2 idle
+// connections per host, which under load leaves thousands of sockets in
+// TIME_WAIT and costs a third of the throughput (DESIGN.md, "Sync"). It sets
+// User-Agent on requests that have none and never uses a proxy from the
+// environment. Response headers are not bounded here: /sync long-polls wait
+// for minutes, so callers bound requests with contexts or client timeouts.
+func NewTransport() http.RoundTripper {
+	return userAgent{&http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     false,
+	}}
+}
+
+// NewClient returns a client on transport that never follows redirects, each
+// request bounded by timeout (0: only by its context).
+func NewClient(transport http.RoundTripper, timeout time.Duration) *http.Client {
+	return &http.Client{Transport: transport, Timeout: timeout, CheckRedirect: noRedirects}
+}
+
+// WithoutRedirects returns a copy of client that does not follow redirects:
+// a server's answer is the configured URL's own, and a 3xx is not a 2xx.
+// Following one would turn a POST into a GET (301, 302, 303), or send a token
+// or a signed request to another host.
+func WithoutRedirects(client *http.Client) *http.Client {
+	c := *client
+	c.CheckRedirect = noRedirects
+	return &c
+}
+
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// userAgent sets User-Agent on requests without one.
+type userAgent struct{ next *http.Transport }
+
+// RoundTrip implements http.RoundTripper.
+func (t userAgent) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("User-Agent") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("User-Agent", UserAgent)
+	}
+	return t.next.RoundTrip(r)
+}
+
+// CloseIdleConnections closes the pool's idle connections.
+func (t userAgent) CloseIdleConnections() { t.next.CloseIdleConnections() }
+
+// Pooled reports whether rt is a transport made by [NewTransport].
+func Pooled(rt http.RoundTripper) bool {
+	_, ok := rt.(userAgent)
+	return ok
+}
