@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Environment variables: EnvPrefix + the upper-cased YAML path joined by "_".
@@ -118,7 +118,7 @@ func (c *Config) applyDerivedDefaults() {
 // decodeNode decodes n into v strictly: a key that names no field of a
 // struct is an error naming its whole path. Structs are decoded key by key
 // onto their current value, so absent keys keep their defaults; everything
-// else is decoded by yaml.v3 and replaces the current value.
+// else is decoded by go.yaml.in/yaml/v3 and replaces the current value.
 func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
