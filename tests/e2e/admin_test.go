@@ -15,11 +15,6 @@ import (
 	"github.com/threepidd/threepidd/tests/harness"
 )
 
-const (
-	adminToken  = "adm-s3cret"
-	adminPrefix = "/_threepidd/admin/v1"
-)
-
 // adminYAML turns the admin API on and points both webhooks at receivers:
 // a policy that refuses every removal and unbind (administrators are never
 // asked), and an events receiver that accepts everything.
@@ -67,6 +62,143 @@ func waitEvents(t *testing.T, h *hook, want ...string) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+}
+
+// TestAuditAdmin: the admin API's auth, user IDs and addresses in paths, and
+// idempotent deactivation. Refused requests change nothing.
+func TestAuditAdmin(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: "admin_token: " + adminToken + "\n"})
+		alice, bob := e.NewUser("adm-alice"), e.NewUser("adm-bob")
+		e.AddEmail(t, alice, "adm-alice@example.org")
+		e.AddEmail(t, bob, "adm-bob@example.org")
+		harness.Expect(t, e.Bind(t, alice, 0, "email", "adm-alice@example.org"), 200, "")
+		aliceAt := adminPrefix + "/users/%40adm-alice%3Ahs.test"
+		state := func() string {
+			return fmt.Sprint(e.Threepids(t, alice), e.Threepids(t, bob), e.BindingsOf(t, alice, "adm-alice@example.org"))
+		}
+
+		t.Run("auth", func(t *testing.T) {
+			before := state()
+			for _, h := range []struct {
+				header  string
+				status  int
+				errcode string
+			}{
+				{"", 401, "M_MISSING_TOKEN"},
+				{"Bearer", 401, "M_MISSING_TOKEN"},
+				{"Bearer ", 401, "M_MISSING_TOKEN"},
+				{"Basic " + adminToken, 401, "M_MISSING_TOKEN"},
+				{adminToken, 401, "M_MISSING_TOKEN"},
+				{"Bearer " + adminToken + "x", 403, "M_FORBIDDEN"},
+				{"Bearer " + strings.ToUpper(adminToken), 403, "M_FORBIDDEN"},
+				{"Bearer " + adminToken[:len(adminToken)-1], 403, "M_FORBIDDEN"},
+				{"Bearer " + alice.Token, 403, "M_FORBIDDEN"},
+			} {
+				for _, rt := range []struct{ method, path string }{
+					{"GET", aliceAt + "/threepids"},
+					{"GET", adminPrefix + "/threepids/email/adm-alice%40example.org"},
+					{"DELETE", aliceAt + "/threepids/email/adm-alice%40example.org"},
+					{"POST", aliceAt + "/deactivate"},
+				} {
+					headers := map[string]string{}
+					if h.header != "" {
+						headers["Authorization"] = h.header
+					}
+					harness.Expect(t, harness.DoHeaders(t, rt.method, e.URL+rt.path, "", headers), h.status, h.errcode)
+				}
+			}
+			if after := state(); after != before {
+				t.Fatalf("state changed: %s -> %s", before, after)
+			}
+		})
+
+		t.Run("bad paths", func(t *testing.T) {
+			before := state()
+			for _, c := range []struct {
+				method, path string
+				status       int
+				errcode      string
+			}{
+				{"GET", "/users/adm-alice/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40adm-alice/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40%3Ahs.test/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%2540adm-alice%253Ahs.test/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40adm-alice%3Ahs.test%3A8448/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40adm-alice%3Aother.test/threepids", 400, "M_INVALID_PARAM"},
+				{"POST", "/users/%40adm-alice%3Aother.test/deactivate", 400, "M_INVALID_PARAM"},
+				{"DELETE", "/users/%40adm-bob%3Aother.test/threepids/email/adm-bob%40example.org", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/phone/447700900123", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/EMAIL/adm-alice%40example.org", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/email/adm-alice", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/msisdn/%2B44%20abc", 400, "M_INVALID_PARAM"},
+				{"DELETE", "/users/%40adm-alice%3Ahs.test/threepids/phone/adm-alice%40example.org", 400, "M_INVALID_PARAM"},
+				{"DELETE", "/users/%40adm-bob%3Ahs.test/threepids/email/adm-alice%40example.org", 404, "M_NOT_FOUND"},
+				{"DELETE", "/users/%40adm-alice%3Ahs.test/threepids/email/adm-alice%40example.org.evil", 404, "M_NOT_FOUND"},
+				{"GET", "/threepids/email/nobody%40example.org", 404, "M_NOT_FOUND"},
+				{"POST", "/users/%40adm-alice%3Ahs.test/threepids", 405, "M_UNRECOGNIZED"},
+				{"GET", "/users/%40adm-alice%3Ahs.test/deactivate", 405, "M_UNRECOGNIZED"},
+				{"GET", "/users/%40adm-alice%3Ahs.test/threepids/", 404, "M_UNRECOGNIZED"},
+				{"GET", "/users/%40adm-alice%3Ahs.test/threepids/email", 404, "M_UNRECOGNIZED"},
+			} {
+				harness.Expect(t, e.Do(c.method, adminPrefix+c.path, adminToken, nil), c.status, c.errcode)
+			}
+			if after := state(); after != before {
+				t.Fatalf("state changed: %s -> %s", before, after)
+			}
+		})
+
+		t.Run("user IDs and addresses in any encoding", func(t *testing.T) {
+			for _, path := range []string{"/users/%40adm-alice%3Ahs.test/threepids", "/users/@adm-alice:hs.test/threepids", "/users/%40adm-alice:hs.test/threepids"} {
+				r := e.Do("GET", adminPrefix+path, adminToken, nil)
+				harness.Expect(t, r, 200, "")
+				if tps, _ := r.JSON(t)["threepids"].([]any); len(tps) != 1 {
+					t.Fatalf("%s: %s", path, r.Body)
+				}
+			}
+			// A user ID with an encoded "/" is one path segment; a user
+			// unknown to threepidd simply holds nothing.
+			r := e.Do("GET", adminPrefix+"/users/%40a%2Fb%3Ahs.test/threepids", adminToken, nil)
+			harness.Expect(t, r, 200, "")
+			if string(r.Body) != `{"bindings":[],"threepids":[]}` {
+				t.Fatalf("unknown user: %s", r.Body)
+			}
+			for _, address := range []string{"adm-alice%40example.org", "ADM-Alice%40EXAMPLE.ORG", "%20adm-alice%40example.org%20", "adm-alice@Example.org"} {
+				r := e.Do("GET", adminPrefix+"/threepids/email/"+address, adminToken, nil)
+				harness.Expect(t, r, 200, "")
+				if got := r.JSON(t)["user_id"]; got != alice.ID {
+					t.Fatalf("%s: owner %v", address, got)
+				}
+			}
+		})
+
+		t.Run("delete with a non-canonical address", func(t *testing.T) {
+			r := e.Do("DELETE", adminPrefix+"/users/%40adm-bob%3Ahs.test/threepids/email/%20ADM-BOB%40Example.Org", adminToken, nil)
+			harness.Expect(t, r, 200, "")
+			if string(r.Body) != "{}" || len(e.Threepids(t, bob)) != 0 {
+				t.Fatalf("answer %s, bob holds %v", r.Body, e.Threepids(t, bob))
+			}
+		})
+
+		t.Run("deactivate is idempotent", func(t *testing.T) {
+			for i, want := range []string{"success", "success"} {
+				r := e.Do("POST", aliceAt+"/deactivate", adminToken, nil)
+				if got := unbindResult(t, r); got != want {
+					t.Fatalf("deactivate #%d: %s", i+1, got)
+				}
+				if len(e.Threepids(t, alice)) != 0 || len(e.BindingsOf(t, alice, "adm-alice@example.org")) != 0 {
+					t.Fatalf("after deactivate #%d alice holds %v", i+1, e.Threepids(t, alice))
+				}
+			}
+			if calls := e.IS[0].UnbindCalls(); len(calls) != 1 {
+				t.Fatalf("%d unbind calls, want 1", len(calls))
+			}
+			r := e.Do("POST", adminPrefix+"/users/%40never%3Ahs.test/deactivate", adminToken, []byte(`not json`))
+			if got := unbindResult(t, r); got != "success" {
+				t.Fatalf("deactivate of an unknown user: %s", got)
+			}
+		})
+	})
 }
 
 func TestAdminAuth(t *testing.T) {
