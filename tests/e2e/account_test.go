@@ -229,13 +229,13 @@ func waitMails(t *testing.T, e *harness.Env, n int) []string {
 	return links
 }
 
-// TestAuditRequestToken: every field of both requestToken bodies, under v3 and
-// r0. Refused requests send nothing.
-func TestAuditRequestToken(t *testing.T) {
+// TestRequestTokenInput: every field of both requestToken bodies, under v3
+// and r0. Refused requests send nothing.
+func TestRequestTokenInput(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
-		emailBase := map[string]any{"client_secret": "audit", "email": "audit@example.org", "send_attempt": 1}
-		msisdnBase := map[string]any{"client_secret": "audit", "country": "GB", "phone_number": "07700900123", "send_attempt": 1}
+		emailBase := map[string]any{"client_secret": "input", "email": "input@example.org", "send_attempt": 1}
+		msisdnBase := map[string]any{"client_secret": "input", "country": "GB", "phone_number": "07700900123", "send_attempt": 1}
 		common := func(base map[string]any) []probe {
 			ps := append([]probe{}, nonObjects...)
 			ps = append(ps, fieldProbes(base, "client_secret", badStrings)...)
@@ -262,7 +262,7 @@ func TestAuditRequestToken(t *testing.T) {
 		}
 		emailProbes := append(common(emailBase), fieldProbes(emailBase, "email", badStrings)...)
 		for _, v := range []struct{ name, value string }{
-			{"empty", ""}, {"blank", "   "}, {"no @", "audit.example.org"}, {"two @", "a@b@example.org"},
+			{"empty", ""}, {"blank", "   "}, {"no @", "input.example.org"}, {"two @", "a@b@example.org"},
 			{"only @", "@"}, {"too short", "a@"}, {"too long", strings.Repeat("a", 490) + "@example.org"},
 		} {
 			emailProbes = append(emailProbes, probe{"email " + v.name, withField(emailBase, "email", v.value), 400, "M_INVALID_PARAM"})
@@ -315,12 +315,12 @@ func TestAuditRequestToken(t *testing.T) {
 	})
 }
 
-// TestAuditEmailAddresses: odd e-mail addresses. Synapse's canonical form
+// TestEmailAddresses: odd e-mail addresses. Synapse's canonical form
 // (trimmed, local part case-folded, domain lower-cased) is what is validated;
 // an address that is not a bare addr-spec mail can be sent to (a display
 // name, spaces, an empty domain) is the client's mistake, 400
 // M_INVALID_PARAM, never a 502 "try again later", and sends nothing.
-func TestAuditEmailAddresses(t *testing.T) {
+func TestEmailAddresses(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
 		const path = "/_matrix/client/v3/account/3pid/email/requestToken"
@@ -411,9 +411,10 @@ func expectSuccessFalse(t *testing.T, r harness.Response) {
 	}
 }
 
-// TestAuditSubmitToken: the submit_token endpoints with bad bodies, unknown
-// and foreign sessions, wrong, expired and reused tokens.
-func TestAuditSubmitToken(t *testing.T) {
+// TestSubmitToken: the submit_token endpoints with bad bodies, unknown and
+// foreign sessions, wrong, expired and reused tokens; after five wrong tokens
+// even the right one is refused.
+func TestSubmitToken(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
 		u := e.NewUser("submitter")
@@ -502,41 +503,37 @@ func TestAuditSubmitToken(t *testing.T) {
 			}
 			expectListed(t, e, u, "email:submit@example.org")
 		})
+		submit := e.URL + emailSubmitPath
+		t.Run("five wrong tokens use the session up", func(t *testing.T) {
+			sid := e.RequestEmailToken(t, "sec", "frank@example.org", 1)
+			link, _ := url.Parse(e.SMTP.WaitMail(t, "frank@example.org", 10*time.Second).FirstLink())
+			token := link.Query().Get("token")
+			if len(token) < 22 {
+				t.Fatalf("e-mail token %q carries fewer than 128 bits", token)
+			}
+			for i := 0; i < 5; i++ {
+				harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": "wrong"}), 400, "M_TOKEN_INCORRECT")
+			}
+			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": token}), 400, "M_TOKEN_INCORRECT")
+			// A wrong client_secret learns nothing about the session.
+			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "other", "token": token}), 400, "M_INVALID_PARAM")
+		})
+		t.Run("expired token of a first send_attempt", func(t *testing.T) {
+			sid2 := e.RequestEmailToken(t, "sec2", "gina@example.org", 1)
+			past := time.Now().Add(-time.Minute).UnixMilli()
+			if err := e.Server.Store.UpdateSessionToken(context.Background(), sid2, threepid.HashToken("known-token"), 1, past); err != nil {
+				t.Fatal(err)
+			}
+			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid2, "client_secret": "sec2", "token": "known-token"}), 400, "M_SESSION_EXPIRED")
+		})
 	})
 }
 
-// TestTokenAttempts: after five wrong tokens even the right one is refused;
-// an expired token answers M_SESSION_EXPIRED.
-func TestTokenAttempts(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{})
-		sid := e.RequestEmailToken(t, "sec", "frank@example.org", 1)
-		link, _ := url.Parse(e.SMTP.WaitMail(t, "frank@example.org", 10*time.Second).FirstLink())
-		token := link.Query().Get("token")
-		if len(token) < 22 {
-			t.Fatalf("e-mail token %q carries fewer than 128 bits", token)
-		}
-		submit := e.URL + "/_matrix/client/unstable/add_threepid/email/submit_token"
-		for i := 0; i < 5; i++ {
-			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": "wrong"}), 400, "M_TOKEN_INCORRECT")
-		}
-		harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": token}), 400, "M_TOKEN_INCORRECT")
-		// A wrong client_secret learns nothing about the session.
-		harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "other", "token": token}), 400, "M_INVALID_PARAM")
-
-		sid2 := e.RequestEmailToken(t, "sec2", "gina@example.org", 1)
-		past := time.Now().Add(-time.Minute).UnixMilli()
-		if err := e.Server.Store.UpdateSessionToken(context.Background(), sid2, threepid.HashToken("known-token"), 1, past); err != nil {
-			t.Fatal(err)
-		}
-		harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid2, "client_secret": "sec2", "token": "known-token"}), 400, "M_SESSION_EXPIRED")
-	})
-}
-
-// TestAuditAdd: /3pid/add with bad bodies (refused before user-interactive
-// auth), and, after it, sessions that are unknown, foreign, unvalidated,
-// spent, stale or for a 3PID someone holds. Nothing is written on a refusal.
-func TestAuditAdd(t *testing.T) {
+// TestAdd: /3pid/add with bad bodies (refused before user-interactive auth),
+// and, after it, sessions that are unknown, foreign, unvalidated, spent (also
+// once the 3PID was deleted again), stale or for a 3PID someone holds.
+// Nothing is written on a refusal.
+func TestAdd(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
 		alice, bob := e.NewUser("alice"), e.NewUser("bob")
@@ -610,21 +607,16 @@ func TestAuditAdd(t *testing.T) {
 			r := e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "late", "email": "SHARED@example.org", "send_attempt": 1})
 			expectAnswer(t, r, 400, "M_THREEPID_IN_USE")
 		})
-	})
-}
-
-// TestSpentSessionReplay: a sid/client_secret that added a 3PID cannot add it again.
-func TestSpentSessionReplay(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{})
-		u := e.NewUser("erin")
-		sid := e.ValidateEmail(t, "sec", "erin@example.org")
-		harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 200, "")
-		harness.Expect(t, e.Do("POST", "/_matrix/client/v3/account/3pid/delete", u.Token, map[string]any{"medium": "email", "address": "erin@example.org"}), 200, "")
-		harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 400, "M_THREEPID_AUTH_FAILED")
-		if list := e.Threepids(t, u); len(list) != 0 {
-			t.Fatalf("replayed session added %v", list)
-		}
+		t.Run("replayed after a delete", func(t *testing.T) {
+			u := e.NewUser("erin")
+			sid := e.ValidateEmail(t, "sec", "erin@example.org")
+			harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 200, "")
+			harness.Expect(t, e.Do("POST", "/_matrix/client/v3/account/3pid/delete", u.Token, map[string]any{"medium": "email", "address": "erin@example.org"}), 200, "")
+			harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 400, "M_THREEPID_AUTH_FAILED")
+			if list := e.Threepids(t, u); len(list) != 0 {
+				t.Fatalf("replayed session added %v", list)
+			}
+		})
 	})
 }
 

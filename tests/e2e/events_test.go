@@ -91,12 +91,12 @@ func TestEventsOff(t *testing.T) {
 
 var eventKeys = []string{"event_id", "callback", "op", "user_id", "medium", "address", "id_server", "at"}
 
-// TestAuditPolicyAfterEvents: every applied change (add, remove, bind, unbind,
+// TestEventsAfterEveryChange: every applied change (add, remove, bind, unbind,
 // lost by takeover and by onupdate, an admin removal, a deactivation through
 // the relay and one through the admin API) reaches the events webhook once,
 // with the documented body and signature, although the receiver was down and
 // threepidd restarted in between. The mirror is on, so events pass through it.
-func TestAuditPolicyAfterEvents(t *testing.T) {
+func TestEventsAfterEveryChange(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		h := newRawHook(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) int { return reply(w, 503, `{}`) })
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1, HomeserverYAML: mirrorYAML,

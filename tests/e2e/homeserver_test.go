@@ -163,10 +163,10 @@ func newFailingProxy(t *testing.T, target string) *failingProxy {
 	return p
 }
 
-// TestAuditPolicyImport: the Synapse import over several pages, with a
+// TestImportSynapsePages: the Synapse import over several pages, with a
 // non-canonical address, an address on two accounts, a guest, and an admin
 // API failure midway that leaves nothing half-imported; reruns converge.
-func TestAuditPolicyImport(t *testing.T) {
+func TestImportSynapsePages(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{HomeserverYAML: "admin_token: " + hsAdminToken})
 		e.HS.SetAdminToken(hsAdminToken)
@@ -257,46 +257,11 @@ func waitHomeserver(t *testing.T, e *harness.Env, userID string, keep []fakes.Ho
 }
 
 // TestMirror: adds and removes through threepidd (user and admin) reach the
-// homeserver's admin API, keeping what it held; with the homeserver down the
-// change is queued and arrives once it is back.
+// homeserver's admin API, keeping what it held, as spelled, with their
+// timestamps; with the homeserver down the change is queued and arrives once
+// it is back; the mirror retries while the homeserver refuses the admin token,
+// and leaves an account deactivated on the homeserver alone.
 func TestMirror(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{HomeserverYAML: mirrorYAML, ExtraYAML: "admin_token: " + adminToken + "\n"})
-		e.HS.SetAdminToken(hsAdminToken)
-		u := e.NewUser("mirrored")
-		old := fakes.HomeserverThreepid{Medium: "email", Address: "old@example.org", ValidatedAt: 1111, AddedAt: 999}
-		e.HS.SetThreepids(u.ID, []fakes.HomeserverThreepid{old})
-		keep := []fakes.HomeserverThreepid{old}
-
-		e.AddEmail(t, u, "New@Example.org")
-		waitHomeserver(t, e, u.ID, keep, "old@example.org", "new@example.org")
-		r := e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "new@example.org"})
-		harness.Expect(t, r, 200, "")
-		waitHomeserver(t, e, u.ID, keep, "old@example.org")
-
-		e.HS.SetDown(true)
-		calls := e.HS.AdminCalls()
-		e.AddEmail(t, u, "down@example.org")
-		waitFor(t, "a failed mirror attempt", func() bool {
-			n, err := e.Server.Store.CountOutbox(context.Background(), homeserver.MirrorKind)
-			return err == nil && n == 1 && e.HS.AdminCalls() > calls
-		}, 10*time.Second)
-		if got := e.HS.Threepids(u.ID); len(got) != 1 {
-			t.Fatalf("the homeserver changed while down: %+v", got)
-		}
-		e.HS.SetDown(false)
-		waitHomeserver(t, e, u.ID, keep, "old@example.org", "down@example.org")
-
-		r = e.Do("DELETE", adminPrefix+"/users/%40mirrored%3Ahs.test/threepids/email/down%40example.org", adminToken, nil)
-		harness.Expect(t, r, 200, "")
-		waitHomeserver(t, e, u.ID, keep, "old@example.org")
-	})
-}
-
-// TestAuditPolicyMirror: the mirror keeps the homeserver's other 3PIDs as
-// spelled, with their timestamps; retries while the homeserver refuses the
-// admin token; and leaves an account deactivated on the homeserver alone.
-func TestAuditPolicyMirror(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{HomeserverYAML: mirrorYAML, ExtraYAML: "admin_token: " + adminToken + "\n"})
 		e.HS.SetAdminToken(hsAdminToken)
@@ -305,6 +270,37 @@ func TestAuditPolicyMirror(t *testing.T) {
 			n, err := e.Server.Store.CountOutbox(ctx, homeserver.MirrorKind)
 			return err == nil && n == 0
 		}
+
+		// First, while nothing else is queued: it counts the queued changes.
+		t.Run("user and admin changes, the homeserver down meanwhile", func(t *testing.T) {
+			u := e.NewUser("mirrored")
+			old := fakes.HomeserverThreepid{Medium: "email", Address: "old@example.org", ValidatedAt: 1111, AddedAt: 999}
+			e.HS.SetThreepids(u.ID, []fakes.HomeserverThreepid{old})
+			keep := []fakes.HomeserverThreepid{old}
+
+			e.AddEmail(t, u, "New@Example.org")
+			waitHomeserver(t, e, u.ID, keep, "old@example.org", "new@example.org")
+			r := e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "new@example.org"})
+			harness.Expect(t, r, 200, "")
+			waitHomeserver(t, e, u.ID, keep, "old@example.org")
+
+			e.HS.SetDown(true)
+			calls := e.HS.AdminCalls()
+			e.AddEmail(t, u, "down@example.org")
+			waitFor(t, "a failed mirror attempt", func() bool {
+				n, err := e.Server.Store.CountOutbox(context.Background(), homeserver.MirrorKind)
+				return err == nil && n == 1 && e.HS.AdminCalls() > calls
+			}, 10*time.Second)
+			if got := e.HS.Threepids(u.ID); len(got) != 1 {
+				t.Fatalf("the homeserver changed while down: %+v", got)
+			}
+			e.HS.SetDown(false)
+			waitHomeserver(t, e, u.ID, keep, "old@example.org", "down@example.org")
+
+			r = e.Do("DELETE", adminPrefix+"/users/%40mirrored%3Ahs.test/threepids/email/down%40example.org", adminToken, nil)
+			harness.Expect(t, r, 200, "")
+			waitHomeserver(t, e, u.ID, keep, "old@example.org")
+		})
 
 		t.Run("keeps the homeserver's spelling and timestamps", func(t *testing.T) {
 			u := e.NewUser("spelled")
@@ -375,81 +371,15 @@ func withoutSession(t *testing.T, r harness.Response) string {
 }
 
 // TestDeactivate: POST /account/deactivate through threepidd goes to the
-// homeserver with its UIA; once it deactivated the account, threepidd unbinds
-// at the identity server and removes the 3PIDs on both sides.
+// homeserver with its UIA, whose answers and errors pass unchanged; it acts
+// only on the token's own account; once the homeserver deactivated the
+// account, threepidd unbinds at the identity server and removes the 3PIDs on
+// both sides (the mirror is on), combines the unbind results, and answers a
+// retry as the homeserver does.
 func TestDeactivate(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1, HomeserverYAML: mirrorYAML})
 		e.HS.SetAdminToken(hsAdminToken)
-		ctx := context.Background()
-		tests := []struct {
-			localpart, path, hsResult, want string
-		}{
-			{"leaver", deactivateV3, "success", "success"},
-			{"oldclient", deactivateR0, "no-support", "no-support"},
-		}
-		for _, tc := range tests {
-			u := e.NewUser(tc.localpart)
-			address := tc.localpart + "@example.org"
-			e.AddEmail(t, u, address)
-			harness.Expect(t, e.Bind(t, u, 0, "email", address), 200, "")
-			waitHomeserver(t, e, u.ID, nil, address)
-			e.HS.SetDeactivateUnbindResult(tc.hsResult)
-
-			r := e.Do("POST", tc.path, u.Token, map[string]any{})
-			harness.Expect(t, r, 401, "")
-			session, _ := r.JSON(t)["session"].(string)
-			if session == "" || len(e.Threepids(t, u)) != 1 || e.HS.Deactivated(u.ID) {
-				t.Fatalf("%s: the UIA round changed something: %s", tc.localpart, r.Body)
-			}
-
-			r = e.Do("POST", tc.path, u.Token, map[string]any{"auth": u.PasswordAuth(session), "erase": false})
-			harness.Expect(t, r, 200, "")
-			if got := r.JSON(t)["id_server_unbind_result"]; got != tc.want {
-				t.Fatalf("%s: id_server_unbind_result %v, want %s", tc.localpart, got, tc.want)
-			}
-			calls := e.HS.RelayCalls()
-			if last := calls[len(calls)-1]; last.Path != tc.path || !strings.Contains(string(last.Body), `"erase":false`) {
-				t.Fatalf("%s: relayed %s %s", tc.localpart, last.Path, last.Body)
-			}
-			if !e.HS.Deactivated(u.ID) {
-				t.Fatalf("%s: not deactivated on the homeserver", tc.localpart)
-			}
-			if _, ok := e.IS[0].Bindings()[address]; ok {
-				t.Fatalf("%s: the identity server still binds %s", tc.localpart, address)
-			}
-			if as, err := e.Server.Store.AssociationsOf(ctx, u.ID); err != nil || len(as) != 0 {
-				t.Fatalf("%s: threepidd kept %+v (%v)", tc.localpart, as, err)
-			}
-			if bs, err := e.Server.Store.BindingsOf(ctx, u.ID); err != nil || len(bs) != 0 {
-				t.Fatalf("%s: threepidd kept bindings %+v (%v)", tc.localpart, bs, err)
-			}
-
-			// A retry: the homeserver's answer for a dead token comes back.
-			harness.Expect(t, e.Do("POST", tc.path, u.Token, map[string]any{"auth": u.PasswordAuth(session)}), 401, "M_UNKNOWN_TOKEN")
-		}
-		// The removals were mirrored without giving the accounts anything back,
-		// and no cleanup is left over.
-		waitFor(t, "the mirror and cleanup queues to drain", func() bool {
-			m, err1 := e.Server.Store.CountOutbox(ctx, homeserver.MirrorKind)
-			d, err2 := e.Server.Store.CountOutbox(ctx, deactivation.OutboxKind)
-			return err1 == nil && err2 == nil && m == 0 && d == 0
-		}, 20*time.Second)
-		for _, tc := range tests {
-			if got := e.HS.Threepids("@" + tc.localpart + ":hs.test"); len(got) != 0 {
-				t.Fatalf("%s: the homeserver holds %+v after deactivation", tc.localpart, got)
-			}
-		}
-	})
-}
-
-// TestAuditPolicyDeactivation: /account/deactivate through threepidd passes
-// the homeserver's UIA and errors on unchanged, acts only on the token's own
-// account, removes 3PIDs and unbinds once the homeserver said 200, combines
-// the unbind results, and answers a retry as the homeserver does.
-func TestAuditPolicyDeactivation(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
 		ctx := context.Background()
 		is := e.IS[0]
 		setup := func(localpart string) (harness.User, string) {
@@ -554,6 +484,67 @@ func TestAuditPolicyDeactivation(t *testing.T) {
 			waitFor(t, "the queued unbind", func() bool { return held(u, address) == "3pids=0 bindings=0 is=false deactivated=true" }, 60*time.Second)
 			if n, err := e.Server.Store.CountOutbox(ctx, deactivation.OutboxKind); err != nil || n != 0 {
 				t.Fatalf("%d cleanups left queued (%v)", n, err)
+			}
+		})
+		// Last, once the cases above are done: it waits for every queue to drain.
+		t.Run("through the homeserver, then unbound and removed on both sides", func(t *testing.T) {
+			tests := []struct {
+				localpart, path, hsResult, want string
+			}{
+				{"leaver", deactivateV3, "success", "success"},
+				{"oldclient", deactivateR0, "no-support", "no-support"},
+			}
+			for _, tc := range tests {
+				u := e.NewUser(tc.localpart)
+				address := tc.localpart + "@example.org"
+				e.AddEmail(t, u, address)
+				harness.Expect(t, e.Bind(t, u, 0, "email", address), 200, "")
+				waitHomeserver(t, e, u.ID, nil, address)
+				e.HS.SetDeactivateUnbindResult(tc.hsResult)
+
+				r := e.Do("POST", tc.path, u.Token, map[string]any{})
+				harness.Expect(t, r, 401, "")
+				session, _ := r.JSON(t)["session"].(string)
+				if session == "" || len(e.Threepids(t, u)) != 1 || e.HS.Deactivated(u.ID) {
+					t.Fatalf("%s: the UIA round changed something: %s", tc.localpart, r.Body)
+				}
+
+				r = e.Do("POST", tc.path, u.Token, map[string]any{"auth": u.PasswordAuth(session), "erase": false})
+				harness.Expect(t, r, 200, "")
+				if got := r.JSON(t)["id_server_unbind_result"]; got != tc.want {
+					t.Fatalf("%s: id_server_unbind_result %v, want %s", tc.localpart, got, tc.want)
+				}
+				calls := e.HS.RelayCalls()
+				if last := calls[len(calls)-1]; last.Path != tc.path || !strings.Contains(string(last.Body), `"erase":false`) {
+					t.Fatalf("%s: relayed %s %s", tc.localpart, last.Path, last.Body)
+				}
+				if !e.HS.Deactivated(u.ID) {
+					t.Fatalf("%s: not deactivated on the homeserver", tc.localpart)
+				}
+				if _, ok := e.IS[0].Bindings()[address]; ok {
+					t.Fatalf("%s: the identity server still binds %s", tc.localpart, address)
+				}
+				if as, err := e.Server.Store.AssociationsOf(ctx, u.ID); err != nil || len(as) != 0 {
+					t.Fatalf("%s: threepidd kept %+v (%v)", tc.localpart, as, err)
+				}
+				if bs, err := e.Server.Store.BindingsOf(ctx, u.ID); err != nil || len(bs) != 0 {
+					t.Fatalf("%s: threepidd kept bindings %+v (%v)", tc.localpart, bs, err)
+				}
+
+				// A retry: the homeserver's answer for a dead token comes back.
+				harness.Expect(t, e.Do("POST", tc.path, u.Token, map[string]any{"auth": u.PasswordAuth(session)}), 401, "M_UNKNOWN_TOKEN")
+			}
+			// The removals were mirrored without giving the accounts anything back,
+			// and no cleanup is left over.
+			waitFor(t, "the mirror and cleanup queues to drain", func() bool {
+				m, err1 := e.Server.Store.CountOutbox(ctx, homeserver.MirrorKind)
+				d, err2 := e.Server.Store.CountOutbox(ctx, deactivation.OutboxKind)
+				return err1 == nil && err2 == nil && m == 0 && d == 0
+			}, 20*time.Second)
+			for _, tc := range tests {
+				if got := e.HS.Threepids("@" + tc.localpart + ":hs.test"); len(got) != 0 {
+					t.Fatalf("%s: the homeserver holds %+v after deactivation", tc.localpart, got)
+				}
 			}
 		})
 	})

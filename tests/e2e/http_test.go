@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -10,6 +8,7 @@ import (
 
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // TestRequestErrors sends each bad request and checks status and errcode.
@@ -111,31 +110,13 @@ func expectCORS(t *testing.T, r harness.Response) {
 func chunkedPost(t *testing.T, url, token string, n int) harness.Response {
 	t.Helper()
 	body := strings.NewReader(`{"pad":"` + strings.Repeat("a", n) + `"}`)
-	req, err := http.NewRequest("POST", url, struct{ io.Reader }{body})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.ContentLength = -1
-	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	harness.CheckResponse(t, req.Method, req.URL.EscapedPath(), resp.StatusCode, data)
-	return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+	return harness.Send(t, support.Request{Method: "POST", URL: url, Token: token, Body: body})
 }
 
-// TestAuditHTTP: OPTIONS and CORS on every endpoint, 404 and 405 as Matrix
-// errors, and the 64 KiB body limit, with and without Content-Length.
-func TestAuditHTTP(t *testing.T) {
+// TestHTTP: OPTIONS and CORS on every endpoint and on errors, 404 and 405 as
+// Matrix errors, the 64 KiB body limit, with and without Content-Length, and
+// /health.
+func TestHTTP(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
 		u := e.NewUser("http")
@@ -190,80 +171,82 @@ func TestAuditHTTP(t *testing.T) {
 				expectCORS(t, r)
 			})
 		}
-	})
-}
-
-// TestCORSAndHealth: OPTIONS and CORS headers as the spec asks; /health.
-func TestCORSAndHealth(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{})
-		r := e.Do("OPTIONS", "/_matrix/client/v3/account/3pid/add", "", nil)
-		harness.Expect(t, r, 200, "")
-		if r.Header.Get("Access-Control-Allow-Origin") != "*" || !strings.Contains(r.Header.Get("Access-Control-Allow-Headers"), "Authorization") {
-			t.Fatalf("CORS headers: %v", r.Header)
-		}
-		r = e.Do("GET", "/nothing", "", nil)
-		if r.Header.Get("Access-Control-Allow-Origin") != "*" {
-			t.Fatal("errors lack CORS headers")
-		}
-		harness.Expect(t, e.Do("GET", "/health", "", nil), 200, "")
-	})
-}
-
-// TestAuditRateLimit: requestToken over either limit answers 429
-// M_LIMIT_EXCEEDED with Retry-After (whole seconds) and retry_after_ms that
-// agree, sends nothing, and counts an address in its canonical form.
-func TestAuditRateLimit(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{RateLimitYAML: "{requesttoken_per_ip: {per_second: 0.01, burst: 4}, requesttoken_per_address: {per_second: 0.01, burst: 2}}"})
-		const path = "/_matrix/client/v3/account/3pid/email/requestToken"
-		limited := func(t *testing.T, r harness.Response) {
-			t.Helper()
-			expectAnswer(t, r, 429, "M_LIMIT_EXCEEDED")
-			secs, err := strconv.Atoi(r.Header.Get("Retry-After"))
-			ms, _ := r.JSON(t)["retry_after_ms"].(float64)
-			if err != nil || secs <= 0 || ms <= 0 || float64(secs) < ms/1000 || float64(secs) > ms/1000+1 {
-				t.Fatalf("Retry-After %q and retry_after_ms %v disagree", r.Header.Get("Retry-After"), ms)
+		t.Run("CORS on OPTIONS and errors; health", func(t *testing.T) {
+			r := e.Do("OPTIONS", "/_matrix/client/v3/account/3pid/add", "", nil)
+			harness.Expect(t, r, 200, "")
+			if r.Header.Get("Access-Control-Allow-Origin") != "*" || !strings.Contains(r.Header.Get("Access-Control-Allow-Headers"), "Authorization") {
+				t.Fatalf("CORS headers: %v", r.Header)
 			}
-			expectCORS(t, r)
-		}
-		// Per address, whatever the spelling.
-		for i, spelling := range []string{"flood@example.org", "FLOOD@Example.org"} {
-			expectAnswer(t, e.Do("POST", path, "", map[string]any{"client_secret": "s", "email": spelling, "send_attempt": i + 1}), 200, "")
-		}
-		mails := len(e.SMTP.Mails())
-		limited(t, e.Do("POST", path, "", map[string]any{"client_secret": "s", "email": " Flood@EXAMPLE.org", "send_attempt": 3}))
-		// Per IP, across addresses and both media.
-		expectAnswer(t, e.Do("POST", path, "", map[string]any{"client_secret": "s", "email": "other@example.org", "send_attempt": 1}), 200, "")
-		limited(t, e.Do("POST", "/_matrix/client/r0/account/3pid/msisdn/requestToken", "", map[string]any{"client_secret": "s", "country": "GB", "phone_number": "07700900999", "send_attempt": 1}))
-		time.Sleep(100 * time.Millisecond)
-		if n := len(e.SMTP.Mails()) - mails; n != 1 {
-			t.Fatalf("%d mails after the limit, want 1 (other@)", n)
-		}
-		if n := len(e.SMS.Messages()); n != 0 {
-			t.Fatalf("a limited request sent %d SMS", n)
-		}
+			r = e.Do("GET", "/nothing", "", nil)
+			if r.Header.Get("Access-Control-Allow-Origin") != "*" {
+				t.Fatal("errors lack CORS headers")
+			}
+			harness.Expect(t, e.Do("GET", "/health", "", nil), 200, "")
+		})
 	})
 }
 
-// TestRateLimit: requestToken floods get 429 M_LIMIT_EXCEEDED with Retry-After.
+// TestRateLimit: requestToken over either limit answers 429 M_LIMIT_EXCEEDED
+// with Retry-After (whole seconds) and retry_after_ms that agree, sends
+// nothing, and counts an address in its canonical form.
 func TestRateLimit(t *testing.T) {
+	tests := []struct {
+		name, rateLimit string
+		run             func(t *testing.T, e *harness.Env)
+	}{
+		{"per address", "{requesttoken_per_ip: {per_second: 0.01, burst: 100}, requesttoken_per_address: {per_second: 0.01, burst: 2}}", func(t *testing.T, e *harness.Env) {
+			for i := 1; i <= 2; i++ {
+				e.RequestEmailToken(t, "sec", "flood@example.org", i)
+			}
+			r := e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "sec", "email": "flood@example.org", "send_attempt": 3})
+			harness.Expect(t, r, 429, "M_LIMIT_EXCEEDED")
+			if s, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || s <= 0 {
+				t.Fatalf("Retry-After = %q", r.Header.Get("Retry-After"))
+			}
+		}},
+		{"per IP", "{requesttoken_per_ip: {per_second: 0.01, burst: 2}}", func(t *testing.T, e *harness.Env) {
+			for i := 0; i < 2; i++ {
+				e.RequestEmailToken(t, "sec", "ip"+strconv.Itoa(i)+"@example.org", 1)
+			}
+			r := e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "sec", "email": "ip9@example.org", "send_attempt": 1})
+			harness.Expect(t, r, 429, "M_LIMIT_EXCEEDED")
+		}},
+		{"both: the answer, canonical addresses, both media, nothing sent", "{requesttoken_per_ip: {per_second: 0.01, burst: 4}, requesttoken_per_address: {per_second: 0.01, burst: 2}}", func(t *testing.T, e *harness.Env) {
+			const path = "/_matrix/client/v3/account/3pid/email/requestToken"
+			limited := func(t *testing.T, r harness.Response) {
+				t.Helper()
+				expectAnswer(t, r, 429, "M_LIMIT_EXCEEDED")
+				secs, err := strconv.Atoi(r.Header.Get("Retry-After"))
+				ms, _ := r.JSON(t)["retry_after_ms"].(float64)
+				if err != nil || secs <= 0 || ms <= 0 || float64(secs) < ms/1000 || float64(secs) > ms/1000+1 {
+					t.Fatalf("Retry-After %q and retry_after_ms %v disagree", r.Header.Get("Retry-After"), ms)
+				}
+				expectCORS(t, r)
+			}
+			// Per address, whatever the spelling.
+			for i, spelling := range []string{"flood@example.org", "FLOOD@Example.org"} {
+				expectAnswer(t, e.Do("POST", path, "", map[string]any{"client_secret": "s", "email": spelling, "send_attempt": i + 1}), 200, "")
+			}
+			mails := len(e.SMTP.Mails())
+			limited(t, e.Do("POST", path, "", map[string]any{"client_secret": "s", "email": " Flood@EXAMPLE.org", "send_attempt": 3}))
+			// Per IP, across addresses and both media.
+			expectAnswer(t, e.Do("POST", path, "", map[string]any{"client_secret": "s", "email": "other@example.org", "send_attempt": 1}), 200, "")
+			limited(t, e.Do("POST", "/_matrix/client/r0/account/3pid/msisdn/requestToken", "", map[string]any{"client_secret": "s", "country": "GB", "phone_number": "07700900999", "send_attempt": 1}))
+			time.Sleep(100 * time.Millisecond)
+			if n := len(e.SMTP.Mails()) - mails; n != 1 {
+				t.Fatalf("%d mails after the limit, want 1 (other@)", n)
+			}
+			if n := len(e.SMS.Messages()); n != 0 {
+				t.Fatalf("a limited request sent %d SMS", n)
+			}
+		}},
+	}
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{RateLimitYAML: "{requesttoken_per_ip: {per_second: 0.01, burst: 100}, requesttoken_per_address: {per_second: 0.01, burst: 2}}"})
-		for i := 1; i <= 2; i++ {
-			e.RequestEmailToken(t, "sec", "flood@example.org", i)
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				tt.run(t, harness.Start(t, b, harness.Options{RateLimitYAML: tt.rateLimit}))
+			})
 		}
-		r := e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "sec", "email": "flood@example.org", "send_attempt": 3})
-		harness.Expect(t, r, 429, "M_LIMIT_EXCEEDED")
-		if s, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || s <= 0 {
-			t.Fatalf("Retry-After = %q", r.Header.Get("Retry-After"))
-		}
-		e2 := harness.Start(t, b, harness.Options{RateLimitYAML: "{requesttoken_per_ip: {per_second: 0.01, burst: 2}}"})
-		for i := 0; i < 2; i++ {
-			e2.RequestEmailToken(t, "sec", "ip"+strconv.Itoa(i)+"@example.org", 1)
-		}
-		r = e2.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "sec", "email": "ip9@example.org", "send_attempt": 1})
-		harness.Expect(t, r, 429, "M_LIMIT_EXCEEDED")
 	})
 }
 

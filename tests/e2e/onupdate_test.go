@@ -19,6 +19,7 @@ import (
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // onUpdateBody is an onupdate body; mxid and medium are left out when empty.
@@ -43,83 +44,43 @@ func signOnUpdate(t *testing.T, key *signingkey.Key, origin, destination string,
 }
 
 // onUpdateRequest is one raw onupdate request: uri is the path and query sent
-// (the endpoint when empty); headers are Authorization values (none, one, or
-// several); chunked hides the Content-Length.
+// (the endpoint when empty); auth are Authorization values (none, one, or
+// several headers); chunked hides the Content-Length.
 type onUpdateRequest struct {
-	method  string
 	uri     string
 	auth    []string
 	body    []byte
 	chunked bool
 }
 
-// sendOnUpdateRequest sends r to threepidd and checks the answer against the
-// spec's error schema.
+// sendOnUpdateRequest sends r to threepidd (the harness checks the answer
+// against the spec) and fails on a server error.
 func sendOnUpdateRequest(t *testing.T, e *harness.Env, r onUpdateRequest) harness.Response {
 	t.Helper()
-	method, uri := r.method, r.uri
-	if method == "" {
-		method = http.MethodPost
-	}
+	uri := r.uri
 	if uri == "" {
 		uri = federation.OnUpdatePath
 	}
-	var body io.Reader = bytes.NewReader(r.body)
+	req := support.Request{Method: http.MethodPost, URL: e.URL + uri, Body: r.body, Header: http.Header{"Authorization": r.auth}}
 	if r.chunked {
-		body = io.MultiReader(bytes.NewReader(r.body)) // unknown length: sent chunked
+		req.Body = bytes.NewReader(r.body) // a reader, sent chunked
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, e.URL+uri, body)
-	if err != nil {
-		t.Fatal(err)
+	resp := harness.Send(t, req)
+	if resp.Status >= 500 {
+		t.Fatalf("POST %s: server error %s", uri, resp)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	for _, a := range r.auth {
-		req.Header.Add("Authorization", a)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, uri, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("read answer: %v", err)
-	}
-	harness.CheckResponse(t, method, federation.OnUpdatePath, resp.StatusCode, data)
-	if resp.StatusCode >= 500 {
-		t.Fatalf("%s %s: server error %d: %s", method, uri, resp.StatusCode, data)
-	}
-	return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+	return resp
 }
 
-// postOnUpdate sends body to threepidd's onupdate endpoint over HTTP with the
-// given Authorization header ("" for none) and checks the answer against the
-// spec's error schema.
+// postOnUpdate sends body to threepidd's onupdate endpoint with the given
+// Authorization header ("" for none).
 func postOnUpdate(t *testing.T, e *harness.Env, auth string, body []byte) harness.Response {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.URL+federation.OnUpdatePath, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
+	r := onUpdateRequest{body: body}
 	if auth != "" {
-		req.Header.Set("Authorization", auth)
+		r.auth = []string{auth}
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("POST onupdate: %v", err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("read answer: %v", err)
-	}
-	harness.CheckResponse(t, http.MethodPost, federation.OnUpdatePath, resp.StatusCode, data)
-	return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+	return sendOnUpdateRequest(t, e, r)
 }
 
 // onUpdateFrom sends body as fake identity server i, validly signed.
@@ -390,20 +351,20 @@ func TestOnUpdateRateLimit(t *testing.T) {
 	})
 }
 
-// TestAuditOnUpdateBodies: body variants, validly signed by an identity
+// TestOnUpdateBodies: body variants, validly signed by an identity
 // server allowed to call. Refused bodies change nothing; accepted ones do
 // exactly what DESIGN.md says.
-func TestAuditOnUpdateBodies(t *testing.T) {
+func TestOnUpdateBodies(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
-		alice, bob := e.NewUser("audit-alice"), e.NewUser("audit-bob")
-		harness.Expect(t, e.Bind(t, alice, 0, "email", "audit-alice@example.org"), 200, "")
+		alice, bob := e.NewUser("ou-alice"), e.NewUser("ou-bob")
+		harness.Expect(t, e.Bind(t, alice, 0, "email", "ou-alice@example.org"), 200, "")
 		harness.Expect(t, e.Bind(t, bob, 0, "msisdn", "447700900999"), 200, "")
 		is0 := e.IS[0]
 		signed := func(body []byte) onUpdateRequest {
 			return onUpdateRequest{auth: []string{signOnUpdate(t, is0.Key(), is0.Name(), harness.ServerName, body)}, body: body}
 		}
-		del := `"threepid":"audit-alice@example.org","deleted":true`
+		del := `"threepid":"ou-alice@example.org","deleted":true`
 		// A deletion of alice's binding, padded with spaces to n bytes.
 		padded := func(n int) []byte {
 			body := []byte(`{` + del + `,"mxid":"` + alice.ID + `"}`)
@@ -417,33 +378,33 @@ func TestAuditOnUpdateBodies(t *testing.T) {
 		}{
 			{"deleted as a string", `{` + strings.Replace(del, "true", `"true"`, 1) + `}`, 400, "M_BAD_JSON"},
 			{"deleted as a number", `{` + strings.Replace(del, "true", `1`, 1) + `}`, 400, "M_BAD_JSON"},
-			{"deleted null", `{"threepid":"audit-alice@example.org","deleted":null}`, 400, "M_MISSING_PARAM"},
+			{"deleted null", `{"threepid":"ou-alice@example.org","deleted":null}`, 400, "M_MISSING_PARAM"},
 			{"threepid missing", `{"deleted":true}`, 400, "M_MISSING_PARAM"},
 			{"threepid a number", `{"threepid":447700900999,"deleted":true}`, 400, "M_BAD_JSON"},
 			{"threepid empty", `{"threepid":"","deleted":true}`, 400, "M_INVALID_PARAM"},
 			{"threepid blank", `{"threepid":"   ","deleted":true}`, 400, "M_INVALID_PARAM"},
-			{"threepid neither email nor phone", `{"threepid":"audit-alice","deleted":true}`, 400, "M_INVALID_PARAM"},
-			{"mxid missing on an update", `{"threepid":"audit-alice@example.org","deleted":false}`, 400, "M_MISSING_PARAM"},
-			{"mxid null on an update", `{"threepid":"audit-alice@example.org","deleted":false,"mxid":null}`, 400, "M_MISSING_PARAM"},
-			{"mxid empty on an update", `{"threepid":"audit-alice@example.org","deleted":false,"mxid":""}`, 400, "M_INVALID_PARAM"},
-			{"mxid a number", `{"threepid":"audit-alice@example.org","deleted":false,"mxid":1}`, 400, "M_BAD_JSON"},
-			{"mxid without @", `{"threepid":"audit-alice@example.org","deleted":false,"mxid":"eve:other.tld"}`, 400, "M_INVALID_PARAM"},
-			{"mxid without server", `{"threepid":"audit-alice@example.org","deleted":false,"mxid":"@eve"}`, 400, "M_INVALID_PARAM"},
-			{"mxid empty localpart", `{"threepid":"audit-alice@example.org","deleted":false,"mxid":"@:other.tld"}`, 400, "M_INVALID_PARAM"},
-			{"mxid with a space", `{"threepid":"audit-alice@example.org","deleted":false,"mxid":"@e ve:other.tld"}`, 400, "M_INVALID_PARAM"},
-			{"mxid invalid on a deletion", `{` + del + `,"mxid":"audit-alice"}`, 400, "M_INVALID_PARAM"},
+			{"threepid neither email nor phone", `{"threepid":"ou-alice","deleted":true}`, 400, "M_INVALID_PARAM"},
+			{"mxid missing on an update", `{"threepid":"ou-alice@example.org","deleted":false}`, 400, "M_MISSING_PARAM"},
+			{"mxid null on an update", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":null}`, 400, "M_MISSING_PARAM"},
+			{"mxid empty on an update", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":""}`, 400, "M_INVALID_PARAM"},
+			{"mxid a number", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":1}`, 400, "M_BAD_JSON"},
+			{"mxid without @", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"eve:other.tld"}`, 400, "M_INVALID_PARAM"},
+			{"mxid without server", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"@eve"}`, 400, "M_INVALID_PARAM"},
+			{"mxid empty localpart", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"@:other.tld"}`, 400, "M_INVALID_PARAM"},
+			{"mxid with a space", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"@e ve:other.tld"}`, 400, "M_INVALID_PARAM"},
+			{"mxid invalid on a deletion", `{` + del + `,"mxid":"ou-alice"}`, 400, "M_INVALID_PARAM"},
 			{"medium msisdn for an e-mail address", `{` + del + `,"medium":"msisdn"}`, 400, "M_INVALID_PARAM"},
 			{"medium email for a phone number", `{"threepid":"447700900999","deleted":true,"medium":"email"}`, 400, "M_INVALID_PARAM"},
 			{"medium unknown", `{` + del + `,"medium":"phone"}`, 400, "M_INVALID_PARAM"},
 			{"medium a number", `{` + del + `,"medium":1}`, 400, "M_BAD_JSON"},
 			{"phone number with spaces", `{"threepid":"+44 7700 900999","deleted":true}`, 400, "M_INVALID_PARAM"},
 			{"array", `[{` + del + `}]`, 400, "M_BAD_JSON"},
-			{"string", `"audit-alice@example.org"`, 400, "M_BAD_JSON"},
+			{"string", `"ou-alice@example.org"`, 400, "M_BAD_JSON"},
 			{"number", `1`, 400, "M_BAD_JSON"},
 			{"null", `null`, 400, "M_BAD_JSON"},
 			{"empty body", ``, 400, "M_NOT_JSON"},
 			{"trailing garbage", `{` + del + `} x`, 400, "M_NOT_JSON"},
-			{"form-encoded", `threepid=audit-alice%40example.org&deleted=true`, 400, "M_NOT_JSON"},
+			{"form-encoded", `threepid=ou-alice%40example.org&deleted=true`, 400, "M_NOT_JSON"},
 		}
 		for _, c := range refused {
 			t.Run(c.name, func(t *testing.T) {
@@ -475,7 +436,7 @@ func TestAuditOnUpdateBodies(t *testing.T) {
 
 		t.Run("a deletion naming a remote user changes nothing", func(t *testing.T) {
 			before := snapshot(t, e, alice, bob)
-			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(`{`+del+`,"mxid":"@audit-alice:other.tld"}`))))
+			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(`{`+del+`,"mxid":"@ou-alice:other.tld"}`))))
 			if after := snapshot(t, e, alice, bob); after != before {
 				t.Fatalf("state changed:\n%s\nto\n%s", before, after)
 			}
@@ -483,7 +444,7 @@ func TestAuditOnUpdateBodies(t *testing.T) {
 
 		t.Run("an update naming the holder changes nothing", func(t *testing.T) {
 			before := snapshot(t, e, alice, bob)
-			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(`{"threepid":"audit-alice@example.org","deleted":false,"mxid":"`+alice.ID+`"}`))))
+			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(`{"threepid":"ou-alice@example.org","deleted":false,"mxid":"`+alice.ID+`"}`))))
 			if after := snapshot(t, e, alice, bob); after != before {
 				t.Fatalf("state changed:\n%s\nto\n%s", before, after)
 			}
@@ -497,7 +458,7 @@ func TestAuditOnUpdateBodies(t *testing.T) {
 
 		t.Run("exactly 64 KiB is accepted", func(t *testing.T) {
 			expectApplied(t, sendOnUpdateRequest(t, e, signed(padded(64<<10))))
-			expectLost(t, e, alice, 0, "email", "audit-alice@example.org", true, alice.ID)
+			expectLost(t, e, alice, 0, "email", "ou-alice@example.org", true, alice.ID)
 		})
 	})
 }
@@ -590,11 +551,11 @@ func signedHeader(t *testing.T, key *signingkey.Key, origin, destination, method
 	return x
 }
 
-// TestAuditOnUpdateXMatrix: X-Matrix header variants, origins named by
+// TestOnUpdateXMatrix: X-Matrix header variants, origins named by
 // server_name or signing_name, pinned keys and key endpoints that misbehave.
 // A refused request changes nothing; an accepted one drops alice's binding on
 // the identity server that sent it and notifies her.
-func TestAuditOnUpdateXMatrix(t *testing.T) {
+func TestOnUpdateXMatrix(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		good, err := signingkey.Generate("good")
 		if err != nil {

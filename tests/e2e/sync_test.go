@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -16,6 +14,7 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 const syncPath = "/_matrix/client/v3/sync"
@@ -27,13 +26,6 @@ type syncBody struct {
 	Threepids map[string]tpsync.Entry `json:"threepids"`
 }
 
-// syncResult is the outcome of a /sync made in the background.
-type syncResult struct {
-	status int
-	body   []byte
-	err    error
-}
-
 // syncAsync sends GET /sync?<query> with token from a goroutine (which must
 // not fail the test itself).
 func syncAsync(baseURL, token, query string) <-chan syncResult {
@@ -41,22 +33,16 @@ func syncAsync(baseURL, token, query string) <-chan syncResult {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, "GET", baseURL+syncPath+"?"+query, nil)
-		if err != nil {
-			done <- syncResult{err: err}
-			return
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			done <- syncResult{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		done <- syncResult{resp.StatusCode, body, err}
+		r, err := support.Do(ctx, "GET", baseURL+syncPath+"?"+query, token, nil)
+		done <- syncResult{r, err}
 	}()
 	return done
+}
+
+// syncResult is the outcome of a /sync made in the background.
+type syncResult struct {
+	support.Response
+	err error
 }
 
 // receive waits for a background sync and decodes its 200 answer.
@@ -64,14 +50,14 @@ func receive(t *testing.T, done <-chan syncResult, within time.Duration) (syncBo
 	t.Helper()
 	select {
 	case r := <-done:
-		if r.err != nil || r.status != 200 {
-			t.Fatalf("sync: %d %v: %s", r.status, r.err, r.body)
+		if r.err != nil || r.Status != 200 {
+			t.Fatalf("sync: %d %v: %s", r.Status, r.err, r.Body)
 		}
 		var b syncBody
-		if err := json.Unmarshal(r.body, &b); err != nil {
-			t.Fatalf("sync body %s: %v", r.body, err)
+		if err := json.Unmarshal(r.Body, &b); err != nil {
+			t.Fatalf("sync body %s: %v", r.Body, err)
 		}
-		return b, r.body
+		return b, r.Body
 	case <-time.After(within):
 		t.Fatalf("the sync did not return within %v", within)
 		return syncBody{}, nil
@@ -263,11 +249,12 @@ func upstreamRequests(e *harness.Env) int {
 	return len(e.HS.SyncRequests()) + len(e.HS.KeyChangesRequests()) + len(e.HS.MessagesRequests())
 }
 
-// TestAuditSyncTokens: tokens on /sync, /keys/changes and /messages. Ours
-// garbled in any part are 400 M_INVALID_PARAM without asking the homeserver;
+// TestSyncTokens: tokens on /sync, /keys/changes and /messages. Composite
+// ones work on all three; ours garbled in any part are 400 M_INVALID_PARAM
+// (never a 500) without asking the homeserver;
 // upstream parts of any shape reach the homeserver byte for byte; the other
 // query parameters are kept.
-func TestAuditSyncTokens(t *testing.T) {
+func TestSyncTokens(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
 		alice := e.NewUser("tok-alice")
@@ -283,6 +270,32 @@ func TestAuditSyncTokens(t *testing.T) {
 			{room, "from", "dir=b"},
 			{room, "to", "dir=f&from=" + url.QueryEscape(first.NextBatch)},
 		}
+
+		// First, while the homeserver has seen no request on these endpoints.
+		t.Run("composite tokens on /keys/changes and /messages", func(t *testing.T) {
+			token := url.QueryEscape(first.NextBatch)
+			r := e.Do("GET", "/_matrix/client/v3/keys/changes?from="+token+"&to="+token, alice.Token, nil)
+			harness.Expect(t, r, 200, "")
+			if q := e.HS.KeyChangesRequests(); len(q) != 1 || q[0].Get("from") != upstream || q[0].Get("to") != upstream {
+				t.Fatalf("homeserver got %v", q)
+			}
+			r = e.Do("GET", "/_matrix/client/v3/rooms/%21fake:hs.test/messages?dir=b&from="+token, alice.Token, nil)
+			harness.Expect(t, r, 200, "")
+			if start := r.JSON(t)["start"]; start != upstream {
+				t.Fatalf("messages start %v, want the upstream token %q", start, upstream)
+			}
+			if q := e.HS.MessagesRequests(); len(q) != 1 || q[0].Get("from") != upstream {
+				t.Fatalf("homeserver got %v", q)
+			}
+			for _, path := range []string{
+				syncPath + "?since=tpd1.1.%25%25",
+				syncPath + "?since=tpd1.x.czE&timeout=30000",
+				"/_matrix/client/v3/keys/changes?from=tpd1.-1.czE",
+				"/_matrix/client/r0/rooms/%21fake:hs.test/messages?from=tpd1.1",
+			} {
+				harness.Expect(t, e.Do("GET", path, alice.Token, nil), 400, "M_INVALID_PARAM")
+			}
+		})
 
 		t.Run("garbled", func(t *testing.T) {
 			for _, garbled := range []string{
@@ -377,41 +390,6 @@ func TestAuditSyncTokens(t *testing.T) {
 	})
 }
 
-// TestSyncTokensElsewhere: composite tokens work on /keys/changes and
-// /messages; garbled ones are 400 M_INVALID_PARAM, never a 500.
-func TestSyncTokensElsewhere(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{})
-		alice := e.NewUser("alice")
-		e.HS.PushEvent(alice.ID, json.RawMessage(`{"type":"m.room.message"}`))
-		nextBatch := doSync(t, e, alice, "").NextBatch
-		token, upstream := url.QueryEscape(nextBatch), upstreamPart(t, nextBatch)
-
-		r := e.Do("GET", "/_matrix/client/v3/keys/changes?from="+token+"&to="+token, alice.Token, nil)
-		harness.Expect(t, r, 200, "")
-		if q := e.HS.KeyChangesRequests(); len(q) != 1 || q[0].Get("from") != upstream || q[0].Get("to") != upstream {
-			t.Fatalf("homeserver got %v", q)
-		}
-		r = e.Do("GET", "/_matrix/client/v3/rooms/%21fake:hs.test/messages?dir=b&from="+token, alice.Token, nil)
-		harness.Expect(t, r, 200, "")
-		if start := r.JSON(t)["start"]; start != upstream {
-			t.Fatalf("messages start %v, want the upstream token %q", start, upstream)
-		}
-		if q := e.HS.MessagesRequests(); len(q) != 1 || q[0].Get("from") != upstream {
-			t.Fatalf("homeserver got %v", q)
-		}
-
-		for _, path := range []string{
-			syncPath + "?since=tpd1.1.%25%25",
-			syncPath + "?since=tpd1.x.czE&timeout=30000",
-			"/_matrix/client/v3/keys/changes?from=tpd1.-1.czE",
-			"/_matrix/client/r0/rooms/%21fake:hs.test/messages?from=tpd1.1",
-		} {
-			harness.Expect(t, e.Do("GET", path, alice.Token, nil), 400, "M_INVALID_PARAM")
-		}
-	})
-}
-
 // base64URL is the encoding of the upstream part of a composite token.
 func base64URL(s string) string {
 	tok := tpsync.NewToken(s, 1).String()
@@ -435,10 +413,10 @@ func lastQuery(e *harness.Env, path string) url.Values {
 	return qs[len(qs)-1]
 }
 
-// TestAuditSyncLongPoll: wake-ups reach exactly the user they are for,
+// TestSyncWakeUps: wake-ups reach exactly the user they are for,
 // including a client still on a plain upstream token (its first sync through
 // threepidd), and a client that leaves ends the upstream request.
-func TestAuditSyncLongPoll(t *testing.T) {
+func TestSyncWakeUps(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
 		alice, bob := e.NewUser("lp-alice"), e.NewUser("lp-bob")
@@ -494,17 +472,9 @@ func TestAuditSyncLongPoll(t *testing.T) {
 			cancelled := e.HS.SyncCancellations()
 			n := len(e.HS.SyncRequests())
 			ctx, cancel := context.WithCancel(context.Background())
-			req, err := http.NewRequestWithContext(ctx, "GET", e.URL+syncPath+"?timeout=30000&since="+url.QueryEscape(since), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("Authorization", "Bearer "+bob.Token)
 			errc := make(chan error, 1)
 			go func() {
-				resp, err := http.DefaultClient.Do(req)
-				if err == nil {
-					resp.Body.Close()
-				}
+				_, err := support.Do(ctx, "GET", e.URL+syncPath+"?timeout=30000&since="+url.QueryEscape(since), bob.Token, nil)
 				errc <- err
 			}()
 			waitSyncRequests(t, e, n+1)
@@ -521,9 +491,9 @@ func TestAuditSyncLongPoll(t *testing.T) {
 	})
 }
 
-// TestAuditSyncUpstreamAnswers: the homeserver's refusals pass through;
+// TestSyncUpstreamAnswers: the homeserver's refusals pass through;
 // gzip bodies come back decoded with the right length.
-func TestAuditSyncUpstreamAnswers(t *testing.T) {
+func TestSyncUpstreamAnswers(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
 		alice := e.NewUser("up-alice")
