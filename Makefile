@@ -21,7 +21,7 @@ test: vet race fuzz-smoke realpeer
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
-	$(GO) vet -tags realpeer ./tests/realpeer/
+	$(GO) vet -tags realpeer ./tests/realpeer/ ./tests/perf/peers/
 
 race:
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -9,12 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/events"
 	"github.com/threepidd/threepidd/events/eventstest"
-	"github.com/threepidd/threepidd/homeserver"
 	"github.com/threepidd/threepidd/metrics/metricstest"
-	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -22,19 +19,6 @@ import (
 )
 
 const hsAdminToken = "syt_hs_admin"
-
-// newAdmin starts a fake homeserver accepting hsAdminToken and returns it
-// with an admin client of it.
-func newAdmin(t *testing.T) (*fakes.Homeserver, *homeserver.SynapseAdmin) {
-	t.Helper()
-	hs := fakes.NewHomeserver(t, "hs.test")
-	hs.SetAdminToken(hsAdminToken)
-	c, err := homeserver.New(config.Homeserver{URL: hs.URL(), Kind: config.KindSynapse}, outbound.NewTransport())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return hs, c.SynapseAdmin(hsAdminToken)
-}
 
 // mirrorFixture is a mirror between a store and a fake homeserver.
 type mirrorFixture struct {
@@ -103,7 +87,8 @@ func (f *mirrorFixture) expectThreepids(userID string, want ...fakes.HomeserverT
 
 func TestMirror(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, store storage.Store) {
-		hs, admin := newAdmin(t)
+		hs := fakes.NewHomeserver(t, "hs.test")
+		admin := hs.AdminClient(hsAdminToken)
 		f := &mirrorFixture{t: t, hs: hs, store: store, next: &eventstest.Recorder{}}
 		f.mirror = &events.Mirror{Admin: admin, Store: store}
 		f.sink = events.Sinks{f.mirror, f.next}

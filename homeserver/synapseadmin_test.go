@@ -16,21 +16,9 @@ import (
 
 const hsAdminToken = "syt_hs_admin"
 
-// newAdmin starts a fake homeserver accepting hsAdminToken and returns it
-// with an admin client of it.
-func newAdmin(t *testing.T) (*fakes.Homeserver, *homeserver.SynapseAdmin) {
-	t.Helper()
-	hs := fakes.NewHomeserver(t, "hs.test")
-	hs.SetAdminToken(hsAdminToken)
-	c, err := homeserver.New(config.Homeserver{URL: hs.URL(), Kind: config.KindSynapse}, outbound.NewTransport())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return hs, c.SynapseAdmin(hsAdminToken)
-}
-
 func TestSynapseAdminListAndGet(t *testing.T) {
-	hs, admin := newAdmin(t)
+	hs := fakes.NewHomeserver(t, "hs.test")
+	admin := hs.AdminClient(hsAdminToken)
 	ctx := context.Background()
 	var want []string
 	for i := range 5 {

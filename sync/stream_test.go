@@ -8,6 +8,7 @@ import (
 
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 func TestSection(t *testing.T) {
@@ -103,7 +104,7 @@ func TestWait(t *testing.T) {
 				sec, next, err := st.Wait(wctx, "@alice:hs", NewToken("s", start))
 				done <- result{sec, next, err}
 			}()
-			waitFor(t, func() bool { return st.Hub().Waiting() == 1 })
+			support.WaitFor(t, "the condition", func() bool { return st.Hub().Waiting() == 1 }, 10*time.Second)
 			// Bob's notification may wake nobody or be read as nothing new for alice.
 			storagetest.Notify(t, store, "@bob:hs", "b@example.org", true, "@bob:hs", time.Now())
 			pos := storagetest.Notify(t, store, "@alice:hs", "y@example.org", true, "@alice:hs", time.Now())
@@ -120,18 +121,6 @@ func TestWait(t *testing.T) {
 	})
 }
 
-// waitFor polls cond until it holds, failing after 10 s.
-func waitFor(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestSectionUpToDate: "nothing new" is remembered (no query) until the
 // user's next wake-up, and at most upToDateTTL when wake-ups stop coming.
 func TestSectionUpToDate(t *testing.T) {
@@ -141,11 +130,11 @@ func TestSectionUpToDate(t *testing.T) {
 		st := New(store, Options{Clock: func() time.Time { return clock }})
 		defer st.Close()
 		pos := storagetest.Notify(t, store, "@alice:hs", "old@example.org", true, "", time.Now())
-		waitFor(t, func() bool { // the wake-up of that notification has been handled
+		support.WaitFor(t, "the condition", func() bool { // the wake-up of that notification has been handled
 			st.fresh.mu.Lock()
 			defer st.fresh.mu.Unlock()
 			return st.fresh.wakes == 1
-		})
+		}, 10*time.Second)
 		tok := NewToken("s", pos)
 		if sec, next, err := st.Section(ctx, "@alice:hs", tok); err != nil || sec != nil || next != pos {
 			t.Fatalf("Section = %v, %d, %v", sec, next, err)
@@ -153,10 +142,10 @@ func TestSectionUpToDate(t *testing.T) {
 
 		t.Run("a wake-up forgets", func(t *testing.T) {
 			p := storagetest.Notify(t, store, "@alice:hs", "a@example.org", true, "", time.Now())
-			waitFor(t, func() bool {
+			support.WaitFor(t, "the condition", func() bool {
 				sec, next, err := st.Section(ctx, "@alice:hs", tok)
 				return err == nil && len(sec) == 1 && next == p
-			})
+			}, 10*time.Second)
 			tok = NewToken("s", p)
 		})
 		t.Run("without wake-ups, trusted for upToDateTTL", func(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // upstreamRequest is a request the test homeserver received.
@@ -396,7 +397,7 @@ func TestProxyWake(t *testing.T) {
 				r, err := e.send(method, path, alice, body)
 				done <- result{r, err}
 			}()
-			waitFor(t, func() bool { return e.stream.Hub().Waiting() == 1 && len(e.up.requests()) >= 1 })
+			support.WaitFor(t, "the condition", func() bool { return e.stream.Hub().Waiting() == 1 && len(e.up.requests()) >= 1 }, 10*time.Second)
 			return done
 		}
 		receive := func(done <-chan result) response {
@@ -426,7 +427,7 @@ func TestProxyWake(t *testing.T) {
 			if d := time.Since(began); d > 2*time.Second {
 				t.Fatalf("woken after %v", d)
 			}
-			waitFor(t, func() bool { return e.up.cancellations() > cancelledBefore })
+			support.WaitFor(t, "the condition", func() bool { return e.up.cancellations() > cancelledBefore }, 10*time.Second)
 			since = tpsync.NewToken("s5", pos).String()
 		})
 		t.Run("a wake with nothing new polls on", func(t *testing.T) {
@@ -644,17 +645,5 @@ func TestProxyAbortsBrokenStream(t *testing.T) {
 	_, err := e.send("GET", "/_matrix/client/v3/sync?since=s0", map[string]string{"Authorization": "Bearer tok-alice", "Accept-Encoding": "gzip"}, "")
 	if err == nil {
 		t.Fatal("a truncated upstream body reached the client as a whole answer")
-	}
-}
-
-// waitFor polls cond until it holds, failing t after 10 s.
-func waitFor(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

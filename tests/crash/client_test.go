@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/tests/fakes"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // requestTimeout bounds every request of the workers: threepidd answers in
@@ -40,29 +40,12 @@ func (f *fixture) newUser(localpart string) user {
 	return u
 }
 
-// answer is an HTTP answer.
-type answer struct {
-	status int
-	body   []byte
-}
-
-// errCode returns the errcode of an error body ("" if none).
-func (a answer) errCode() string {
-	var m struct {
-		ErrCode string `json:"errcode"`
-	}
-	_ = json.Unmarshal(a.body, &m)
-	return m.ErrCode
-}
-
-func (a answer) String() string { return fmt.Sprintf("%d %s", a.status, a.body) }
-
 // client talks to one run of threepidd.
 type client struct {
 	base string
 	http *http.Client
 	// observe, if set, is told of every request do sends and how it went.
-	observe func(method, path string, began time.Time, a answer, err error)
+	observe func(method, path string, began time.Time, a support.Response, err error)
 }
 
 // newClient returns a client with connections of its own (none left over
@@ -79,29 +62,11 @@ func (c *client) close() { c.http.CloseIdleConnections() }
 
 // do sends a request to path (relative to the base URL) with an optional
 // token and JSON body. A transport failure or truncated answer wraps errNoAnswer.
-func (c *client) do(ctx context.Context, method, path, token string, body any) (answer, error) {
-	var rd io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return answer{}, fmt.Errorf("marshal body: %w", err)
-		}
-		rd = bytes.NewReader(data)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return answer{}, fmt.Errorf("request: %w", err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+func (c *client) do(ctx context.Context, method, path, token string, body any) (support.Response, error) {
 	began := time.Now()
-	a, err := c.send(req)
+	a, err := support.Client{HTTP: c.http}.Do(ctx, method, c.base+path, token, body)
 	if err != nil {
-		err = fmt.Errorf("%w: %s %s: %v", errNoAnswer, method, path, err)
+		err = fmt.Errorf("%w: %v", errNoAnswer, err)
 	}
 	if c.observe != nil {
 		c.observe(method, path, began, a, err)
@@ -109,27 +74,13 @@ func (c *client) do(ctx context.Context, method, path, token string, body any) (
 	return a, err
 }
 
-// send sends req and reads the whole answer.
-func (c *client) send(req *http.Request) (answer, error) {
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return answer{}, err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return answer{}, fmt.Errorf("read body: %w", err)
-	}
-	return answer{resp.StatusCode, data}, nil
-}
-
 // expect sends a request and requires the status.
-func (c *client) expect(ctx context.Context, status int, method, path, token string, body any) (answer, error) {
+func (c *client) expect(ctx context.Context, status int, method, path, token string, body any) (support.Response, error) {
 	a, err := c.do(ctx, method, path, token, body)
 	if err != nil {
 		return a, err
 	}
-	if a.status != status {
+	if a.Status != status {
 		return a, fmt.Errorf("%s %s: got %s, want %d", method, path, a, status)
 	}
 	return a, nil
@@ -165,7 +116,7 @@ func (c *client) addEmail(ctx context.Context, sink *fakes.SMTPSink, u user, add
 	var tok struct {
 		SID string `json:"sid"`
 	}
-	if err := json.Unmarshal(a.body, &tok); err != nil || tok.SID == "" {
+	if err := json.Unmarshal(a.Body, &tok); err != nil || tok.SID == "" {
 		return fmt.Errorf("requestToken answered %s", a)
 	}
 	gotSID(tok.SID)
@@ -184,7 +135,7 @@ func (c *client) addEmail(ctx context.Context, sink *fakes.SMTPSink, u user, add
 	var uia struct {
 		Session string `json:"session"`
 	}
-	if err := json.Unmarshal(a.body, &uia); err != nil || uia.Session == "" {
+	if err := json.Unmarshal(a.Body, &uia); err != nil || uia.Session == "" {
 		return fmt.Errorf("/add without auth answered %s", a)
 	}
 	body["auth"] = map[string]any{
@@ -237,7 +188,7 @@ func (c *client) unbind(ctx context.Context, u user, address string) error {
 	if err != nil {
 		return err
 	}
-	if !bytes.Contains(a.body, []byte(`"success"`)) {
+	if !bytes.Contains(a.Body, []byte(`"success"`)) {
 		return fmt.Errorf("unbind of %s answered %s", address, a)
 	}
 	return nil
@@ -265,7 +216,7 @@ func (c *client) threepids(ctx context.Context, u user) (map[string]bool, error)
 			Address string `json:"address"`
 		} `json:"threepids"`
 	}
-	if err := json.Unmarshal(a.body, &list); err != nil {
+	if err := json.Unmarshal(a.Body, &list); err != nil {
 		return nil, fmt.Errorf("GET /account/3pid answered %s", a)
 	}
 	out := make(map[string]bool, len(list.Threepids))

@@ -14,6 +14,7 @@ import (
 	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // Knobs of the SIGKILL test.
@@ -125,7 +126,7 @@ func TestSIGKILL(t *testing.T) {
 	cycles, seed := cyclesFromEnv(t), seedFromEnv(t)
 	for _, b := range storagetest.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			threepiddBinary(t) // not part of the timing
+			support.ThreepiddBinary(t) // not part of the timing
 			runCycles(t, b, cycles, seed)
 		})
 	}

@@ -3,6 +3,5 @@
 // of what it acknowledged and keeps nothing half-written; the unbind outbox
 // resumes after a kill; a Postgres that drops away (cut by a TCP proxy) gives
 // bounded Matrix errors and threepidd recovers without a restart. The package
-// holds only tests, and the raceEnabled constant that tells them whether to
-// build the binary with -race too.
+// holds only tests.
 package crash

@@ -42,7 +42,7 @@ func TestUnbindOutboxAfterSIGKILL(t *testing.T) {
 			var res struct {
 				Result string `json:"id_server_unbind_result"`
 			}
-			if err := json.Unmarshal(a.body, &res); err != nil || res.Result != "no-support" {
+			if err := json.Unmarshal(a.Body, &res); err != nil || res.Result != "no-support" {
 				t.Fatalf("unbind with the identity server down answered %s, want no-support", a)
 			}
 			if got := adminBindings(ctx, t, c, u); len(got) != 1 || got[0] != address {
@@ -96,7 +96,7 @@ func adminBindings(ctx context.Context, t *testing.T, c *client, u user) []strin
 			Address string `json:"address"`
 		} `json:"bindings"`
 	}
-	if err := json.Unmarshal(a.body, &body); err != nil {
+	if err := json.Unmarshal(a.Body, &body); err != nil {
 		t.Fatalf("admin API answered %s", a)
 	}
 	out := make([]string, 0, len(body.Bindings))

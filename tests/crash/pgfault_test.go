@@ -1,11 +1,9 @@
 package crash
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/url"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
 	"github.com/threepidd/threepidd/tests/pgproxy"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // Bounds of the Postgres fault test.
@@ -49,45 +48,17 @@ type recorder struct {
 	obs []observation
 }
 
-func (r *recorder) observe(method, path string, began time.Time, a answer, err error) {
+func (r *recorder) observe(method, path string, began time.Time, a support.Response, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.obs = append(r.obs, observation{method: method, path: strings.SplitN(path, "?", 2)[0], began: began,
-		ended: time.Now(), status: a.status, errCode: a.errCode(), err: err})
+		ended: time.Now(), status: a.Status, errCode: a.ErrCode(), err: err})
 }
 
 func (r *recorder) all() []observation {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]observation(nil), r.obs...)
-}
-
-// logCapture is a slog handler's buffer, safe for concurrent writes.
-type logCapture struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logCapture) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logCapture) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// captureLogs sends the default slog logger to a buffer until t ends.
-func captureLogs(t *testing.T) *logCapture {
-	t.Helper()
-	c := &logCapture{}
-	prev := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(c, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	t.Cleanup(func() { slog.SetDefault(prev) })
-	return c
 }
 
 // postgresBackend returns a fresh Postgres schema, skipping the test when
@@ -130,7 +101,7 @@ func TestPostgresFaults(t *testing.T) {
 	if proxied.DSN, err = proxy.DSN(pg.DSN); err != nil {
 		t.Fatal(err)
 	}
-	logs := captureLogs(t)
+	logs := support.CaptureLogs(t)
 	e := harness.Start(t, proxied, harness.Options{})
 	other := storagetest.Open(t, pg) // another instance, straight to the database
 	admin, err := sql.Open("pgx", pg.DSN)
@@ -288,7 +259,7 @@ func waitHealth(ctx context.Context, t *testing.T, c *client, status int, bound 
 		if took := time.Since(began); took > answerBound {
 			t.Errorf("/health took %v", took)
 		}
-		if err == nil && a.status == status {
+		if err == nil && a.Status == status {
 			return time.Now()
 		}
 		if time.Now().After(deadline) {

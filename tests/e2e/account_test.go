@@ -2,13 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
 	"github.com/threepidd/threepidd/threepid"
@@ -226,45 +229,438 @@ func waitMails(t *testing.T, e *harness.Env, n int) []string {
 	return links
 }
 
-// TestSpentSessionReplay: a sid/client_secret that added a 3PID cannot add it again.
-func TestSpentSessionReplay(t *testing.T) {
+// TestRequestTokenInput: every field of both requestToken bodies, under v3
+// and r0. Refused requests send nothing.
+func TestRequestTokenInput(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
-		u := e.NewUser("erin")
-		sid := e.ValidateEmail(t, "sec", "erin@example.org")
-		harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 200, "")
-		harness.Expect(t, e.Do("POST", "/_matrix/client/v3/account/3pid/delete", u.Token, map[string]any{"medium": "email", "address": "erin@example.org"}), 200, "")
-		harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 400, "M_THREEPID_AUTH_FAILED")
-		if list := e.Threepids(t, u); len(list) != 0 {
-			t.Fatalf("replayed session added %v", list)
+		emailBase := map[string]any{"client_secret": "input", "email": "input@example.org", "send_attempt": 1}
+		msisdnBase := map[string]any{"client_secret": "input", "country": "GB", "phone_number": "07700900123", "send_attempt": 1}
+		common := func(base map[string]any) []probe {
+			ps := append([]probe{}, nonObjects...)
+			ps = append(ps, fieldProbes(base, "client_secret", badStrings)...)
+			ps = append(ps, fieldProbes(base, "send_attempt", badInts)...)
+			for _, s := range badSecrets {
+				ps = append(ps, probe{"client_secret " + s.name, withField(base, "client_secret", s.value), 400, "M_INVALID_PARAM"})
+			}
+			for _, v := range []struct{ name, value string }{
+				{"javascript", "javascript:alert(1)"},
+				{"data", "data:text/html,<script>alert(1)</script>"},
+				{"file", "file:///etc/passwd"},
+				{"relative", "/done"},
+				{"scheme-relative", "//evil.example/done"},
+				{"no host", "https://"},
+				{"not a URL", "http://a b"},
+				{"too long", "https://app.example/" + strings.Repeat("a", 2100)},
+			} {
+				ps = append(ps, probe{"next_link " + v.name, withField(base, "next_link", v.value), 400, "M_INVALID_PARAM"})
+			}
+			for _, bt := range badStrings {
+				ps = append(ps, probe{"next_link " + bt.name, withField(base, "next_link", bt.value), 400, "M_BAD_JSON"})
+			}
+			return ps
+		}
+		emailProbes := append(common(emailBase), fieldProbes(emailBase, "email", badStrings)...)
+		for _, v := range []struct{ name, value string }{
+			{"empty", ""}, {"blank", "   "}, {"no @", "input.example.org"}, {"two @", "a@b@example.org"},
+			{"only @", "@"}, {"too short", "a@"}, {"too long", strings.Repeat("a", 490) + "@example.org"},
+		} {
+			emailProbes = append(emailProbes, probe{"email " + v.name, withField(emailBase, "email", v.value), 400, "M_INVALID_PARAM"})
+		}
+		msisdnProbes := append(common(msisdnBase), fieldProbes(msisdnBase, "country", badStrings)...)
+		msisdnProbes = append(msisdnProbes, fieldProbes(msisdnBase, "phone_number", badStrings)...)
+		for _, v := range []struct{ name, value string }{
+			{"lower case", "gb"}, {"one letter", "G"}, {"three letters", "GBR"}, {"digits", "44"}, {"empty", ""}, {"unknown region", "ZZ"},
+		} {
+			msisdnProbes = append(msisdnProbes, probe{"country " + v.name, withField(msisdnBase, "country", v.value), 400, "M_INVALID_PARAM"})
+		}
+		for _, v := range []struct{ name, value string }{
+			{"empty", ""}, {"letters", "call me"}, {"plus only", "+"}, {"one digit", "7"}, {"huge", strings.Repeat("7", 300)},
+		} {
+			msisdnProbes = append(msisdnProbes, probe{"phone_number " + v.name, withField(msisdnBase, "phone_number", v.value), 400, "M_INVALID_PARAM"})
+		}
+		for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+			t.Run(prefix, func(t *testing.T) {
+				t.Run("email", func(t *testing.T) { runProbes(t, e, prefix+"/account/3pid/email/requestToken", "", emailProbes) })
+				t.Run("msisdn", func(t *testing.T) { runProbes(t, e, prefix+"/account/3pid/msisdn/requestToken", "", msisdnProbes) })
+			})
+		}
+		if n := len(e.SMTP.Mails()); n != 0 {
+			t.Fatalf("refused requests sent %d mails", n)
+		}
+		if n := len(e.SMS.Messages()); n != 0 {
+			t.Fatalf("refused requests sent %d SMS", n)
+		}
+
+		// The edges of what is accepted.
+		allSecretChars := "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.=_-"
+		t.Run("accepted", func(t *testing.T) {
+			runProbes(t, e, "/_matrix/client/v3/account/3pid/email/requestToken", "", []probe{
+				{"255-char secret", withField(emailBase, "client_secret", strings.Repeat("s", 255)), 200, ""},
+				{"every secret character", withField(emailBase, "client_secret", allSecretChars), 200, ""},
+				{"send_attempt 0", withField(emailBase, "send_attempt", 0), 200, ""},
+				{"send_attempt negative", withField(emailBase, "send_attempt", -1), 200, ""},
+				{"send_attempt max int64", withField(emailBase, "send_attempt", json.RawMessage("9223372036854775807")), 200, ""},
+				{"next_link upper-case scheme", withField(emailBase, "next_link", "HTTPS://App.example/done?x=1#y"), 200, ""},
+				{"next_link null", withField(emailBase, "next_link", nil), 200, ""},
+				{"next_link empty", withField(emailBase, "next_link", ""), 200, ""},
+				{"unknown fields", withField(emailBase, "id_server", "id.example"), 200, ""},
+			})
+			runProbes(t, e, "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", []probe{
+				{"international number, other country", withField(withField(msisdnBase, "country", "US"), "phone_number", "+44 7700 900123"), 200, ""},
+				{"punctuation", withField(msisdnBase, "phone_number", "(07700) 900-123"), 200, ""},
+				{"Arabic-Indic digits", withField(msisdnBase, "phone_number", "٠٧٧٠٠٩٠٠١٢٣"), 200, ""},
+			})
+		})
+	})
+}
+
+// TestEmailAddresses: odd e-mail addresses. Synapse's canonical form
+// (trimmed, local part case-folded, domain lower-cased) is what is validated;
+// an address that is not a bare addr-spec mail can be sent to (a display
+// name, spaces, an empty domain) is the client's mistake, 400
+// M_INVALID_PARAM, never a 502 "try again later", and sends nothing.
+func TestEmailAddresses(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{})
+		const path = "/_matrix/client/v3/account/3pid/email/requestToken"
+		for i, c := range []struct {
+			name, email, mailedTo string // mailedTo "" when refused
+		}{
+			{"surrounding space", "  Trim@Example.ORG\t", "trim@example.org"},
+			{"unicode", "Ünïcödé@Exämple.org", "ünïcödé@exämple.org"},
+			{"sharp s folds", "Straße@example.org", "strasse@example.org"},
+			{"shortest", "a@b", "a@b"},
+			{"domain literal", "lit@[192.0.2.1]", "lit@[192.0.2.1]"},
+			{"space inside", "a b@example.org", ""},
+			{"CRLF inside", "a\r\nb@example.org", ""},
+			{"display name", "Name <named@example.org>", ""},
+			{"angle brackets", "<angle@example.org>", ""},
+			{"comment", "a(comment)@example.org", ""},
+			{"empty domain", "ab@", ""},
+			{"double dot", "a..b@example.org", ""},
+			{"header injection", "a\r\nBcc: evil@example.org", ""},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				before := len(e.SMTP.Mails())
+				r := e.Do("POST", path, "", map[string]any{"client_secret": "odd", "email": c.email, "send_attempt": i + 1})
+				if c.mailedTo == "" {
+					expectAnswer(t, r, 400, "M_INVALID_PARAM")
+					if n := len(e.SMTP.Mails()); n != before {
+						t.Fatalf("a refused address got %d mails", n-before)
+					}
+					return
+				}
+				expectAnswer(t, r, 200, "")
+				e.SMTP.WaitMail(t, c.mailedTo, 10*time.Second)
+			})
 		}
 	})
 }
 
-// TestTokenAttempts: after five wrong tokens even the right one is refused;
-// an expired token answers M_SESSION_EXPIRED.
-func TestTokenAttempts(t *testing.T) {
+// TestMediumNotSupported: a medium that is not configured.
+func TestMediumNotSupported(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{NoMSISDN: true, NoEmail: true})
+		r := e.Do("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", map[string]any{"client_secret": "x", "country": "GB", "phone_number": "07700900001", "send_attempt": 1})
+		harness.Expect(t, r, 400, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+		r = e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "x", "email": "a@example.org", "send_attempt": 1})
+		harness.Expect(t, r, 400, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+	})
+}
+
+// emailSession is a validation session started through requestToken.
+type emailSession struct {
+	sid, secret, token string
+}
+
+// startEmailSession requests a token for address and reads it from the mail.
+func startEmailSession(t *testing.T, e *harness.Env, secret, address string) emailSession {
+	t.Helper()
+	before := len(e.SMTP.Mails())
+	sid := e.RequestEmailToken(t, secret, address, 1)
+	var link string
+	deadline := time.Now().Add(10 * time.Second)
+	for link == "" && time.Now().Before(deadline) {
+		for _, m := range e.SMTP.Mails()[before:] {
+			if u, err := url.Parse(m.FirstLink()); err == nil && u.Query().Get("sid") == sid {
+				link = m.FirstLink()
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	u, err := url.Parse(link)
+	if err != nil || link == "" {
+		t.Fatalf("no mail for session %s", sid)
+	}
+	return emailSession{sid: sid, secret: secret, token: u.Query().Get("token")}
+}
+
+// submit posts the session's sid and secret with token to the e-mail submit_token.
+func (s emailSession) submit(t *testing.T, e *harness.Env, token string) harness.Response {
+	t.Helper()
+	return e.Do("POST", emailSubmitPath, "", map[string]any{"sid": s.sid, "client_secret": s.secret, "token": token})
+}
+
+// expectSuccessFalse fails unless an error body carries "success": false (the
+// spec's v1.18 submitToken errors).
+func expectSuccessFalse(t *testing.T, r harness.Response) {
+	t.Helper()
+	if got, ok := r.JSON(t)["success"]; !ok || got != false {
+		t.Fatalf("token error without \"success\": false: %s", r.Body)
+	}
+}
+
+// TestSubmitToken: the submit_token endpoints with bad bodies, unknown and
+// foreign sessions, wrong, expired and reused tokens; after five wrong tokens
+// even the right one is refused.
+func TestSubmitToken(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
-		sid := e.RequestEmailToken(t, "sec", "frank@example.org", 1)
-		link, _ := url.Parse(e.SMTP.WaitMail(t, "frank@example.org", 10*time.Second).FirstLink())
-		token := link.Query().Get("token")
-		if len(token) < 22 {
-			t.Fatalf("e-mail token %q carries fewer than 128 bits", token)
+		u := e.NewUser("submitter")
+		one := startEmailSession(t, e, "secret-one", "submit@example.org")
+		two := startEmailSession(t, e, "secret-two", "submit@example.org")
+		if one.sid == two.sid {
+			t.Fatal("two client secrets share a session")
 		}
-		submit := e.URL + "/_matrix/client/unstable/add_threepid/email/submit_token"
-		for i := 0; i < 5; i++ {
-			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": "wrong"}), 400, "M_TOKEN_INCORRECT")
-		}
-		harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": token}), 400, "M_TOKEN_INCORRECT")
-		// A wrong client_secret learns nothing about the session.
-		harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "other", "token": token}), 400, "M_INVALID_PARAM")
 
-		sid2 := e.RequestEmailToken(t, "sec2", "gina@example.org", 1)
-		past := time.Now().Add(-time.Minute).UnixMilli()
-		if err := e.Server.Store.UpdateSessionToken(context.Background(), sid2, threepid.HashToken("known-token"), 1, past); err != nil {
-			t.Fatal(err)
+		base := map[string]any{"sid": one.sid, "client_secret": one.secret, "token": "wrong"}
+		probes := append([]probe{}, nonObjects...)
+		for _, f := range []string{"sid", "client_secret", "token"} {
+			probes = append(probes, fieldProbes(base, f, badStrings)...)
 		}
-		harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid2, "client_secret": "sec2", "token": "known-token"}), 400, "M_SESSION_EXPIRED")
+		probes = append(probes,
+			probe{"unknown sid", withField(base, "sid", "nosuchsession"), 400, "M_INVALID_PARAM"},
+			probe{"empty sid", withField(base, "sid", ""), 400, "M_INVALID_PARAM"},
+			probe{"huge sid", withField(base, "sid", strings.Repeat("s", 10000)), 400, "M_INVALID_PARAM"},
+			// The right token under another client's secret: the same answer as
+			// an unknown sid, and no attempt counted.
+			probe{"secret of another session", map[string]any{"sid": one.sid, "client_secret": two.secret, "token": one.token}, 400, "M_INVALID_PARAM"},
+			probe{"empty secret", withField(base, "client_secret", ""), 400, "M_INVALID_PARAM"},
+		)
+		t.Run("email", func(t *testing.T) { runProbes(t, e, emailSubmitPath, "", probes) })
+		t.Run("e-mail session at the msisdn endpoint", func(t *testing.T) {
+			r := e.Do("POST", msisdnSubmitPath, "", map[string]any{"sid": one.sid, "client_secret": one.secret, "token": one.token})
+			expectAnswer(t, r, 400, "M_INVALID_PARAM")
+		})
+		t.Run("token of another session", func(t *testing.T) {
+			r := one.submit(t, e, two.token)
+			expectAnswer(t, r, 400, "M_TOKEN_INCORRECT")
+			expectSuccessFalse(t, r)
+		})
+		t.Run("wrong secret does not use up attempts", func(t *testing.T) {
+			for i := 0; i < 10; i++ {
+				r := e.Do("POST", emailSubmitPath, "", map[string]any{"sid": one.sid, "client_secret": "guess" + strconv.Itoa(i), "token": "x"})
+				expectAnswer(t, r, 400, "M_INVALID_PARAM")
+			}
+		})
+		t.Run("right token, twice", func(t *testing.T) {
+			for i := 0; i < 2; i++ {
+				r := one.submit(t, e, " "+one.token+"\n")
+				expectAnswer(t, r, 200, "")
+				if r.JSON(t)["success"] != true {
+					t.Fatalf("answer %s", r.Body)
+				}
+			}
+		})
+		t.Run("expired token", func(t *testing.T) {
+			s := startEmailSession(t, e, "secret-expired", "expired@example.org")
+			// Give the session a known token that expired a minute ago.
+			past := time.Now().Add(-time.Minute).UnixMilli()
+			if err := e.Server.Store.UpdateSessionToken(context.Background(), s.sid, threepid.HashToken("known-token"), 2, past); err != nil {
+				t.Fatal(err)
+			}
+			r := s.submit(t, e, "known-token")
+			expectAnswer(t, r, 400, "M_SESSION_EXPIRED")
+			expectSuccessFalse(t, r)
+			r = harness.Do(t, "GET", e.URL+emailSubmitPath+"?"+url.Values{"sid": {s.sid}, "client_secret": {s.secret}, "token": {"known-token"}}.Encode(), "", nil)
+			if r.Status != 400 || !strings.Contains(string(r.Body), "expired") {
+				t.Fatalf("GET with an expired token: %d %s", r.Status, r.Body)
+			}
+			// Not validated: /add refuses it.
+			expectAnswer(t, e.AddThreepid(t, u, s.sid, s.secret), 400, "M_THREEPID_AUTH_FAILED")
+		})
+		t.Run("GET link", func(t *testing.T) {
+			for _, q := range []url.Values{
+				{},
+				{"sid": {one.sid}},
+				{"sid": {one.sid}, "client_secret": {one.secret}, "token": {"<script>alert(1)</script>"}},
+				{"sid": {"<script>"}, "client_secret": {"<b>"}, "token": {"x"}},
+			} {
+				r := harness.Do(t, "GET", e.URL+emailSubmitPath+"?"+q.Encode(), "", nil)
+				if r.Status != 400 || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") ||
+					r.Header.Get("Content-Security-Policy") == "" || strings.Contains(string(r.Body), "<script>") || strings.Contains(string(r.Body), "<b>") {
+					t.Fatalf("GET ?%s: %d %v %s", q.Encode(), r.Status, r.Header, r.Body)
+				}
+			}
+		})
+		t.Run("reused after add", func(t *testing.T) {
+			expectAnswer(t, e.AddThreepid(t, u, one.sid, one.secret), 200, "")
+			expectAnswer(t, one.submit(t, e, one.token), 400, "M_INVALID_PARAM")
+			r := harness.Do(t, "GET", e.URL+emailSubmitPath+"?"+url.Values{"sid": {one.sid}, "client_secret": {one.secret}, "token": {one.token}}.Encode(), "", nil)
+			if r.Status != 400 {
+				t.Fatalf("the link of a spent session: %d %s", r.Status, r.Body)
+			}
+			expectListed(t, e, u, "email:submit@example.org")
+		})
+		submit := e.URL + emailSubmitPath
+		t.Run("five wrong tokens use the session up", func(t *testing.T) {
+			sid := e.RequestEmailToken(t, "sec", "frank@example.org", 1)
+			link, _ := url.Parse(e.SMTP.WaitMail(t, "frank@example.org", 10*time.Second).FirstLink())
+			token := link.Query().Get("token")
+			if len(token) < 22 {
+				t.Fatalf("e-mail token %q carries fewer than 128 bits", token)
+			}
+			for i := 0; i < 5; i++ {
+				harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": "wrong"}), 400, "M_TOKEN_INCORRECT")
+			}
+			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "sec", "token": token}), 400, "M_TOKEN_INCORRECT")
+			// A wrong client_secret learns nothing about the session.
+			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid, "client_secret": "other", "token": token}), 400, "M_INVALID_PARAM")
+		})
+		t.Run("expired token of a first send_attempt", func(t *testing.T) {
+			sid2 := e.RequestEmailToken(t, "sec2", "gina@example.org", 1)
+			past := time.Now().Add(-time.Minute).UnixMilli()
+			if err := e.Server.Store.UpdateSessionToken(context.Background(), sid2, threepid.HashToken("known-token"), 1, past); err != nil {
+				t.Fatal(err)
+			}
+			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid2, "client_secret": "sec2", "token": "known-token"}), 400, "M_SESSION_EXPIRED")
+		})
 	})
+}
+
+// TestAdd: /3pid/add with bad bodies (refused before user-interactive auth),
+// and, after it, sessions that are unknown, foreign, unvalidated, spent (also
+// once the 3PID was deleted again), stale or for a 3PID someone holds.
+// Nothing is written on a refusal.
+func TestAdd(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{})
+		alice, bob := e.NewUser("alice"), e.NewUser("bob")
+		for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+			t.Run(prefix, func(t *testing.T) {
+				base := map[string]any{"sid": "somesid", "client_secret": "somesecret"}
+				probes := append([]probe{}, nonObjects...)
+				probes = append(probes, fieldProbes(base, "sid", badStrings)...)
+				probes = append(probes, fieldProbes(base, "client_secret", badStrings)...)
+				for _, s := range badSecrets {
+					probes = append(probes,
+						probe{"client_secret " + s.name, withField(base, "client_secret", s.value), 400, "M_INVALID_PARAM"},
+						probe{"sid " + s.name, withField(base, "sid", s.value), 400, "M_INVALID_PARAM"})
+				}
+				relays := len(e.HS.RelayCalls())
+				runProbes(t, e, prefix+"/account/3pid/add", alice.Token, probes)
+				if n := len(e.HS.RelayCalls()) - relays; n != 0 {
+					t.Fatalf("bad bodies were relayed to the homeserver %d times", n)
+				}
+				expectAnswer(t, e.Do("POST", prefix+"/account/3pid/add", "", base), 401, "M_MISSING_TOKEN")
+			})
+		}
+
+		t.Run("unknown sid", func(t *testing.T) {
+			expectAnswer(t, e.AddThreepid(t, alice, "nosuchsession", "secret"), 400, "M_THREEPID_AUTH_FAILED")
+		})
+		t.Run("not validated", func(t *testing.T) {
+			s := startEmailSession(t, e, "unvalidated", "unvalidated@example.org")
+			expectAnswer(t, e.AddThreepid(t, alice, s.sid, s.secret), 400, "M_THREEPID_AUTH_FAILED")
+		})
+		t.Run("validated long ago", func(t *testing.T) {
+			old := time.Now().Add(-25 * time.Hour).UnixMilli()
+			err := e.Server.Store.CreateSession(context.Background(), storage.Session{
+				SID: "stalesession", ClientSecret: "stale", Medium: "email", Address: "stale@example.org",
+				TokenHash: threepid.HashToken("t"), SendAttempt: 1, ValidatedAt: old, ExpiresAt: old + 1, CreatedAt: old,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			expectAnswer(t, e.AddThreepid(t, alice, "stalesession", "stale"), 400, "M_THREEPID_AUTH_FAILED")
+		})
+		s := startEmailSession(t, e, "alice-secret", "Shared@Example.org")
+		expectAnswer(t, s.submit(t, e, s.token), 200, "")
+		bobs := startEmailSession(t, e, "bob-secret", "shared@example.org")
+		expectAnswer(t, bobs.submit(t, e, bobs.token), 200, "")
+		again := startEmailSession(t, e, "alice-again", "shared@example.org")
+		expectAnswer(t, again.submit(t, e, again.token), 200, "")
+		t.Run("another client's secret", func(t *testing.T) {
+			expectAnswer(t, e.AddThreepid(t, bob, s.sid, bobs.secret), 400, "M_THREEPID_AUTH_FAILED")
+			expectAnswer(t, e.AddThreepid(t, bob, s.sid, "nottheone"), 400, "M_THREEPID_AUTH_FAILED")
+			expectListed(t, e, bob)
+		})
+		t.Run("validated", func(t *testing.T) {
+			expectAnswer(t, e.AddThreepid(t, alice, s.sid, s.secret), 200, "")
+			expectListed(t, e, alice, "email:shared@example.org")
+		})
+		t.Run("twice", func(t *testing.T) {
+			expectAnswer(t, e.AddThreepid(t, alice, s.sid, s.secret), 400, "M_THREEPID_AUTH_FAILED")
+			expectListed(t, e, alice, "email:shared@example.org")
+		})
+		t.Run("already held, from a second session", func(t *testing.T) {
+			// As Synapse's upsert: 200, and the 3PID is listed once.
+			expectAnswer(t, e.AddThreepid(t, alice, again.sid, again.secret), 200, "")
+			expectListed(t, e, alice, "email:shared@example.org")
+			expectAnswer(t, e.AddThreepid(t, alice, again.sid, again.secret), 400, "M_THREEPID_AUTH_FAILED")
+		})
+		t.Run("held by another user", func(t *testing.T) {
+			expectAnswer(t, e.AddThreepid(t, bob, bobs.sid, bobs.secret), 400, "M_THREEPID_IN_USE")
+			expectListed(t, e, bob)
+			expectListed(t, e, alice, "email:shared@example.org")
+			r := e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "late", "email": "SHARED@example.org", "send_attempt": 1})
+			expectAnswer(t, r, 400, "M_THREEPID_IN_USE")
+		})
+		t.Run("replayed after a delete", func(t *testing.T) {
+			u := e.NewUser("erin")
+			sid := e.ValidateEmail(t, "sec", "erin@example.org")
+			harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 200, "")
+			harness.Expect(t, e.Do("POST", "/_matrix/client/v3/account/3pid/delete", u.Token, map[string]any{"medium": "email", "address": "erin@example.org"}), 200, "")
+			harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 400, "M_THREEPID_AUTH_FAILED")
+			if list := e.Threepids(t, u); len(list) != 0 {
+				t.Fatalf("replayed session added %v", list)
+			}
+		})
+	})
+}
+
+// TestUIARelay: no auth → the homeserver's 401 flows; a wrong password → the
+// homeserver's 401 M_FORBIDDEN passed back; an unvalidated session after a
+// right password → M_THREEPID_AUTH_FAILED; the caller keeps every device.
+func TestUIARelay(t *testing.T) {
+	for _, kind := range []string{"synapse", "dendrite"} {
+		t.Run(kind, func(t *testing.T) {
+			harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+				e := harness.Start(t, b, harness.Options{Kind: kind})
+				u := e.NewUser("uia")
+				other, _ := e.HS.Login(u.ID)
+				_ = other
+				devicesBefore := len(e.HS.Devices(u.ID))
+				sid := e.RequestEmailToken(t, "sec", "uia@example.org", 1)
+				r := e.Do("POST", "/_matrix/client/v3/account/3pid/add", u.Token, map[string]any{"sid": sid, "client_secret": "sec"})
+				harness.Expect(t, r, 401, "")
+				body := r.JSON(t)
+				if body["flows"] == nil || body["session"] == nil {
+					t.Fatalf("401 without flows/session: %s", r.Body)
+				}
+				bad := u.PasswordAuth(body["session"].(string))
+				bad["password"] = "wrong"
+				r = e.Do("POST", "/_matrix/client/v3/account/3pid/add", u.Token, map[string]any{"sid": sid, "client_secret": "sec", "auth": bad})
+				harness.Expect(t, r, 401, "M_FORBIDDEN")
+				// A thief with u's token and their own password gets nowhere.
+				thief := e.NewUser("thief")
+				r = e.Do("POST", "/_matrix/client/v3/account/3pid/add", u.Token, map[string]any{"sid": sid, "client_secret": "sec", "auth": thief.PasswordAuth(body["session"].(string))})
+				if r.Status != 401 && r.Status != 403 {
+					t.Fatalf("another user's password: %d %s", r.Status, r.Body)
+				}
+				r = e.Do("POST", "/_matrix/client/v3/account/3pid/add", u.Token, map[string]any{"sid": sid, "client_secret": "sec", "auth": u.PasswordAuth(body["session"].(string))})
+				harness.Expect(t, r, 400, "M_THREEPID_AUTH_FAILED")
+				if n := len(e.HS.Devices(u.ID)); n != devicesBefore {
+					t.Fatalf("devices %d -> %d", devicesBefore, n)
+				}
+				if !e.HS.TokenValid(u.Token) {
+					t.Fatal("the caller's token was revoked by the relay")
+				}
+				if n := e.HS.DeleteDevicesCalls(); n != 0 {
+					t.Fatalf("delete_devices called %d times", n)
+				}
+			})
+		})
+	}
 }

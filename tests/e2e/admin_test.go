@@ -13,12 +13,8 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 	"github.com/threepidd/threepidd/threepid"
-)
-
-const (
-	adminToken  = "adm-s3cret"
-	adminPrefix = "/_threepidd/admin/v1"
 )
 
 // adminYAML turns the admin API on and points both webhooks at receivers:
@@ -57,7 +53,7 @@ func waitEvents(t *testing.T, h *hook, want ...string) {
 	t.Helper()
 	slices.Sort(want)
 	var got []string
-	waitFor(t, "the events "+strings.Join(want, ", "), func() bool {
+	support.WaitFor(t, "the events "+strings.Join(want, ", "), func() bool {
 		got = got[:0]
 		for _, ev := range distinct(h.calls(), 200) {
 			got = append(got, strings.Join([]string{string(ev.Op), ev.UserID, ev.Address, ev.IDServer}, " "))
@@ -70,31 +66,158 @@ func waitEvents(t *testing.T, h *hook, want ...string) {
 	}
 }
 
-func TestAdminAuth(t *testing.T) {
-	routes := []struct{ method, path string }{
-		{"GET", adminPrefix + "/users/%40alice%3Ahs.test/threepids"},
-		{"GET", adminPrefix + "/threepids/email/alice%40example.org"},
-		{"DELETE", adminPrefix + "/users/%40alice%3Ahs.test/threepids/email/alice%40example.org"},
-		{"POST", adminPrefix + "/users/%40alice%3Ahs.test/deactivate"},
-	}
+// TestAdminRequests: the admin API's auth (and its absence without an
+// admin_token), user IDs and addresses in paths, and idempotent deactivation.
+// Refused requests change nothing.
+func TestAdminRequests(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{ExtraYAML: "admin_token: " + adminToken + "\n"})
-		alice := e.NewUser("alice")
-		e.AddEmail(t, alice, "alice@example.org")
-		for _, rt := range routes {
-			harness.Expect(t, e.Do(rt.method, rt.path, "", nil), 401, "M_MISSING_TOKEN")
-			harness.Expect(t, e.Do(rt.method, rt.path, "not-"+adminToken, nil), 403, "M_FORBIDDEN")
-			// A user's access token is no admin token either.
-			harness.Expect(t, e.Do(rt.method, rt.path, alice.Token, nil), 403, "M_FORBIDDEN")
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: "admin_token: " + adminToken + "\n"})
+		alice, bob := e.NewUser("adm-alice"), e.NewUser("adm-bob")
+		e.AddEmail(t, alice, "adm-alice@example.org")
+		e.AddEmail(t, bob, "adm-bob@example.org")
+		harness.Expect(t, e.Bind(t, alice, 0, "email", "adm-alice@example.org"), 200, "")
+		carol := e.NewUser("alice")
+		e.AddEmail(t, carol, "alice@example.org")
+		aliceAt := adminPrefix + "/users/%40adm-alice%3Ahs.test"
+		state := func() string {
+			return fmt.Sprint(e.Threepids(t, alice), e.Threepids(t, bob), e.BindingsOf(t, alice, "adm-alice@example.org"), e.Threepids(t, carol))
 		}
-		if list := e.Threepids(t, alice); len(list) != 1 {
-			t.Fatalf("refused admin calls changed the 3PIDs: %v", list)
+		routes := []struct{ method, path string }{
+			{"GET", aliceAt + "/threepids"},
+			{"GET", adminPrefix + "/threepids/email/adm-alice%40example.org"},
+			{"DELETE", aliceAt + "/threepids/email/adm-alice%40example.org"},
+			{"POST", aliceAt + "/deactivate"},
+			{"GET", adminPrefix + "/users/%40alice%3Ahs.test/threepids"},
+			{"GET", adminPrefix + "/threepids/email/alice%40example.org"},
+			{"DELETE", adminPrefix + "/users/%40alice%3Ahs.test/threepids/email/alice%40example.org"},
+			{"POST", adminPrefix + "/users/%40alice%3Ahs.test/deactivate"},
 		}
 
-		off := harness.Start(t, b, harness.Options{})
-		for _, rt := range routes {
-			harness.Expect(t, off.Do(rt.method, rt.path, adminToken, nil), 404, "M_UNRECOGNIZED")
-		}
+		t.Run("auth", func(t *testing.T) {
+			before := state()
+			for _, h := range []struct {
+				header  string
+				status  int
+				errcode string
+			}{
+				{"", 401, "M_MISSING_TOKEN"},
+				{"Bearer", 401, "M_MISSING_TOKEN"},
+				{"Bearer ", 401, "M_MISSING_TOKEN"},
+				{"Basic " + adminToken, 401, "M_MISSING_TOKEN"},
+				{adminToken, 401, "M_MISSING_TOKEN"},
+				{"Bearer " + adminToken + "x", 403, "M_FORBIDDEN"},
+				{"Bearer " + strings.ToUpper(adminToken), 403, "M_FORBIDDEN"},
+				{"Bearer " + adminToken[:len(adminToken)-1], 403, "M_FORBIDDEN"},
+				{"Bearer not-" + adminToken, 403, "M_FORBIDDEN"},
+				// A user's access token is no admin token either.
+				{"Bearer " + alice.Token, 403, "M_FORBIDDEN"},
+				{"Bearer " + carol.Token, 403, "M_FORBIDDEN"},
+			} {
+				for _, rt := range routes {
+					headers := map[string]string{}
+					if h.header != "" {
+						headers["Authorization"] = h.header
+					}
+					harness.Expect(t, harness.DoHeaders(t, rt.method, e.URL+rt.path, "", headers), h.status, h.errcode)
+				}
+			}
+			if after := state(); after != before {
+				t.Fatalf("state changed: %s -> %s", before, after)
+			}
+		})
+
+		t.Run("off without an admin token", func(t *testing.T) {
+			off := harness.Start(t, b, harness.Options{})
+			for _, rt := range routes {
+				harness.Expect(t, off.Do(rt.method, rt.path, adminToken, nil), 404, "M_UNRECOGNIZED")
+			}
+		})
+
+		t.Run("bad paths", func(t *testing.T) {
+			before := state()
+			for _, c := range []struct {
+				method, path string
+				status       int
+				errcode      string
+			}{
+				{"GET", "/users/adm-alice/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40adm-alice/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40%3Ahs.test/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%2540adm-alice%253Ahs.test/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40adm-alice%3Ahs.test%3A8448/threepids", 400, "M_INVALID_PARAM"},
+				{"GET", "/users/%40adm-alice%3Aother.test/threepids", 400, "M_INVALID_PARAM"},
+				{"POST", "/users/%40adm-alice%3Aother.test/deactivate", 400, "M_INVALID_PARAM"},
+				{"DELETE", "/users/%40adm-bob%3Aother.test/threepids/email/adm-bob%40example.org", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/phone/447700900123", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/EMAIL/adm-alice%40example.org", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/email/adm-alice", 400, "M_INVALID_PARAM"},
+				{"GET", "/threepids/msisdn/%2B44%20abc", 400, "M_INVALID_PARAM"},
+				{"DELETE", "/users/%40adm-alice%3Ahs.test/threepids/phone/adm-alice%40example.org", 400, "M_INVALID_PARAM"},
+				{"DELETE", "/users/%40adm-bob%3Ahs.test/threepids/email/adm-alice%40example.org", 404, "M_NOT_FOUND"},
+				{"DELETE", "/users/%40adm-alice%3Ahs.test/threepids/email/adm-alice%40example.org.evil", 404, "M_NOT_FOUND"},
+				{"GET", "/threepids/email/nobody%40example.org", 404, "M_NOT_FOUND"},
+				{"POST", "/users/%40adm-alice%3Ahs.test/threepids", 405, "M_UNRECOGNIZED"},
+				{"GET", "/users/%40adm-alice%3Ahs.test/deactivate", 405, "M_UNRECOGNIZED"},
+				{"GET", "/users/%40adm-alice%3Ahs.test/threepids/", 404, "M_UNRECOGNIZED"},
+				{"GET", "/users/%40adm-alice%3Ahs.test/threepids/email", 404, "M_UNRECOGNIZED"},
+			} {
+				harness.Expect(t, e.Do(c.method, adminPrefix+c.path, adminToken, nil), c.status, c.errcode)
+			}
+			if after := state(); after != before {
+				t.Fatalf("state changed: %s -> %s", before, after)
+			}
+		})
+
+		t.Run("user IDs and addresses in any encoding", func(t *testing.T) {
+			for _, path := range []string{"/users/%40adm-alice%3Ahs.test/threepids", "/users/@adm-alice:hs.test/threepids", "/users/%40adm-alice:hs.test/threepids"} {
+				r := e.Do("GET", adminPrefix+path, adminToken, nil)
+				harness.Expect(t, r, 200, "")
+				if tps, _ := r.JSON(t)["threepids"].([]any); len(tps) != 1 {
+					t.Fatalf("%s: %s", path, r.Body)
+				}
+			}
+			// A user ID with an encoded "/" is one path segment; a user
+			// unknown to threepidd simply holds nothing.
+			r := e.Do("GET", adminPrefix+"/users/%40a%2Fb%3Ahs.test/threepids", adminToken, nil)
+			harness.Expect(t, r, 200, "")
+			if string(r.Body) != `{"bindings":[],"threepids":[]}` {
+				t.Fatalf("unknown user: %s", r.Body)
+			}
+			for _, address := range []string{"adm-alice%40example.org", "ADM-Alice%40EXAMPLE.ORG", "%20adm-alice%40example.org%20", "adm-alice@Example.org"} {
+				r := e.Do("GET", adminPrefix+"/threepids/email/"+address, adminToken, nil)
+				harness.Expect(t, r, 200, "")
+				if got := r.JSON(t)["user_id"]; got != alice.ID {
+					t.Fatalf("%s: owner %v", address, got)
+				}
+			}
+		})
+
+		t.Run("delete with a non-canonical address", func(t *testing.T) {
+			r := e.Do("DELETE", adminPrefix+"/users/%40adm-bob%3Ahs.test/threepids/email/%20ADM-BOB%40Example.Org", adminToken, nil)
+			harness.Expect(t, r, 200, "")
+			if string(r.Body) != "{}" || len(e.Threepids(t, bob)) != 0 {
+				t.Fatalf("answer %s, bob holds %v", r.Body, e.Threepids(t, bob))
+			}
+		})
+
+		t.Run("deactivate is idempotent", func(t *testing.T) {
+			for i, want := range []string{"success", "success"} {
+				r := e.Do("POST", aliceAt+"/deactivate", adminToken, nil)
+				if got := unbindResult(t, r); got != want {
+					t.Fatalf("deactivate #%d: %s", i+1, got)
+				}
+				if len(e.Threepids(t, alice)) != 0 || len(e.BindingsOf(t, alice, "adm-alice@example.org")) != 0 {
+					t.Fatalf("after deactivate #%d alice holds %v", i+1, e.Threepids(t, alice))
+				}
+			}
+			if calls := e.IS[0].UnbindCalls(); len(calls) != 1 {
+				t.Fatalf("%d unbind calls, want 1", len(calls))
+			}
+			r := e.Do("POST", adminPrefix+"/users/%40never%3Ahs.test/deactivate", adminToken, []byte(`not json`))
+			if got := unbindResult(t, r); got != "success" {
+				t.Fatalf("deactivate of an unknown user: %s", got)
+			}
+		})
 	})
 }
 

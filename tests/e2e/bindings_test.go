@@ -1,16 +1,16 @@
 package e2e
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/threepid"
 )
-
-const unbindPath = "/_matrix/client/v3/account/3pid/unbind"
-const deletePath = "/_matrix/client/v3/account/3pid/delete"
 
 // TestBindUnbind: bind → the IS holds it and threepidd recorded it → unbind
 // without id_server → success, the IS verified our signature, record gone.
@@ -107,73 +107,6 @@ func TestDeleteUnbindsBothAndOutbox(t *testing.T) {
 	})
 }
 
-// TestUnbindAnswers: 501 plain → no-support; a Matrix error reaches the client
-// on /unbind (and is no-support on /delete); an unconfigured id_server → 400
-// M_SERVER_NOT_TRUSTED with no outgoing request.
-func TestUnbindAnswers(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
-		u := e.NewUser("answers")
-		harness.Expect(t, e.Bind(t, u, 0, "email", "a1@example.org"), 200, "")
-		e.IS[0].SetMode(fakes.IdentityServerMatrixForbidden)
-		r := e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org"})
-		harness.Expect(t, r, 403, "M_FORBIDDEN")
-		r = e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org"})
-		harness.Expect(t, r, 200, "")
-		if got := r.JSON(t)["id_server_unbind_result"]; got != "no-support" {
-			t.Fatalf("delete with a Matrix error: %v", got)
-		}
-		e.IS[0].SetMode(fakes.IdentityServerUnauthorized401)
-		r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": e.IS[0].Name()})
-		harness.Expect(t, r, 403, "M_FORBIDDEN")
-		e.IS[0].SetMode(fakes.IdentityServerFail501Plain)
-		r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": e.IS[0].Name()})
-		harness.Expect(t, r, 200, "")
-		if got := r.JSON(t)["id_server_unbind_result"]; got != "no-support" {
-			t.Fatalf("501: %v", got)
-		}
-		if got := e.BindingsOf(t, u, "a1@example.org"); len(got) != 0 {
-			t.Fatalf("501 kept the record: %v", got)
-		}
-		before := len(e.IS[0].UnbindCalls())
-		r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": "evil.example"})
-		harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
-		r = e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": "127.0.0.1:1"})
-		harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
-		e.IS[0].SetMode(fakes.IdentityServerNormal)
-		r = e.Bind(t, u, 0, "email", "x@example.org")
-		harness.Expect(t, r, 200, "")
-		r = e.Do("POST", "/_matrix/client/v3/account/3pid/bind", u.Token, map[string]any{
-			"client_secret": "x", "id_server": "evil.example", "id_access_token": "t", "sid": "s"})
-		harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
-		if n := len(e.IS[0].UnbindCalls()); n != before {
-			t.Fatalf("untrusted id_server caused %d calls", n-before)
-		}
-		r = e.Do("POST", "/_matrix/client/v3/account/3pid/bind", u.Token, map[string]any{
-			"client_secret": "x", "id_server": e.IS[0].Name(), "id_access_token": nil, "sid": "s"})
-		harness.Expect(t, r, 400, "M_MISSING_PARAM")
-	})
-}
-
-// TestBindBadAssociation: a bind answer with a bad or missing signature (or for
-// another user) records nothing and is an error.
-func TestBindBadAssociation(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
-		u := e.NewUser("badsig")
-		for _, mode := range []fakes.IdentityServerMode{fakes.IdentityServerBadSignature, fakes.IdentityServerNoSignature, fakes.IdentityServerWrongMXID, fakes.IdentityServerExpired} {
-			e.IS[0].SetMode(mode)
-			r := e.Bind(t, u, 0, "email", "badsig@example.org")
-			if r.Status < 400 || r.ErrCode() == "" {
-				t.Fatalf("%v: got %d %s", mode, r.Status, r.Body)
-			}
-			if got := e.BindingsOf(t, u, "badsig@example.org"); len(got) != 0 {
-				t.Fatalf("%v: recorded %v", mode, got)
-			}
-		}
-	})
-}
-
 // TestBindTakeover: when B binds a 3PID A was bound to on the same IS, A's
 // record is dropped and A is notified.
 func TestBindTakeover(t *testing.T) {
@@ -195,30 +128,319 @@ func TestBindTakeover(t *testing.T) {
 	})
 }
 
-// TestCannotTouchOthers: one user cannot unbind or delete another user's 3PID.
-func TestCannotTouchOthers(t *testing.T) {
+// TestBindRefused: /3pid/bind and the deprecated POST /account/3pid with bad
+// bodies and an untrusted id_server (nothing dialled), then every kind of
+// identity-server failure, a bind answer with a bad or missing signature (or
+// for another user) included: never a forwarded 401 or token errcode, nothing
+// recorded.
+func TestBindRefused(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
-		owner, other := e.NewUser("owner"), e.NewUser("intruder")
-		e.AddEmail(t, owner, "mine@example.org")
-		harness.Expect(t, e.Bind(t, owner, 0, "email", "mine@example.org"), 200, "")
-		r := e.Do("POST", deletePath, other.Token, map[string]any{"medium": "email", "address": "mine@example.org"})
-		harness.Expect(t, r, 200, "")
-		if got := r.JSON(t)["id_server_unbind_result"]; got != "no-support" {
-			t.Fatalf("delete by another user: %v", got)
+		u := e.NewUser("binder")
+		is := e.IS[0]
+		base := map[string]any{"client_secret": "bind-secret", "id_server": is.Name(), "id_access_token": "idtoken", "sid": "bindsid"}
+		probes := append([]probe{}, nonObjects...)
+		for _, f := range []string{"client_secret", "id_server", "id_access_token", "sid"} {
+			probes = append(probes, fieldProbes(base, f, badStrings)...)
 		}
-		r = e.Do("POST", unbindPath, other.Token, map[string]any{"medium": "email", "address": "mine@example.org"})
-		harness.Expect(t, r, 200, "")
-		// Naming the IS sends an unbind for the intruder's own mxid, which the IS refuses to apply to the owner.
-		e.Do("POST", unbindPath, other.Token, map[string]any{"medium": "email", "address": "mine@example.org", "id_server": e.IS[0].Name()})
-		if len(e.Threepids(t, owner)) != 1 {
-			t.Fatal("another user deleted the owner's 3PID")
+		for _, s := range badSecrets {
+			probes = append(probes,
+				probe{"client_secret " + s.name, withField(base, "client_secret", s.value), 400, "M_INVALID_PARAM"},
+				probe{"sid " + s.name, withField(base, "sid", s.value), 400, "M_INVALID_PARAM"})
 		}
-		if got := e.BindingsOf(t, owner, "mine@example.org"); len(got) != 1 {
-			t.Fatalf("owner's binding record: %v", got)
+		probes = append(probes, probe{"id_access_token huge", withField(base, "id_access_token", strings.Repeat("t", 5000)), 400, "M_INVALID_PARAM"})
+		for _, v := range []string{"", "evil.example", "127.0.0.1:1", strings.ToUpper(is.Name()), is.Name() + ":443", is.URL()} {
+			probes = append(probes, probe{"id_server " + strconv.Quote(v), withField(base, "id_server", v), 400, "M_SERVER_NOT_TRUSTED"})
 		}
-		if e.IS[0].Bindings()["mine@example.org"] != owner.ID {
-			t.Fatal("the IS dropped the owner's binding")
+		legacy := []probe{
+			{"three_pid_creds absent", map[string]any{"bind": true}, 400, "M_MISSING_PARAM"},
+			{"three_pid_creds null", map[string]any{"three_pid_creds": nil}, 400, "M_MISSING_PARAM"},
+			{"three_pid_creds string", map[string]any{"three_pid_creds": "x"}, 400, "M_BAD_JSON"},
+			{"three_pid_creds array", map[string]any{"three_pid_creds": []any{base}}, 400, "M_BAD_JSON"},
+			{"inner sid number", map[string]any{"three_pid_creds": withField(base, "sid", 5)}, 400, "M_BAD_JSON"},
+			{"inner id_access_token null", map[string]any{"three_pid_creds": withField(base, "id_access_token", nil)}, 400, "M_MISSING_PARAM"},
+			{"inner untrusted", map[string]any{"three_pid_creds": withField(base, "id_server", "evil.example")}, 400, "M_SERVER_NOT_TRUSTED"},
+		}
+		for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+			t.Run(prefix, func(t *testing.T) {
+				runProbes(t, e, prefix+"/account/3pid/bind", u.Token, probes)
+				runProbes(t, e, prefix+"/account/3pid", u.Token, legacy)
+			})
+		}
+		if n := is.BindCalls() + is.ValidatedCalls(); n != 0 {
+			t.Fatalf("refused binds reached the identity server %d times", n)
+		}
+
+		bind := func(t *testing.T, accessToken string, tamper func(sid, secret string) (string, string)) harness.Response {
+			t.Helper()
+			secret := "s-" + threepid.NewSID()[:8]
+			sid := is.AddValidatedSession("email", "failing@example.org", secret, "good-token")
+			sid, secret = tamper(sid, secret)
+			return e.Do("POST", "/_matrix/client/v3/account/3pid/bind", u.Token, map[string]any{
+				"client_secret": secret, "id_server": is.Name(), "id_access_token": accessToken, "sid": sid})
+		}
+		same := func(sid, secret string) (string, string) { return sid, secret }
+		for _, c := range []struct {
+			name        string
+			mode        fakes.IdentityServerMode
+			accessToken string
+			tamper      func(sid, secret string) (string, string)
+			// status 0: any error status with an errcode.
+			status  int
+			errcode string
+		}{
+			{"wrong id_access_token", fakes.IdentityServerNormal, "bad-token", same, 403, "M_FORBIDDEN"},
+			{"empty id_access_token", fakes.IdentityServerNormal, "", same, 403, "M_FORBIDDEN"},
+			{"unknown session", fakes.IdentityServerNormal, "good-token", func(string, string) (string, string) { return "nosuchsid", "x" }, 404, "M_NO_VALID_SESSION"},
+			{"wrong secret", fakes.IdentityServerNormal, "good-token", func(sid, _ string) (string, string) { return sid, "wrong" }, 404, "M_NO_VALID_SESSION"},
+			{"401 M_UNKNOWN_TOKEN", fakes.IdentityServerUnauthorized401, "good-token", same, 403, "M_FORBIDDEN"},
+			{"403", fakes.IdentityServerMatrixForbidden, "good-token", same, 403, "M_FORBIDDEN"},
+			{"500", fakes.IdentityServerFail500, "good-token", same, 500, "M_UNKNOWN"},
+			{"501 plain", fakes.IdentityServerFail501Plain, "good-token", same, 502, "M_UNKNOWN"},
+			{"bad signature", fakes.IdentityServerBadSignature, "good-token", same, 502, "M_UNKNOWN"},
+			{"wrong mxid", fakes.IdentityServerWrongMXID, "good-token", same, 502, "M_UNKNOWN"},
+			{"no signature", fakes.IdentityServerNoSignature, "good-token", same, 0, ""},
+			{"expired", fakes.IdentityServerExpired, "good-token", same, 0, ""},
+			{"timeout", fakes.IdentityServerHang, "good-token", same, 504, "M_UNKNOWN"},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				is.SetMode(c.mode)
+				defer is.SetMode(fakes.IdentityServerNormal)
+				r := bind(t, c.accessToken, c.tamper)
+				if c.status == 0 {
+					if r.Status < 400 || r.ErrCode() == "" {
+						t.Fatalf("got %d %s", r.Status, r.Body)
+					}
+				} else {
+					expectAnswer(t, r, c.status, c.errcode)
+				}
+				if got := e.BindingsOf(t, u, "failing@example.org"); len(got) != 0 {
+					t.Fatalf("recorded %v", got)
+				}
+			})
+		}
+		t.Run("unreachable", func(t *testing.T) {
+			is.Stop()
+			defer is.Start()
+			expectAnswer(t, bind(t, "good-token", same), 502, "M_UNKNOWN")
+			if got := e.BindingsOf(t, u, "failing@example.org"); len(got) != 0 {
+				t.Fatalf("recorded %v", got)
+			}
+		})
+		// An identity server that answers the address as the user typed it:
+		// the binding is recorded under the canonical address, so that unbind
+		// and delete (which canonicalise) find it.
+		t.Run("non-canonical address from the identity server", func(t *testing.T) {
+			expectAnswer(t, e.Bind(t, u, 0, "email", "Mixed.Case@Example.ORG"), 200, "")
+			if got := e.BindingsOf(t, u, "mixed.case@example.org"); len(got) != 1 {
+				t.Fatalf("binding records of the canonical address: %v", got)
+			}
+			calls := len(is.UnbindCalls())
+			r := e.Do("POST", "/_matrix/client/v3/account/3pid/unbind", u.Token, map[string]any{"medium": "email", "address": "mixed.case@example.org"})
+			if got := unbindResult(t, r); got != "success" || len(is.UnbindCalls()) != calls+1 {
+				t.Fatalf("unbind: %s after %d calls", got, len(is.UnbindCalls())-calls)
+			}
+		})
+	})
+}
+
+// TestDeleteUnbindRefused: /3pid/delete and /3pid/unbind with bad bodies, an
+// untrusted id_server and another user's 3PID. Nothing changes on a refusal
+// (checked through GET /account/3pid, the binding records and the identity
+// server), and another user's 3PID answers exactly as one nobody holds: one
+// user cannot unbind or delete another's.
+func TestDeleteUnbindRefused(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
+		owner, other := e.NewUser("owner"), e.NewUser("other")
+		e.AddEmail(t, owner, "kept@example.org")
+		expectAnswer(t, e.Bind(t, owner, 0, "email", "kept@example.org"), 200, "")
+		unchanged := func(t *testing.T) {
+			t.Helper()
+			expectListed(t, e, owner, "email:kept@example.org")
+			if got := e.BindingsOf(t, owner, "kept@example.org"); len(got) != 1 {
+				t.Fatalf("the owner's binding records: %v", got)
+			}
+			if e.IS[0].Bindings()["kept@example.org"] != owner.ID {
+				t.Fatal("the identity server lost the owner's binding")
+			}
+		}
+		base := map[string]any{"medium": "email", "address": "kept@example.org", "id_server": e.IS[0].Name()}
+		probes := append([]probe{}, nonObjects...)
+		probes = append(probes, fieldProbes(base, "medium", badStrings)...)
+		probes = append(probes, fieldProbes(base, "address", badStrings)...)
+		for _, bt := range badStrings {
+			probes = append(probes, probe{"id_server " + bt.name, withField(base, "id_server", bt.value), 400, "M_BAD_JSON"})
+		}
+		for _, v := range []jsonValue{{"fax", "fax"}, {"upper case", "EMAIL"}, {"empty", ""}} {
+			probes = append(probes, probe{"medium " + v.name, withField(base, "medium", v.value), 400, "M_INVALID_PARAM"})
+		}
+		for _, v := range []jsonValue{{"empty", ""}, {"no @", "kept.example.org"}, {"huge", strings.Repeat("k", 10000)}} {
+			probes = append(probes, probe{"address " + v.name, withField(base, "address", v.value), 400, "M_INVALID_PARAM"})
+		}
+		msisdn := withField(base, "medium", "msisdn")
+		for _, v := range []jsonValue{{"letters", "call me"}, {"e-mail", "kept@example.org"}, {"too long", strings.Repeat("4", 21)}, {"plus only", "+"}} {
+			probes = append(probes, probe{"msisdn " + v.name, withField(msisdn, "address", v.value), 400, "M_INVALID_PARAM"})
+		}
+		for _, v := range []jsonValue{{"unconfigured", "evil.example"}, {"loopback", "127.0.0.1:1"}, {"case variant", strings.ToUpper(e.IS[0].Name())}, {"too long", strings.Repeat("a", 300)}} {
+			code := "M_SERVER_NOT_TRUSTED"
+			if v.name == "too long" {
+				code = "M_INVALID_PARAM"
+			}
+			probes = append(probes, probe{"id_server " + v.name, withField(base, "id_server", v.value), 400, code})
+		}
+		for _, ep := range []string{"delete", "unbind"} {
+			for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+				t.Run(ep+prefix, func(t *testing.T) {
+					calls := len(e.IS[0].UnbindCalls())
+					runProbes(t, e, prefix+"/account/3pid/"+ep, owner.Token, probes)
+					if n := len(e.IS[0].UnbindCalls()) - calls; n != 0 {
+						t.Fatalf("refused requests sent %d unbinds", n)
+					}
+					unchanged(t)
+				})
+			}
+		}
+		t.Run("another user's 3PID", func(t *testing.T) {
+			for _, ep := range []string{"delete", "unbind"} {
+				calls := len(e.IS[0].UnbindCalls())
+				for _, address := range []string{"kept@example.org", "KEPT@Example.org", "nobody@example.org"} {
+					r := e.Do("POST", "/_matrix/client/v3/account/3pid/"+ep, other.Token, map[string]any{"medium": "email", "address": address})
+					if got := unbindResult(t, r); got != "no-support" {
+						t.Fatalf("%s of %s by another user: %s", ep, address, got)
+					}
+				}
+				if n := len(e.IS[0].UnbindCalls()) - calls; n != 0 {
+					t.Fatalf("%s of another user's 3PID sent %d unbinds", ep, n)
+				}
+				unchanged(t)
+			}
+		})
+		t.Run("another user's 3PID, the identity server named", func(t *testing.T) {
+			r := e.Do("POST", deletePath, other.Token, map[string]any{"medium": "email", "address": "kept@example.org"})
+			harness.Expect(t, r, 200, "")
+			if got := r.JSON(t)["id_server_unbind_result"]; got != "no-support" {
+				t.Fatalf("delete by another user: %v", got)
+			}
+			r = e.Do("POST", unbindPath, other.Token, map[string]any{"medium": "email", "address": "kept@example.org"})
+			harness.Expect(t, r, 200, "")
+			// Naming the IS sends an unbind for the intruder's own mxid, which the IS refuses to apply to the owner.
+			e.Do("POST", unbindPath, other.Token, map[string]any{"medium": "email", "address": "kept@example.org", "id_server": e.IS[0].Name()})
+			unchanged(t)
+		})
+		t.Run("no token", func(t *testing.T) {
+			expectAnswer(t, e.Do("POST", "/_matrix/client/v3/account/3pid/delete", "", base), 401, "M_MISSING_TOKEN")
+			expectAnswer(t, e.Do("POST", "/_matrix/client/v3/account/3pid/unbind", "bogus", base), 401, "M_UNKNOWN_TOKEN")
+			unchanged(t)
+		})
+	})
+}
+
+// TestUnbindAnswers: how /3pid/unbind and /3pid/delete report each kind of
+// identity-server answer (DESIGN.md, "Identity-server answers"): an identity
+// server's 401 never reaches the client as a 401; a Matrix error reaches the
+// client on /unbind and is no-support on /delete; 501 plain is no-support;
+// transient failures keep the record and answer no-support; delete always
+// removes the 3PID; an unconfigured id_server is 400 M_SERVER_NOT_TRUSTED with
+// no outgoing request.
+func TestUnbindAnswers(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
+		is := e.IS[0]
+		// First, before the cases below queue unbinds for retry: it counts
+		// the identity server's calls.
+		t.Run("one binding: a Matrix error, a 401, a 501; untrusted id_servers", func(t *testing.T) {
+			u := e.NewUser("answers")
+			harness.Expect(t, e.Bind(t, u, 0, "email", "a1@example.org"), 200, "")
+			e.IS[0].SetMode(fakes.IdentityServerMatrixForbidden)
+			r := e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org"})
+			harness.Expect(t, r, 403, "M_FORBIDDEN")
+			r = e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org"})
+			harness.Expect(t, r, 200, "")
+			if got := r.JSON(t)["id_server_unbind_result"]; got != "no-support" {
+				t.Fatalf("delete with a Matrix error: %v", got)
+			}
+			e.IS[0].SetMode(fakes.IdentityServerUnauthorized401)
+			r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": e.IS[0].Name()})
+			harness.Expect(t, r, 403, "M_FORBIDDEN")
+			e.IS[0].SetMode(fakes.IdentityServerFail501Plain)
+			r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": e.IS[0].Name()})
+			harness.Expect(t, r, 200, "")
+			if got := r.JSON(t)["id_server_unbind_result"]; got != "no-support" {
+				t.Fatalf("501: %v", got)
+			}
+			if got := e.BindingsOf(t, u, "a1@example.org"); len(got) != 0 {
+				t.Fatalf("501 kept the record: %v", got)
+			}
+			before := len(e.IS[0].UnbindCalls())
+			r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": "evil.example"})
+			harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
+			r = e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": "127.0.0.1:1"})
+			harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
+			e.IS[0].SetMode(fakes.IdentityServerNormal)
+			r = e.Bind(t, u, 0, "email", "x@example.org")
+			harness.Expect(t, r, 200, "")
+			r = e.Do("POST", "/_matrix/client/v3/account/3pid/bind", u.Token, map[string]any{
+				"client_secret": "x", "id_server": "evil.example", "id_access_token": "t", "sid": "s"})
+			harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
+			if n := len(e.IS[0].UnbindCalls()); n != before {
+				t.Fatalf("untrusted id_server caused %d calls", n-before)
+			}
+			r = e.Do("POST", "/_matrix/client/v3/account/3pid/bind", u.Token, map[string]any{
+				"client_secret": "x", "id_server": e.IS[0].Name(), "id_access_token": nil, "sid": "s"})
+			harness.Expect(t, r, 400, "M_MISSING_PARAM")
+		})
+		for i, c := range []struct {
+			name       string
+			mode       fakes.IdentityServerMode
+			down       bool
+			unbind     string // result of /unbind, or an errcode
+			status     int    // status of /unbind
+			keptRecord bool   // after /unbind
+		}{
+			{"success", fakes.IdentityServerNormal, false, "success", 200, false},
+			{"401 M_UNKNOWN_TOKEN", fakes.IdentityServerUnauthorized401, false, "M_FORBIDDEN", 403, true},
+			{"403", fakes.IdentityServerMatrixForbidden, false, "M_FORBIDDEN", 403, true},
+			{"501 plain", fakes.IdentityServerFail501Plain, false, "no-support", 200, false},
+			{"500", fakes.IdentityServerFail500, false, "no-support", 200, true},
+			{"refused", fakes.IdentityServerNormal, true, "no-support", 200, true},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				u := e.NewUser("unbinder" + strconv.Itoa(i))
+				address := "unbind" + strconv.Itoa(i) + "@example.org"
+				e.AddEmail(t, u, address)
+				expectAnswer(t, e.Bind(t, u, 0, "email", address), 200, "")
+				is.SetMode(c.mode)
+				if c.down {
+					is.Stop()
+				}
+				defer func() {
+					is.SetMode(fakes.IdentityServerNormal)
+					if c.down {
+						is.Start()
+					}
+				}()
+				r := e.Do("POST", "/_matrix/client/v3/account/3pid/unbind", u.Token, map[string]any{"medium": "email", "address": address})
+				if c.status == 200 {
+					if got := unbindResult(t, r); got != c.unbind {
+						t.Fatalf("/unbind: %s, want %s", got, c.unbind)
+					}
+				} else {
+					expectAnswer(t, r, c.status, c.unbind)
+				}
+				if kept := len(e.BindingsOf(t, u, address)) == 1; kept != c.keptRecord {
+					t.Fatalf("after /unbind the record kept = %t, want %t", kept, c.keptRecord)
+				}
+				r = e.Do("POST", "/_matrix/client/v3/account/3pid/delete", u.Token, map[string]any{"medium": "email", "address": address, "id_server": is.Name()})
+				want := "no-support"
+				if c.mode == fakes.IdentityServerNormal && !c.down {
+					want = "success"
+				}
+				if got := unbindResult(t, r); got != want {
+					t.Fatalf("/delete: %s, want %s", got, want)
+				}
+				expectListed(t, e, u)
+			})
 		}
 	})
 }

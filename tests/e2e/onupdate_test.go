@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // onUpdateBody is an onupdate body; mxid and medium are left out when empty.
@@ -41,32 +44,44 @@ func signOnUpdate(t *testing.T, key *signingkey.Key, origin, destination string,
 	return auth
 }
 
-// postOnUpdate sends body to threepidd's onupdate endpoint over HTTP with the
-// given Authorization header ("" for none) and checks the answer against the
-// spec's error schema.
+// onUpdateRequest is one raw onupdate request: uri is the path and query sent
+// (the endpoint when empty); auth are Authorization values (none, one, or
+// several headers); chunked hides the Content-Length.
+type onUpdateRequest struct {
+	uri     string
+	auth    []string
+	body    []byte
+	chunked bool
+}
+
+// sendOnUpdateRequest sends r to threepidd (the harness checks the answer
+// against the spec) and fails on a server error.
+func sendOnUpdateRequest(t *testing.T, e *harness.Env, r onUpdateRequest) harness.Response {
+	t.Helper()
+	uri := r.uri
+	if uri == "" {
+		uri = onupdate.Path
+	}
+	req := support.Request{Method: http.MethodPost, URL: e.URL + uri, Body: r.body, Header: http.Header{"Authorization": r.auth}}
+	if r.chunked {
+		req.Body = bytes.NewReader(r.body) // a reader, sent chunked
+	}
+	resp := harness.Send(t, req)
+	if resp.Status >= 500 {
+		t.Fatalf("POST %s: server error %s", uri, resp)
+	}
+	return resp
+}
+
+// postOnUpdate sends body to threepidd's onupdate endpoint with the given
+// Authorization header ("" for none).
 func postOnUpdate(t *testing.T, e *harness.Env, auth string, body []byte) harness.Response {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.URL+onupdate.Path, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
+	r := onUpdateRequest{body: body}
 	if auth != "" {
-		req.Header.Set("Authorization", auth)
+		r.auth = []string{auth}
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("POST onupdate: %v", err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("read answer: %v", err)
-	}
-	harness.CheckResponse(t, http.MethodPost, onupdate.Path, resp.StatusCode, data)
-	return harness.Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+	return sendOnUpdateRequest(t, e, r)
 }
 
 // onUpdateFrom sends body as fake identity server i, validly signed.
@@ -335,4 +350,468 @@ func TestOnUpdateRateLimit(t *testing.T) {
 		}
 		expectApplied(t, onUpdateFrom(t, e, 1, noop))
 	})
+}
+
+// TestOnUpdateBodies: body variants, validly signed by an identity
+// server allowed to call. Refused bodies change nothing; accepted ones do
+// exactly what DESIGN.md says.
+func TestOnUpdateBodies(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
+		alice, bob := e.NewUser("ou-alice"), e.NewUser("ou-bob")
+		harness.Expect(t, e.Bind(t, alice, 0, "email", "ou-alice@example.org"), 200, "")
+		harness.Expect(t, e.Bind(t, bob, 0, "msisdn", "447700900999"), 200, "")
+		is0 := e.IS[0]
+		signed := func(body []byte) onUpdateRequest {
+			return onUpdateRequest{auth: []string{signOnUpdate(t, is0.Key(), is0.Name(), harness.ServerName, body)}, body: body}
+		}
+		del := `"threepid":"ou-alice@example.org","deleted":true`
+		// A deletion of alice's binding, padded with spaces to n bytes.
+		padded := func(n int) []byte {
+			body := []byte(`{` + del + `,"mxid":"` + alice.ID + `"}`)
+			return append(body, bytes.Repeat([]byte(" "), n-len(body))...)
+		}
+		refused := []struct {
+			name    string
+			body    string
+			status  int
+			errcode string
+		}{
+			{"deleted as a string", `{` + strings.Replace(del, "true", `"true"`, 1) + `}`, 400, "M_BAD_JSON"},
+			{"deleted as a number", `{` + strings.Replace(del, "true", `1`, 1) + `}`, 400, "M_BAD_JSON"},
+			{"deleted null", `{"threepid":"ou-alice@example.org","deleted":null}`, 400, "M_MISSING_PARAM"},
+			{"threepid missing", `{"deleted":true}`, 400, "M_MISSING_PARAM"},
+			{"threepid a number", `{"threepid":447700900999,"deleted":true}`, 400, "M_BAD_JSON"},
+			{"threepid empty", `{"threepid":"","deleted":true}`, 400, "M_INVALID_PARAM"},
+			{"threepid blank", `{"threepid":"   ","deleted":true}`, 400, "M_INVALID_PARAM"},
+			{"threepid neither email nor phone", `{"threepid":"ou-alice","deleted":true}`, 400, "M_INVALID_PARAM"},
+			{"mxid missing on an update", `{"threepid":"ou-alice@example.org","deleted":false}`, 400, "M_MISSING_PARAM"},
+			{"mxid null on an update", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":null}`, 400, "M_MISSING_PARAM"},
+			{"mxid empty on an update", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":""}`, 400, "M_INVALID_PARAM"},
+			{"mxid a number", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":1}`, 400, "M_BAD_JSON"},
+			{"mxid without @", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"eve:other.tld"}`, 400, "M_INVALID_PARAM"},
+			{"mxid without server", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"@eve"}`, 400, "M_INVALID_PARAM"},
+			{"mxid empty localpart", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"@:other.tld"}`, 400, "M_INVALID_PARAM"},
+			{"mxid with a space", `{"threepid":"ou-alice@example.org","deleted":false,"mxid":"@e ve:other.tld"}`, 400, "M_INVALID_PARAM"},
+			{"mxid invalid on a deletion", `{` + del + `,"mxid":"ou-alice"}`, 400, "M_INVALID_PARAM"},
+			{"medium msisdn for an e-mail address", `{` + del + `,"medium":"msisdn"}`, 400, "M_INVALID_PARAM"},
+			{"medium email for a phone number", `{"threepid":"447700900999","deleted":true,"medium":"email"}`, 400, "M_INVALID_PARAM"},
+			{"medium unknown", `{` + del + `,"medium":"phone"}`, 400, "M_INVALID_PARAM"},
+			{"medium a number", `{` + del + `,"medium":1}`, 400, "M_BAD_JSON"},
+			{"phone number with spaces", `{"threepid":"+44 7700 900999","deleted":true}`, 400, "M_INVALID_PARAM"},
+			{"array", `[{` + del + `}]`, 400, "M_BAD_JSON"},
+			{"string", `"ou-alice@example.org"`, 400, "M_BAD_JSON"},
+			{"number", `1`, 400, "M_BAD_JSON"},
+			{"null", `null`, 400, "M_BAD_JSON"},
+			{"empty body", ``, 400, "M_NOT_JSON"},
+			{"trailing garbage", `{` + del + `} x`, 400, "M_NOT_JSON"},
+			{"form-encoded", `threepid=ou-alice%40example.org&deleted=true`, 400, "M_NOT_JSON"},
+		}
+		for _, c := range refused {
+			t.Run(c.name, func(t *testing.T) {
+				signedBody := []byte(c.body)
+				if !json.Valid(signedBody) { // SignRequest signs JSON only: sign another body
+					signedBody = []byte(`{` + del + `}`)
+				}
+				req := signed(signedBody)
+				req.body = []byte(c.body)
+				before := snapshot(t, e, alice, bob)
+				harness.Expect(t, sendOnUpdateRequest(t, e, req), c.status, c.errcode)
+				if after := snapshot(t, e, alice, bob); after != before {
+					t.Fatalf("state changed:\n%s\nto\n%s", before, after)
+				}
+			})
+		}
+
+		t.Run("64 KiB + 1 is too large, with or without Content-Length", func(t *testing.T) {
+			before := snapshot(t, e, alice, bob)
+			for _, chunked := range []bool{false, true} {
+				req := signed(padded(64<<10 + 1))
+				req.chunked = chunked
+				harness.Expect(t, sendOnUpdateRequest(t, e, req), 413, "M_TOO_LARGE")
+			}
+			if after := snapshot(t, e, alice, bob); after != before {
+				t.Fatalf("state changed:\n%s\nto\n%s", before, after)
+			}
+		})
+
+		t.Run("a deletion naming a remote user changes nothing", func(t *testing.T) {
+			before := snapshot(t, e, alice, bob)
+			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(`{`+del+`,"mxid":"@ou-alice:other.tld"}`))))
+			if after := snapshot(t, e, alice, bob); after != before {
+				t.Fatalf("state changed:\n%s\nto\n%s", before, after)
+			}
+		})
+
+		t.Run("an update naming the holder changes nothing", func(t *testing.T) {
+			before := snapshot(t, e, alice, bob)
+			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(`{"threepid":"ou-alice@example.org","deleted":false,"mxid":"`+alice.ID+`"}`))))
+			if after := snapshot(t, e, alice, bob); after != before {
+				t.Fatalf("state changed:\n%s\nto\n%s", before, after)
+			}
+		})
+
+		t.Run("non-canonical phone number, extra fields ignored", func(t *testing.T) {
+			body := `{"threepid":" +447700900999 ","deleted":false,"mxid":"@eve:other.tld","medium":"msisdn","ts":1,"signatures":{},"extra":{"x":[1]}}`
+			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(body))))
+			expectLost(t, e, bob, 0, "msisdn", "447700900999", false, "@eve:other.tld")
+		})
+
+		t.Run("exactly 64 KiB is accepted", func(t *testing.T) {
+			expectApplied(t, sendOnUpdateRequest(t, e, signed(padded(64<<10))))
+			expectLost(t, e, alice, 0, "email", "ou-alice@example.org", true, alice.ID)
+		})
+	})
+}
+
+// keyServer is an identity server's /_matrix/identity/v2/pubkey/ endpoint
+// that answers each key ID as told and counts the requests for each.
+type keyServer struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	hits map[string]int
+}
+
+// Key IDs the keyServer misbehaves for; any other unknown ID is a 404.
+const (
+	keyGarbage   = "ed25519:garbage"   // 200, not JSON
+	keyHuge      = "ed25519:huge"      // 200, a 1 MiB JSON body
+	keyShort     = "ed25519:short"     // 200, a public key of 3 bytes
+	keyNotBase64 = "ed25519:notbase64" // 200, a public key that is not base64
+	keyFails     = "ed25519:fails"     // 500
+	keyHangs     = "ed25519:hangs"     // never answers
+)
+
+// newKeyServer serves keys (by key ID) and the misbehaving IDs above.
+func newKeyServer(t *testing.T, keys ...*signingkey.Key) *keyServer {
+	t.Helper()
+	ks := &keyServer{hits: map[string]int{}}
+	stop := make(chan struct{})
+	ks.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, ok := strings.CutPrefix(r.URL.Path, "/_matrix/identity/v2/pubkey/")
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		ks.mu.Lock()
+		ks.hits[id]++
+		ks.mu.Unlock()
+		for _, k := range keys {
+			if string(k.ID) == id {
+				fmt.Fprintf(w, `{"public_key":%q}`, k.PublicBase64())
+				return
+			}
+		}
+		switch id {
+		case keyGarbage:
+			_, _ = io.WriteString(w, "<html>not a key</html>")
+		case keyHuge:
+			fmt.Fprintf(w, `{"public_key":"%s"}`, strings.Repeat("A", 1<<20))
+		case keyShort:
+			_, _ = io.WriteString(w, `{"public_key":"AAAA"}`)
+		case keyNotBase64:
+			_, _ = io.WriteString(w, `{"public_key":"!!!! not base64 !!!!"}`)
+		case keyFails:
+			http.Error(w, `{"errcode":"M_UNKNOWN"}`, http.StatusInternalServerError)
+		case keyHangs:
+			select {
+			case <-r.Context().Done():
+			case <-stop:
+			}
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = io.WriteString(w, `{"errcode":"M_NOT_FOUND","error":"The key was not found."}`)
+		}
+	}))
+	t.Cleanup(func() {
+		close(stop)
+		ks.srv.Close()
+	})
+	return ks
+}
+
+// hitsOf returns how often key ID id was asked for.
+func (ks *keyServer) hitsOf(id string) int {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.hits[id]
+}
+
+// signedHeader signs a request and returns its parsed X-Matrix header, so
+// that tests can render it in other shapes.
+func signedHeader(t *testing.T, key *signingkey.Key, origin, destination, method, uri string, body []byte) federation.XMatrix {
+	t.Helper()
+	auth, err := federation.SignRequest(key, origin, destination, federation.DestinationField, method, uri, body)
+	if err != nil {
+		t.Fatalf("sign: %v", err)
+	}
+	x, err := federation.ParseXMatrix(auth)
+	if err != nil {
+		t.Fatalf("parse own header %q: %v", auth, err)
+	}
+	return x
+}
+
+// TestOnUpdateXMatrix: X-Matrix header variants, origins named by
+// server_name or signing_name, pinned keys and key endpoints that misbehave.
+// A refused request changes nothing; an accepted one drops alice's binding on
+// the identity server that sent it and notifies her.
+func TestOnUpdateXMatrix(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		good, err := signingkey.Generate("good")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pin, err := signingkey.Generate("pin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		impostor, err := signingkey.Generate("good") // same key ID, another key
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks := newKeyServer(t, good, pin)
+		const named, signing, pinned, quiet = "named.test", "sig.named.test", "pinned.test", "quiet.test"
+		e := harness.Start(t, b, harness.Options{ExtraYAML: fmt.Sprintf("identity_servers:\n"+
+			"  - {server_name: %s, signing_name: %s, base_url: %q, onupdate: true}\n"+
+			"  - {server_name: %s, base_url: %q, onupdate: true, verify_keys: {%q: %q}}\n"+
+			"  - {server_name: %s, base_url: %q, onupdate: false}\n",
+			named, signing, ks.srv.URL, pinned, ks.srv.URL, pin.ID, pin.PublicBase64(), quiet, ks.srv.URL)})
+		alice := e.NewUser("xm-alice")
+		const address = "xm-alice@example.org"
+		bindOn := func(servers ...string) {
+			for _, is := range servers {
+				if err := e.Server.Store.UpsertBinding(context.Background(), storage.Binding{
+					UserID: alice.ID, Medium: "email", Address: address, IDServer: is, BoundAt: time.Now().UnixMilli(),
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+
+		const post, path = http.MethodPost, onupdate.Path
+		hs := harness.ServerName
+		// quoted renders x with every parameter quoted, in this order.
+		quoted := func(x federation.XMatrix) string {
+			return fmt.Sprintf(`X-Matrix origin="%s",destination="%s",key="%s",sig="%s"`, x.Origin, x.Destination, x.KeyID, x.Signature)
+		}
+		// as signs body with key as origin and renders the header with render.
+		type render func(x federation.XMatrix) []string
+		one := func(f func(x federation.XMatrix) string) render {
+			return func(x federation.XMatrix) []string { return []string{f(x)} }
+		}
+		standard := one(func(x federation.XMatrix) string { return x.String() })
+		cases := []struct {
+			name         string
+			key          *signingkey.Key
+			origin       string // signed as
+			method, uri  string // signed for (default POST, the endpoint)
+			dest         string // signed for (default this homeserver)
+			sendURI      string // sent to (default uri)
+			header       render
+			alter        func(body []byte) []byte // applied after signing
+			status       int
+			errcode      string
+			lostOn       string // the identity server whose record goes, when accepted
+			notContacted string // a key ID the key server must not be asked for
+		}{
+			{name: "origin is server_name", key: good, origin: named, header: standard, status: 200, lostOn: named},
+			{name: "origin is signing_name", key: good, origin: signing, header: standard, status: 200, lostOn: named},
+			{name: "unquoted parameters", key: good, origin: named, status: 200, lostOn: named, header: one(func(x federation.XMatrix) string {
+				return fmt.Sprintf("X-Matrix origin=%s,destination=%s,key=%s,sig=%s", x.Origin, x.Destination, x.KeyID, x.Signature)
+			})},
+			{name: "spaces around commas and equals", key: good, origin: named, status: 200, lostOn: named, header: one(func(x federation.XMatrix) string {
+				return fmt.Sprintf(`X-Matrix  origin = "%s" ,  destination="%s" ,key= "%s",	sig="%s" `, x.Origin, x.Destination, x.KeyID, x.Signature)
+			})},
+			{name: "scheme and names in other cases, other order", key: good, origin: named, status: 200, lostOn: named, header: one(func(x federation.XMatrix) string {
+				return fmt.Sprintf(`x-matrix SIG="%s",Key="%s",Destination="%s",ORIGIN="%s"`, x.Signature, x.KeyID, x.Destination, x.Origin)
+			})},
+			{name: "unknown parameter ignored", key: good, origin: named, status: 200, lostOn: named, header: one(func(x federation.XMatrix) string {
+				return quoted(x) + `,org.example.extra="1"`
+			})},
+			{name: "no destination", key: good, origin: named, status: 200, lostOn: named, header: one(func(x federation.XMatrix) string {
+				x.Destination = ""
+				return x.String()
+			})},
+			{name: "reformatted body still verifies", key: good, origin: named, header: standard, status: 200, lostOn: named,
+				alter: func(body []byte) []byte {
+					var m map[string]any
+					if err := json.Unmarshal(body, &m); err != nil {
+						t.Fatal(err)
+					}
+					out, _ := json.MarshalIndent(m, "  ", "\t")
+					return out
+				}},
+			{name: "query signed and sent", key: good, origin: named, uri: path + "?via=x", header: standard, status: 200, lostOn: named},
+			{name: "pinned key", key: pin, origin: pinned, header: standard, status: 200, lostOn: pinned},
+
+			{name: "destination of another server", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				x.Destination = "other.hs"
+				return x.String()
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "signed for another destination, sent without one", key: good, origin: named, dest: "other.hs", header: one(func(x federation.XMatrix) string {
+				x.Destination = ""
+				return x.String()
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "empty destination", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				return strings.Replace(quoted(x), `destination="`+hs+`"`, `destination=""`, 1)
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "origin repeated", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				return quoted(x) + `,origin="` + x.Origin + `"`
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "origin repeated with another server", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				return quoted(x) + `,origin="` + pinned + `"`
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "sig repeated", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				return quoted(x) + `,sig="` + x.Signature + `"`
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "two Authorization headers", key: good, origin: named, header: func(x federation.XMatrix) []string {
+				return []string{x.String(), x.String()}
+			}, status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "origin missing", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				return fmt.Sprintf(`X-Matrix destination="%s",key="%s",sig="%s"`, x.Destination, x.KeyID, x.Signature)
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "unterminated quote", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				return strings.TrimSuffix(quoted(x), `"`)
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "scheme only", header: one(func(federation.XMatrix) string { return "X-Matrix" }), key: good, origin: named,
+				status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "header over 4 KiB", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				return quoted(x) + `,pad="` + strings.Repeat("p", 4096) + `"`
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "signing_name in the header, server_name signed", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				x.Origin = signing
+				return x.String()
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "origin not configured", key: good, origin: "stranger.test", header: standard, status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "origin configured without onupdate", key: good, origin: quiet, header: standard, status: 403, errcode: "M_FORBIDDEN"},
+			{name: "another key under the same ID", key: impostor, origin: named, header: standard, status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "signature not base64", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				x.Signature = "not*base64"
+				return x.String()
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "not an ed25519 key", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				x.KeyID = "curve25519:good"
+				return x.String()
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key ID with a path", key: good, origin: named, header: one(func(x federation.XMatrix) string {
+				x.KeyID = "ed25519:../../v2/pubkey/ed25519:good"
+				return x.String()
+			}), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key unknown to the identity server", key: good, origin: named, header: keyIDHeader("ed25519:nope"), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key answer not JSON", key: good, origin: named, header: keyIDHeader(keyGarbage), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key answer not JSON, again (cached)", key: good, origin: named, header: keyIDHeader(keyGarbage), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key answer of 1 MiB", key: good, origin: named, header: keyIDHeader(keyHuge), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key of 3 bytes", key: good, origin: named, header: keyIDHeader(keyShort), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key not base64", key: good, origin: named, header: keyIDHeader(keyNotBase64), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "key endpoint fails", key: good, origin: named, header: keyIDHeader(keyFails), status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "pinned server: unpinned key never fetched", key: pin, origin: pinned, header: keyIDHeader("ed25519:good"),
+				status: 401, errcode: "M_UNAUTHORIZED", notContacted: "ed25519:good"},
+			{name: "body altered after signing", key: good, origin: named, header: standard, status: 401, errcode: "M_UNAUTHORIZED",
+				alter: func(body []byte) []byte {
+					return bytes.Replace(body, []byte(`"deleted":true`), []byte(`"deleted":false`), 1)
+				}},
+			{name: "query added after signing", key: good, origin: named, header: standard, sendURI: path + "?via=x", status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "query removed after signing", key: good, origin: named, uri: path + "?via=x", sendURI: path, header: standard, status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "signed for another method", key: good, origin: named, method: http.MethodPut, header: standard, status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "signed for another path", key: good, origin: named, uri: "/_matrix/federation/v1/send/1", sendURI: path, header: standard, status: 401, errcode: "M_UNAUTHORIZED"},
+			{name: "Bearer token", key: good, origin: named, header: one(func(federation.XMatrix) string { return "Bearer " + alice.Token }), status: 401, errcode: "M_UNAUTHORIZED"},
+		}
+		for i, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				bindOn(named, pinned, quiet)
+				before := snapshot(t, e, alice)
+				notified := len(e.Notifications(t, alice))
+				fetched := ks.hitsOf(c.notContacted)
+				body := []byte(fmt.Sprintf(`{"threepid":%q,"deleted":true,"mxid":%q,"n":%d}`, address, alice.ID, i))
+				method, uri, dest := c.method, c.uri, hs
+				if method == "" {
+					method = post
+				}
+				if uri == "" {
+					uri = path
+				}
+				if c.dest != "" {
+					dest = c.dest
+				}
+				x := signedHeader(t, c.key, c.origin, dest, method, uri, body)
+				req := onUpdateRequest{uri: uri, auth: c.header(x), body: body}
+				if c.sendURI != "" {
+					req.uri = c.sendURI
+				}
+				if c.alter != nil {
+					req.body = c.alter(body)
+				}
+				r := sendOnUpdateRequest(t, e, req)
+				harness.Expect(t, r, c.status, c.errcode)
+				if c.status != 200 {
+					if after := snapshot(t, e, alice); after != before {
+						t.Fatalf("state changed:\n%s\nto\n%s", before, after)
+					}
+					if c.notContacted != "" && ks.hitsOf(c.notContacted) != fetched {
+						t.Fatalf("key %s was fetched", c.notContacted)
+					}
+					return
+				}
+				if string(r.Body) != "{}" {
+					t.Fatalf("answer %s, want {}", r.Body)
+				}
+				ns := e.Notifications(t, alice)
+				if len(ns) != notified+1 || ns[len(ns)-1].Origin != c.lostOn {
+					t.Fatalf("notifications %+v, want one more from %s", ns, c.lostOn)
+				}
+				for _, is := range e.BindingsOf(t, alice, address) {
+					if is == c.lostOn {
+						t.Fatalf("the binding on %s survived", is)
+					}
+				}
+			})
+		}
+		t.Run("a replay signed under the other name is still a replay", func(t *testing.T) {
+			bindOn(named)
+			body := []byte(fmt.Sprintf(`{"threepid":%q,"deleted":true,"mxid":%q,"n":"replay"}`, address, alice.ID))
+			send := func(origin string) {
+				x := signedHeader(t, good, origin, hs, post, path, body)
+				expectApplied(t, sendOnUpdateRequest(t, e, onUpdateRequest{auth: []string{x.String()}, body: body}))
+			}
+			send(named)
+			bindOn(named)
+			before := snapshot(t, e, alice)
+			send(signing)
+			if after := snapshot(t, e, alice); after != before {
+				t.Fatalf("the replay changed the state:\n%s\nto\n%s", before, after)
+			}
+		})
+		// A key endpoint that failed is asked once, not on every request.
+		if n := ks.hitsOf(keyGarbage); n != 1 {
+			t.Fatalf("the failing key was fetched %d times, want 1", n)
+		}
+		// A key endpoint that never answers: refused in bounded time (the
+		// fetch timeout, 10 s; once, as storage plays no part).
+		t.Run("key endpoint hangs", func(t *testing.T) {
+			if b.Driver != "sqlite" {
+				t.Skip("run on SQLite only")
+			}
+			before := snapshot(t, e, alice)
+			body := []byte(fmt.Sprintf(`{"threepid":%q,"deleted":true,"mxid":%q,"n":"hang"}`, address, alice.ID))
+			x := signedHeader(t, good, named, hs, post, path, body)
+			x.KeyID = keyHangs
+			began := time.Now()
+			harness.Expect(t, sendOnUpdateRequest(t, e, onUpdateRequest{auth: []string{x.String()}, body: body}), 401, "M_UNAUTHORIZED")
+			if took := time.Since(began); took > 15*time.Second {
+				t.Fatalf("refused after %v", took)
+			}
+			if after := snapshot(t, e, alice); after != before {
+				t.Fatalf("state changed:\n%s\nto\n%s", before, after)
+			}
+		})
+	})
+}
+
+// keyIDHeader renders the header with its key ID replaced by id.
+func keyIDHeader(id string) func(x federation.XMatrix) []string {
+	return func(x federation.XMatrix) []string {
+		x.KeyID = id
+		return []string{x.String()}
+	}
 }

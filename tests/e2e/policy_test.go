@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -14,105 +14,11 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/events"
-	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
-
-const (
-	requestTokenPath = "/_matrix/client/v3/account/3pid/email/requestToken"
-	hookSecret       = "hook-s3cret"
-)
-
-// hook is a webhook receiver on 127.0.0.1, as an operator would write one: it
-// checks every body with policy.VerifySignature under hookSecret and answers
-// 401 when the signature does not match; otherwise it records the body and
-// answers what answer says.
-type hook struct {
-	srv *httptest.Server
-
-	mu       sync.Mutex
-	answer   func(ctx context.Context, ev events.Event) (status int, body string)
-	received []hookCall
-	refused  int
-}
-
-// hookCall is one verified request and the status it was answered.
-type hookCall struct {
-	Event  events.Event
-	Status int
-}
-
-func newHook(t *testing.T, answer func(ctx context.Context, ev events.Event) (int, string)) *hook {
-	t.Helper()
-	h := &hook{answer: answer}
-	h.srv = httptest.NewServer(http.HandlerFunc(h.serve))
-	t.Cleanup(h.srv.Close)
-	return h
-}
-
-func (h *hook) serve(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil || !policy.VerifySignature(hookSecret, body, r.Header.Get(policy.SignatureHeader)) {
-		h.mu.Lock()
-		h.refused++
-		h.mu.Unlock()
-		http.Error(w, "bad signature", http.StatusUnauthorized)
-		return
-	}
-	var ev events.Event
-	if err := json.Unmarshal(body, &ev); err != nil {
-		http.Error(w, "bad JSON", http.StatusBadRequest)
-		return
-	}
-	h.mu.Lock()
-	answer := h.answer
-	h.mu.Unlock()
-	status, reply := answer(r.Context(), ev)
-	h.mu.Lock()
-	h.received = append(h.received, hookCall{Event: ev, Status: status})
-	h.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = io.WriteString(w, reply)
-}
-
-func (h *hook) setAnswer(answer func(ctx context.Context, ev events.Event) (int, string)) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.answer = answer
-}
-
-func (h *hook) calls() []hookCall {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return slices.Clone(h.received)
-}
-
-func (h *hook) refusedCount() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.refused
-}
-
-// allowAll, and deny(ops...) which refuses those ops with a reason.
-func allowAll(context.Context, events.Event) (int, string) { return 200, `{"allow": true}` }
-
-func deny(ops ...policy.Op) func(context.Context, events.Event) (int, string) {
-	return func(_ context.Context, ev events.Event) (int, string) {
-		if slices.Contains(ops, ev.Op) {
-			return 200, fmt.Sprintf(`{"allow": false, "reason": "no %s today"}`, ev.Op)
-		}
-		return 200, `{"allow": true}`
-	}
-}
-
-// policyYAML is a policy section whose webhook calls h signed with secret;
-// webhookKeys and policyKeys are more keys (", key: value") of each.
-func policyYAML(h *hook, secret, webhookKeys, policyKeys string) string {
-	return fmt.Sprintf("policy: {webhook: {url: %q, secret: %q%s}%s}\n", h.srv.URL, secret, webhookKeys, policyKeys)
-}
 
 // expectBlocked checks a 403 with errcode whose text names the rule and reason.
 func expectBlocked(t *testing.T, r harness.Response, errcode, rule, reason string) {
@@ -124,11 +30,44 @@ func expectBlocked(t *testing.T, r harness.Response, errcode, rule, reason strin
 	}
 }
 
-func unbindResult(t *testing.T, r harness.Response) string {
+var policyKeys = []string{"callback", "op", "user_id", "medium", "address", "id_server"}
+
+// allowEverything answers the policy webhook {"allow": true}.
+func allowEverything(w http.ResponseWriter, _ *http.Request, _ []byte) int {
+	return reply(w, 200, `{"allow": true}`)
+}
+
+// denyWhen answers the policy webhook: refuses the changes refuse matches,
+// with a reason naming the op.
+func denyWhen(refuse func(policy.Change) bool) func(http.ResponseWriter, *http.Request, []byte) int {
+	return func(w http.ResponseWriter, _ *http.Request, body []byte) int {
+		var c policy.Change
+		_ = json.Unmarshal(body, &c)
+		if refuse(c) {
+			return reply(w, 200, fmt.Sprintf(`{"allow": false, "reason": "the policy refuses %s"}`, c.Op))
+		}
+		return reply(w, 200, `{"allow": true}`)
+	}
+}
+
+// policyState is what a probe may change: 3PIDs and bindings threepidd
+// holds for the user, calls and bindings at the identity server, messages sent.
+type policyState struct {
+	Threepids, Bindings, ISBindCalls, ISUnbindCalls, ISBound, Messages int
+}
+
+func stateOf(t *testing.T, e *harness.Env, u harness.User, address string) policyState {
 	t.Helper()
-	harness.Expect(t, r, 200, "")
-	s, _ := r.JSON(t)["id_server_unbind_result"].(string)
-	return s
+	is := e.IS[0]
+	bound := 0
+	if is.Bindings()[address] == u.ID {
+		bound = 1
+	}
+	return policyState{
+		Threepids: len(e.Threepids(t, u)), Bindings: len(e.BindingsOf(t, u, address)),
+		ISBindCalls: is.BindCalls(), ISUnbindCalls: len(is.UnbindCalls()), ISBound: bound,
+		Messages: len(e.SMTP.Mails()) + len(e.SMS.Messages()),
+	}
 }
 
 // TestPolicyBlocksRequestToken: the built-in address rules block at
@@ -192,29 +131,6 @@ func TestPolicyBlocksAdd(t *testing.T) {
 	})
 }
 
-// TestPolicyBlocksDelete: a refused removal is 403 M_FORBIDDEN, the 3PID and
-// its binding stay, and no identity server is called.
-func TestPolicyBlocksDelete(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		h := newHook(t, deny(policy.OpRemove))
-		e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: policyYAML(h, hookSecret, "", "")})
-		u := e.NewUser("keeper")
-		e.AddEmail(t, u, "keeper@example.org")
-		harness.Expect(t, e.Bind(t, u, 0, "email", "keeper@example.org"), 200, "")
-		r := e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "keeper@example.org"})
-		expectBlocked(t, r, "M_FORBIDDEN", "webhook", "no remove today")
-		if list := e.Threepids(t, u); len(list) != 1 {
-			t.Fatalf("threepids after a blocked delete: %v", list)
-		}
-		if got := e.BindingsOf(t, u, "keeper@example.org"); len(got) != 1 {
-			t.Fatalf("bindings after a blocked delete: %v", got)
-		}
-		if n := len(e.IS[0].UnbindCalls()); n != 0 {
-			t.Fatalf("a blocked delete sent %d unbinds", n)
-		}
-	})
-}
-
 // TestPolicyBlocksBind: binds on an identity server outside
 // bind_identity_servers_allowed, or of an address the rules refuse, are 403
 // M_FORBIDDEN and the identity server's bind endpoint is never called.
@@ -240,37 +156,124 @@ func TestPolicyBlocksBind(t *testing.T) {
 	})
 }
 
-// TestPolicyBlocksUnbind: a refused unbind answers no-support and keeps the
-// binding (ours and the identity server's); a delete whose unbind is refused
-// still removes the 3PID from the account and answers no-support.
-func TestPolicyBlocksUnbind(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		h := newHook(t, deny(policy.OpUnbind))
-		e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: policyYAML(h, hookSecret, "", "")})
-		u := e.NewUser("stuck")
-		e.AddEmail(t, u, "stuck@example.org")
-		harness.Expect(t, e.Bind(t, u, 0, "email", "stuck@example.org"), 200, "")
-		for _, body := range []map[string]any{
-			{"medium": "email", "address": "stuck@example.org"},
-			{"medium": "email", "address": "stuck@example.org", "id_server": e.IS[0].Name()},
-		} {
-			if got := unbindResult(t, e.Do("POST", unbindPath, u.Token, body)); got != "no-support" {
-				t.Fatalf("blocked unbind %v answered %q", body, got)
-			}
-		}
-		if got := unbindResult(t, e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "stuck@example.org"})); got != "no-support" {
-			t.Fatalf("delete with a blocked unbind answered %q", got)
-		}
-		if list := e.Threepids(t, u); len(list) != 0 {
-			t.Fatalf("delete with a blocked unbind kept %v", list)
-		}
-		if got := e.BindingsOf(t, u, "stuck@example.org"); len(got) != 1 {
-			t.Fatalf("recorded bindings after blocked unbinds: %v", got)
-		}
-		if got := e.IS[0].Bindings()["stuck@example.org"]; got != u.ID || len(e.IS[0].UnbindCalls()) != 0 {
-			t.Fatalf("IS holds %q after %d unbind calls", got, len(e.IS[0].UnbindCalls()))
-		}
-	})
+// TestPolicyWebhookBlocks: every block of issue 7 point 2, made by a policy
+// webhook that refuses one kind of change: the answer, the error text naming
+// the rule and the webhook's reason, what is stored, what the identity server
+// saw, and the exact signed body the webhook was asked with. A refused removal
+// is 403 M_FORBIDDEN and keeps the 3PID and its binding, with no identity
+// server called; a refused unbind answers no-support and keeps the binding
+// (ours and the identity server's); a delete whose unbind is refused still
+// removes the 3PID from the account and answers no-support.
+func TestPolicyWebhookBlocks(t *testing.T) {
+	const address = "blockee@example.org"
+	const user = "@blockee:hs.test"
+	op := func(op policy.Op, anonymous bool) func(policy.Change) bool {
+		return func(c policy.Change) bool { return c.Op == op && (c.UserID == "") == anonymous }
+	}
+	tests := []struct {
+		name string
+		// added, bound: the 3PID is added (and bound on id1) before the probe.
+		added, bound bool
+		refuse       func(policy.Change) bool
+		do           func(t *testing.T, e *harness.Env, u harness.User) harness.Response
+		status       int
+		errcode      string // "" for 200 with unbindResult
+		unbindResult string
+		// change: how the state differs from before the probe.
+		change  func(s *policyState)
+		lastAsk policy.Change
+	}{
+		{name: "email requestToken", refuse: op(policy.OpAdd, true),
+			do: func(t *testing.T, e *harness.Env, _ harness.User) harness.Response {
+				return e.Do("POST", requestTokenPath, "", map[string]any{"client_secret": "sec", "email": "Blockee@EXAMPLE.org", "send_attempt": 1})
+			},
+			status: 403, errcode: "M_THREEPID_DENIED", change: func(*policyState) {},
+			lastAsk: policy.Change{Callback: "user_threepid", Op: "add", Medium: "email", Address: address}},
+		{name: "msisdn requestToken", refuse: op(policy.OpAdd, true),
+			do: func(t *testing.T, e *harness.Env, _ harness.User) harness.Response {
+				return e.Do("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", map[string]any{
+					"client_secret": "sec", "country": "GB", "phone_number": "07700 900123", "send_attempt": 1})
+			},
+			status: 403, errcode: "M_THREEPID_DENIED", change: func(*policyState) {},
+			lastAsk: policy.Change{Callback: "user_threepid", Op: "add", Medium: "msisdn", Address: "447700900123"}},
+		{name: "add", refuse: op(policy.OpAdd, false),
+			do: func(t *testing.T, e *harness.Env, u harness.User) harness.Response {
+				sid := e.ValidateEmail(t, "sec-add", address)
+				return e.AddThreepid(t, u, sid, "sec-add")
+			},
+			status: 403, errcode: "M_THREEPID_DENIED", change: func(s *policyState) { s.Messages++ },
+			lastAsk: policy.Change{Callback: "user_threepid", Op: "add", UserID: user, Medium: "email", Address: address}},
+		{name: "delete", added: true, bound: true, refuse: op(policy.OpRemove, false),
+			do: func(t *testing.T, e *harness.Env, u harness.User) harness.Response {
+				return e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "BLOCKEE@example.org"})
+			},
+			status: 403, errcode: "M_FORBIDDEN", change: func(*policyState) {},
+			lastAsk: policy.Change{Callback: "user_threepid", Op: "remove", UserID: user, Medium: "email", Address: address}},
+		{name: "bind", added: true, refuse: op(policy.OpBind, false),
+			do: func(t *testing.T, e *harness.Env, u harness.User) harness.Response {
+				return e.Bind(t, u, 0, "email", address)
+			},
+			status: 403, errcode: "M_FORBIDDEN", change: func(*policyState) {},
+			lastAsk: policy.Change{Callback: "identity_server_binding", Op: "bind", UserID: user, Medium: "email", Address: address, IDServer: "id1.test"}},
+		{name: "unbind naming the identity server", added: true, bound: true, refuse: op(policy.OpUnbind, false),
+			do: func(t *testing.T, e *harness.Env, u harness.User) harness.Response {
+				return e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": address, "id_server": "id1.test"})
+			},
+			status: 200, unbindResult: "no-support", change: func(*policyState) {},
+			lastAsk: policy.Change{Callback: "identity_server_binding", Op: "unbind", UserID: user, Medium: "email", Address: address, IDServer: "id1.test"}},
+		{name: "unbind of the recorded bindings", added: true, bound: true, refuse: op(policy.OpUnbind, false),
+			do: func(t *testing.T, e *harness.Env, u harness.User) harness.Response {
+				return e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": address})
+			},
+			status: 200, unbindResult: "no-support", change: func(*policyState) {},
+			lastAsk: policy.Change{Callback: "identity_server_binding", Op: "unbind", UserID: user, Medium: "email", Address: address, IDServer: "id1.test"}},
+		{name: "delete whose unbind is blocked", added: true, bound: true, refuse: op(policy.OpUnbind, false),
+			do: func(t *testing.T, e *harness.Env, u harness.User) harness.Response {
+				return e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": address})
+			},
+			status: 200, unbindResult: "no-support", change: func(s *policyState) { s.Threepids-- },
+			lastAsk: policy.Change{Callback: "identity_server_binding", Op: "unbind", UserID: user, Medium: "email", Address: address, IDServer: "id1.test"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+				h := newRawHook(t, allowEverything)
+				e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: fmt.Sprintf(
+					"policy: {webhook: {url: %q, secret: %q}}\n", h.srv.URL, hookSecret)})
+				u := e.NewUser("blockee")
+				if tt.added {
+					e.AddEmail(t, u, address)
+				}
+				if tt.bound {
+					harness.Expect(t, e.Bind(t, u, 0, "email", address), 200, "")
+				}
+				h.set(denyWhen(tt.refuse))
+				want := stateOf(t, e, u, address)
+				tt.change(&want)
+				r := tt.do(t, e, u)
+				if tt.errcode != "" {
+					expectBlocked(t, r, tt.errcode, "rule webhook", "the policy refuses "+string(tt.lastAsk.Op))
+				} else if got := unbindResult(t, r); got != tt.unbindResult {
+					t.Fatalf("id_server_unbind_result %q, want %q", got, tt.unbindResult)
+				}
+				if got := stateOf(t, e, u, address); got != want {
+					t.Fatalf("state after the block %+v, want %+v", got, want)
+				}
+				calls := h.received()
+				for _, c := range calls {
+					if !c.Verified {
+						t.Fatalf("a webhook request failed the receiver's signature check: %s", c.Body)
+					}
+					checkKeys(t, c.Body, policyKeys...)
+				}
+				var last policy.Change
+				_ = json.Unmarshal(calls[len(calls)-1].Body, &last)
+				if last != tt.lastAsk {
+					t.Fatalf("last webhook question %+v, want %+v", last, tt.lastAsk)
+				}
+			})
+		})
+	}
 }
 
 // TestPolicyWebhook: the webhook as a real receiver sees it: allow, deny, a
@@ -313,7 +316,7 @@ func TestPolicyWebhook(t *testing.T) {
 					t.Fatalf("requestToken took %s", elapsed)
 				}
 				// A hanging request is recorded once threepidd has dropped it.
-				waitFor(t, "the webhook call", func() bool { return len(h.calls())+h.refusedCount() == 1 }, 10*time.Second)
+				support.WaitFor(t, "the webhook call", func() bool { return len(h.calls())+h.refusedCount() == 1 }, 10*time.Second)
 				calls := h.calls()
 				if len(calls) != tt.wantVerified || h.refusedCount() != 1-tt.wantVerified {
 					t.Fatalf("receiver verified %d requests and refused %d", len(calls), h.refusedCount())
@@ -327,100 +330,273 @@ func TestPolicyWebhook(t *testing.T) {
 	}
 }
 
-// TestEventsWebhook: add, bind, lost (bind takeover and onupdate), unbind
-// and remove reach the events webhook, signed, although it was down when they
-// happened and threepidd restarted meanwhile.
-func TestEventsWebhook(t *testing.T) {
+// TestPolicyWebhookAnswers: policy webhook answers that are not a
+// usable {"allow": bool} block the change, or let it through with
+// fail_open, promptly and never as a 500.
+func TestPolicyWebhookAnswers(t *testing.T) {
+	plain := func(status int, body string) func(http.ResponseWriter, *http.Request, []byte) int {
+		return func(w http.ResponseWriter, _ *http.Request, _ []byte) int { return reply(w, status, body) }
+	}
+	redirect := func(status int) func(http.ResponseWriter, *http.Request, []byte) int {
+		return func(w http.ResponseWriter, r *http.Request, _ []byte) int {
+			if r.URL.Path == "/moved" {
+				return reply(w, 200, `{"allow": true}`) // whatever was asked, with any method
+			}
+			w.Header().Set("Location", "/moved")
+			w.WriteHeader(status)
+			return status
+		}
+	}
+	tests := []struct {
+		name   string
+		serve  func(http.ResponseWriter, *http.Request, []byte) int
+		reason string
+	}{
+		{"not JSON", plain(200, `allow`), `answer is not {"allow": true|false}`},
+		{"trailing garbage", plain(200, `{"allow": true} x`), `answer is not {"allow": true|false}`},
+		{"allow missing", plain(200, `{"reason": "fine"}`), `answer is not {"allow": true|false}`},
+		{"allow null", plain(200, `{"allow": null}`), `answer is not {"allow": true|false}`},
+		{"allow a string", plain(200, `{"allow": "true"}`), `answer is not {"allow": true|false}`},
+		{"allow a number", plain(200, `{"allow": 1}`), `answer is not {"allow": true|false}`},
+		{"an array", plain(200, `[{"allow": true}]`), `answer is not {"allow": true|false}`},
+		{"500 saying allow", plain(500, `{"allow": true}`), "answered HTTP 500"},
+		{"404", plain(404, `{"allow": true}`), "answered HTTP 404"},
+		{"302 to an allowing page", redirect(302), "answered HTTP 302"},
+		{"307 to an allowing page", redirect(307), "answered HTTP 307"},
+		{"huge body", func(w http.ResponseWriter, _ *http.Request, _ []byte) int {
+			return reply(w, 200, `{"allow": true, "reason": "`+strings.Repeat("x", 1<<20)+`"}`)
+		}, "answer is too large"},
+		{"slow beyond the timeout", func(w http.ResponseWriter, r *http.Request, _ []byte) int {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(3 * time.Second):
+			}
+			return reply(w, 200, `{"allow": true}`)
+		}, "did not answer within 300ms"},
+		{"headers then a slow body", func(w http.ResponseWriter, r *http.Request, _ []byte) int {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(200)
+			_, _ = io.WriteString(w, `{"allow":`)
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+			case <-time.After(3 * time.Second):
+			}
+			_, _ = io.WriteString(w, ` true}`)
+			return 200
+		}, "did not answer within 300ms"},
+	}
+	for _, tt := range tests {
+		for _, failOpen := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/fail_open=%t", tt.name, failOpen), func(t *testing.T) {
+				harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+					h := newRawHook(t, tt.serve)
+					e := harness.Start(t, b, harness.Options{ExtraYAML: fmt.Sprintf(
+						"policy: {webhook: {url: %q, secret: %q, timeout: 300ms, fail_open: %t}}\n", h.srv.URL+"/check", hookSecret, failOpen)})
+					start := time.Now()
+					r := e.Do("POST", requestTokenPath, "", map[string]any{"client_secret": "sec", "email": "ann@example.org", "send_attempt": 1})
+					if elapsed := time.Since(start); elapsed > 2*time.Second {
+						t.Fatalf("requestToken took %s", elapsed)
+					}
+					if failOpen {
+						harness.Expect(t, r, 200, "")
+						e.SMTP.WaitMail(t, "ann@example.org", 10*time.Second)
+						return
+					}
+					expectBlocked(t, r, "M_THREEPID_DENIED", "rule webhook", tt.reason)
+					if n := len(e.SMTP.Mails()); n != 0 {
+						t.Fatalf("a blocked requestToken sent %d mails", n)
+					}
+				})
+			})
+		}
+	}
+}
+
+// TestPolicyEmailDomains: the e-mail domain rules on subdomains, case,
+// look-alike and IDN domains and trailing dots, at requestToken and at bind
+// (where the identity server validated the address).
+func TestPolicyEmailDomains(t *testing.T) {
+	const (
+		allowed = "allowed"
+		invalid = "invalid"
+	)
+	tests := []struct {
+		name, policy string
+		// want per address: allowed, invalid (400 M_INVALID_PARAM before
+		// the policy), or the rule that blocks it.
+		want map[string]string
+	}{
+		{"denied", "{email_domains_denied: [Spam.Example., \"@bad.example\"]}", map[string]string{
+			"eve@spam.example":                     "email_domains_denied",
+			"eve@SPAM.Example":                     "email_domains_denied",
+			"eve@mx.spam.example":                  "email_domains_denied",
+			"eve@a.b.spam.example":                 "email_domains_denied",
+			"eve@bad.example":                      "email_domains_denied",
+			"eve@spam\uff0eexample":                "email_domains_denied", // fullwidth full stop: "." to IDNA
+			"eve@spam\u3002example":                "email_domains_denied", // ideographic full stop
+			"eve@mx\uff61spam.example":             "email_domains_denied", // halfwidth ideographic full stop
+			"eve@\u017fpam.example":                "email_domains_denied", // long s: "s" under NFKC
+			"eve@\uff33\uff30\uff21\uff2d.example": "email_domains_denied", // fullwidth SPAM
+			"eve@notspam.example":                  allowed,
+			"eve@spam.example.org":                 allowed,
+			"eve@spamexample":                      allowed,
+			"spam.example@example.org":             allowed,
+			"eve@spam.example.":                    invalid,
+			"eve@spam..example":                    invalid,
+		}},
+		{"allowed", "{email_domains_allowed: [example.org]}", map[string]string{
+			"ann@example.org":           allowed,
+			"ann@Sub.EXAMPLE.org":       allowed,
+			"ann@example\uff0eorg":      allowed,
+			"ann@evilexample.org":       "email_domains_allowed",
+			"ann@example.org.evil.test": "email_domains_allowed",
+			"ann@ex\u0430mple.org":      "email_domains_allowed", // Cyrillic a
+			"ann@xn--exmple-4nf.org":    "email_domains_allowed",
+			"example.org@evil.test":     "email_domains_allowed",
+			"ann@example.org.":          invalid,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+				e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: "policy: " + tt.policy + "\n"})
+				u := e.NewUser("domains")
+				for _, address := range slices.Sorted(maps.Keys(tt.want)) {
+					want := tt.want[address]
+					r := e.Do("POST", requestTokenPath, "", map[string]any{"client_secret": "sec", "email": address, "send_attempt": 1})
+					switch want {
+					case allowed:
+						harness.Expect(t, r, 200, "")
+					case invalid:
+						harness.Expect(t, r, 400, "M_INVALID_PARAM")
+					default:
+						if r.Status != 403 || r.ErrCode() != "M_THREEPID_DENIED" || !strings.Contains(string(r.Body), want) {
+							t.Errorf("requestToken %q: %d %s, want 403 M_THREEPID_DENIED by %s", address, r.Status, r.Body, want)
+						}
+					}
+					if want == invalid {
+						continue
+					}
+					// The same address validated by the identity server.
+					r = e.Bind(t, u, 0, "email", address)
+					if want == allowed {
+						harness.Expect(t, r, 200, "")
+					} else if r.Status != 403 || r.ErrCode() != "M_FORBIDDEN" || !strings.Contains(string(r.Body), want) {
+						t.Errorf("bind %q: %d %s, want 403 M_FORBIDDEN by %s", address, r.Status, r.Body, want)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestPolicyMSISDNCountries: calling-code rules, at requestToken and at
+// bind (which may carry numbers libphonenumber cannot place).
+func TestPolicyMSISDNCountries(t *testing.T) {
+	type number struct{ country, typed, msisdn string }
+	gb := number{"GB", "07700 900124", "447700900124"}
+	us := number{"US", "(201) 555-0123", "12015550123"}
+	ca := number{"CA", "613 555 0143", "16135550143"}
+	fr := number{"FR", "06 12 34 56 78", "33612345678"}
+	unplaced := number{"", "", "999123456789"} // calling code 999 is not assigned
+	tests := []struct {
+		name, policy string
+		// blocked maps each number to the rule blocking it ("" allowed).
+		blocked map[number]string
+	}{
+		{"allowed", `{msisdn_countries_allowed: ["44", "+1"]}`, map[number]string{
+			gb: "", us: "", ca: "", fr: "msisdn_countries_allowed", unplaced: "msisdn_countries_allowed"}},
+		{"denied", `{msisdn_countries_denied: ["1"]}`, map[number]string{
+			gb: "", us: "msisdn_countries_denied", ca: "msisdn_countries_denied", fr: "", unplaced: ""}},
+		{"both", `{msisdn_countries_allowed: ["44", "33"], msisdn_countries_denied: ["33"]}`, map[number]string{
+			gb: "", fr: "msisdn_countries_denied", us: "msisdn_countries_allowed"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+				e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: "policy: " + tt.policy + "\n"})
+				u := e.NewUser("phones")
+				for n, rule := range tt.blocked {
+					if n.country != "" {
+						r := e.Do("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", map[string]any{
+							"client_secret": "sec", "country": n.country, "phone_number": n.typed, "send_attempt": 1})
+						if rule == "" {
+							harness.Expect(t, r, 200, "")
+						} else {
+							expectBlocked(t, r, "M_THREEPID_DENIED", rule, "calling code")
+						}
+					}
+					r := e.Bind(t, u, 0, "msisdn", n.msisdn)
+					if rule == "" {
+						harness.Expect(t, r, 200, "")
+					} else {
+						expectBlocked(t, r, "M_FORBIDDEN", rule, "calling code")
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestPolicyMaxThreepids: max_threepids_per_user is checked at /add (403
+// M_THREEPID_DENIED naming it) and a delete frees a place.
+func TestPolicyMaxThreepids(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		down := func(context.Context, events.Event) (int, string) { return 503, `{}` }
-		h := newHook(t, down)
-		e := harness.Start(t, b, harness.Options{IdentityServers: 1,
-			ExtraYAML: fmt.Sprintf("policy: {events_webhook: {url: %q, secret: %q}}\n", h.srv.URL, hookSecret)})
-		is := e.IS[0]
-		alice, bob, carol := e.NewUser("alice"), e.NewUser("bob"), e.NewUser("carol")
-		e.AddEmail(t, alice, "alice@example.org")
-		harness.Expect(t, e.Bind(t, alice, 0, "email", "alice@example.org"), 200, "")
-		harness.Expect(t, e.Bind(t, bob, 0, "email", "alice@example.org"), 200, "") // alice loses it
-		if got := unbindResult(t, e.Do("POST", unbindPath, bob.Token, map[string]any{"medium": "email", "address": "alice@example.org"})); got != "success" {
-			t.Fatalf("unbind: %s", got)
+		e := harness.Start(t, b, harness.Options{ExtraYAML: "policy: {max_threepids_per_user: 2}\n"})
+		u := e.NewUser("limited")
+		steps := []struct {
+			name, address string
+			deleteFirst   string
+			status        int
+		}{
+			{"first", "one@example.org", "", 200},
+			{"second", "two@example.org", "", 200},
+			{"third", "three@example.org", "", 403},
+			{"after a delete", "three@example.org", "two@example.org", 200},
+			{"over again", "four@example.org", "", 403},
 		}
-		harness.Expect(t, e.Do("POST", deletePath, alice.Token, map[string]any{"medium": "email", "address": "alice@example.org"}), 200, "")
-		harness.Expect(t, e.Bind(t, carol, 0, "email", "carol@example.org"), 200, "")
-		if err := onupdate.Send(context.Background(), nil, is.Key(), is.Name(), harness.ServerName, e.URL,
-			onupdate.Body{Threepid: "carol@example.org", Medium: "email", Deleted: true, MXID: carol.ID}); err != nil {
-			t.Fatalf("onupdate: %v", err)
-		}
-
-		want := []string{
-			"user_threepid add @alice:hs.test alice@example.org ",
-			"identity_server_binding bind @alice:hs.test alice@example.org id1.test",
-			"identity_server_binding lost @alice:hs.test alice@example.org id1.test",
-			"identity_server_binding bind @bob:hs.test alice@example.org id1.test",
-			"identity_server_binding unbind @bob:hs.test alice@example.org id1.test",
-			"user_threepid remove @alice:hs.test alice@example.org ",
-			"identity_server_binding bind @carol:hs.test carol@example.org id1.test",
-			"identity_server_binding lost @carol:hs.test carol@example.org id1.test",
-		}
-		// Every event is tried while the receiver is down, and kept.
-		waitFor(t, "a failed delivery of every event", func() bool { return len(distinct(h.calls(), 503)) == len(want) }, 30*time.Second)
-		e.Restart()
-		h.setAnswer(func(context.Context, events.Event) (int, string) { return 204, "" })
-		// Generous: an event whose delivery the restart interrupted waits
-		// for its outbox lease to expire.
-		waitFor(t, "every event delivered", func() bool { return len(distinct(h.calls(), 204)) == len(want) }, 3*time.Minute)
-
-		var got []string
-		for _, ev := range distinct(h.calls(), 204) {
-			got = append(got, strings.Join([]string{ev.Callback, string(ev.Op), ev.UserID, ev.Address, ev.IDServer}, " "))
-			if ev.At <= 0 || ev.Medium != "email" {
-				t.Errorf("event %+v", ev)
+		for _, s := range steps {
+			if s.deleteFirst != "" {
+				harness.Expect(t, e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": s.deleteFirst}), 200, "")
+			}
+			secret := "sec-" + strings.ReplaceAll(s.name, " ", "-")
+			sid := e.ValidateEmail(t, secret, s.address)
+			r := e.AddThreepid(t, u, sid, secret)
+			if s.status == 200 {
+				harness.Expect(t, r, 200, "")
+			} else {
+				expectBlocked(t, r, "M_THREEPID_DENIED", "max_threepids_per_user", "at most 2")
+			}
+			if n := len(e.Threepids(t, u)); n > 2 {
+				t.Fatalf("%s: the account holds %d 3PIDs", s.name, n)
 			}
 		}
-		slices.Sort(got)
-		slices.Sort(want)
-		if !slices.Equal(got, want) {
-			t.Fatalf("delivered events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-		}
-		if n := h.refusedCount(); n != 0 {
-			t.Fatalf("%d deliveries had a bad signature", n)
-		}
-	})
-}
 
-// distinct returns the events answered status, once per event_id.
-func distinct(calls []hookCall, status int) []events.Event {
-	seen := map[string]bool{}
-	var out []events.Event
-	for _, c := range calls {
-		if c.Status == status && !seen[c.Event.ID] {
-			seen[c.Event.ID] = true
-			out = append(out, c.Event)
+		// Adds racing for the last place: exactly one gets it.
+		racer := e.NewUser("racer")
+		const racers = 6
+		sids := make([]string, racers)
+		for i := range racers {
+			sids[i] = e.ValidateEmail(t, fmt.Sprintf("race-%d", i), fmt.Sprintf("race%d@example.org", i))
 		}
-	}
-	return out
-}
-
-// waitFor polls cond until it holds, failing after timeout.
-func waitFor(t *testing.T, what string, cond func() bool, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+		harness.Expect(t, e.AddThreepid(t, racer, sids[0], "race-0"), 200, "")
+		answers := make([]harness.Response, racers)
+		var wg sync.WaitGroup
+		for i := 1; i < racers; i++ {
+			wg.Go(func() { answers[i] = e.AddThreepid(t, racer, sids[i], fmt.Sprintf("race-%d", i)) })
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// TestEventsOff: without events_webhook.url nothing is queued.
-func TestEventsOff(t *testing.T) {
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
-		u := e.NewUser("quiet")
-		e.AddEmail(t, u, "quiet@example.org")
-		harness.Expect(t, e.Bind(t, u, 0, "email", "quiet@example.org"), 200, "")
-		if n, err := e.Server.Store.CountOutbox(context.Background(), events.OutboxKind); err != nil || n != 0 {
-			t.Fatalf("%d events queued with events off (%v)", n, err)
+		wg.Wait()
+		won := 0
+		for _, r := range answers[1:] {
+			if r.Status == 200 {
+				won++
+			} else {
+				expectBlocked(t, r, "M_THREEPID_DENIED", "max_threepids_per_user", "at most 2")
+			}
+		}
+		if n := len(e.Threepids(t, racer)); won != 1 || n != 2 {
+			t.Fatalf("racing adds: %d won, the account holds %d 3PIDs; want 1 and 2", won, n)
 		}
 	})
 }

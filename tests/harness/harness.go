@@ -6,7 +6,6 @@ package harness
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 	"github.com/threepidd/threepidd/server"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // ServerName is the fake homeserver's name.
@@ -190,31 +190,9 @@ func (e *Env) Restart() {
 	e.start()
 }
 
-// Response is an HTTP answer.
-type Response struct {
-	Status int
-	Header http.Header
-	Body   []byte
-}
-
-// JSON decodes the body as an object (failing the test if it is not one).
-func (r Response) JSON(t testing.TB) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(r.Body, &m); err != nil {
-		t.Fatalf("response %d is not a JSON object: %v: %s", r.Status, err, r.Body)
-	}
-	return m
-}
-
-// ErrCode returns the errcode of an error body ("" if none).
-func (r Response) ErrCode() string {
-	var m struct {
-		ErrCode string `json:"errcode"`
-	}
-	_ = json.Unmarshal(r.Body, &m)
-	return m.ErrCode
-}
+// Response is an HTTP answer (support's, so that tests of every package
+// read answers alike).
+type Response = support.Response
 
 // Do sends a request to threepidd with an optional access token. body may be
 // nil, a []byte or string (sent as is) or any value (sent as JSON).
@@ -226,52 +204,21 @@ func (e *Env) Do(method, path, token string, body any) Response {
 // Do sends one HTTP request and reads the whole answer.
 func Do(t testing.TB, method, url, token string, body any) Response {
 	t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		rd = bytes.NewReader(b)
-	case string:
-		rd = strings.NewReader(b)
-	default:
-		data, err := json.Marshal(b)
-		if err != nil {
-			t.Fatalf("marshal body: %v", err)
-		}
-		rd = bytes.NewReader(data)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
-	if err != nil {
-		t.Fatalf("request: %v", err)
-	}
-	if rd != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	return roundTrip(t, noRedirects, req)
+	return Send(t, support.Request{Method: method, URL: url, Token: token, Body: body})
 }
 
-// noRedirects hands redirects back to the test (the e-mail link answers 302).
-var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-
-// roundTrip sends req, reads the whole answer and checks it against the spec.
-func roundTrip(t testing.TB, client *http.Client, req *http.Request) Response {
+// Send sends req (within a minute), reads the whole answer and, when it comes
+// from a threepidd of this package, checks it against the spec.
+func Send(t testing.TB, req support.Request) Response {
 	t.Helper()
-	resp, err := client.Do(req)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r, err := support.Send(ctx, req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("read body: %v", err)
-	}
-	checkSpec(t, resp, data)
-	return Response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+	checkSpec(t, req.Method, req.URL, r)
+	return r
 }
 
 // Expect fails the test unless r has the status and (if non-empty) errcode.
@@ -282,18 +229,12 @@ func Expect(t testing.TB, r Response, status int, errcode string) {
 	}
 }
 
-// DoHeaders sends a GET-style request with extra headers.
+// DoHeaders sends a request without a body, with extra headers.
 func DoHeaders(t testing.TB, method, url, token string, headers map[string]string) Response {
 	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatalf("request: %v", err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+	h := http.Header{}
 	for k, v := range headers {
-		req.Header.Set(k, v)
+		h.Set(k, v)
 	}
-	return roundTrip(t, http.DefaultClient, req)
+	return Send(t, support.Request{Method: method, URL: url, Token: token, Header: h})
 }

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"io"
-	"net/http"
+	"net/url"
 	"sync"
 	"testing"
 
@@ -33,35 +33,39 @@ func unregisterThreepidd(addr string) {
 	delete(threepidds.addrs, addr)
 }
 
-// checkSpec validates resp, whose body was read into body, with
-// [CheckResponse] when its request went to a threepidd of this package. A
-// gzip body (asked for with Accept-Encoding) is checked decompressed.
-func checkSpec(t testing.TB, resp *http.Response, body []byte) {
+// checkSpec validates r, the answer to method url, with [CheckResponse] when
+// the request went to a threepidd of this package. A gzip body (asked for
+// with Accept-Encoding) is checked decompressed.
+func checkSpec(t testing.TB, method, rawURL string, r Response) {
 	t.Helper()
-	req := resp.Request
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return // the request itself failed on it
+	}
 	threepidds.Lock()
-	ours := threepidds.addrs[req.URL.Host]
+	ours := threepidds.addrs[u.Host]
 	threepidds.Unlock()
 	if !ours {
 		return
 	}
-	if resp.Header.Get("Content-Encoding") == "gzip" {
+	body := r.Body
+	if r.Header.Get("Content-Encoding") == "gzip" {
 		zr, err := gzip.NewReader(bytes.NewReader(body))
 		if err == nil {
 			body, err = io.ReadAll(zr)
 		}
 		if err != nil {
-			t.Errorf("%s %s -> %d: gzip body: %v", req.Method, req.URL, resp.StatusCode, err)
+			t.Errorf("%s %s -> %d: gzip body: %v", method, rawURL, r.Status, err)
 			return
 		}
 	}
-	CheckResponse(t, req.Method, req.URL.EscapedPath(), resp.StatusCode, body)
+	CheckResponse(t, method, u.EscapedPath(), r.Status, body)
 }
 
 // CheckResponse validates one answer of threepidd against the Matrix spec's
 // OpenAPI (package specval: the documented schema of the operation and status,
 // and error.yaml for any 4xx/5xx JSON body) and reports a violation with
-// t.Errorf. [Do] and [DoHeaders] call it for every answer from threepidd.
+// t.Errorf. [Send] calls it for every answer from threepidd.
 func CheckResponse(t testing.TB, method, path string, status int, body []byte) {
 	t.Helper()
 	if err := specval.Default().Check(method, path, status, body); err != nil {

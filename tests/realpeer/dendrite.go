@@ -17,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/threepidd/threepidd/tests/support"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -89,19 +90,15 @@ func startDendrite(ctx context.Context, t testing.TB, env Env) (*Dendrite, error
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
 		return nil, fmt.Errorf("write Dendrite config: %w", err)
 	}
-	port, err := freePort()
+	port, err := support.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	cmd := exec.Command(filepath.Join(env.DendriteBinDir, "dendrite"), "-config", cfgPath, "-http-bind-address", addr)
 	cmd.Dir = dir
-	proc, err := startProcess(t, "dendrite", cmd, filepath.Join(dir, "stdout.log"), filepath.Join(dir, "log", "dendrite.log"))
-	if err != nil {
-		return nil, err
-	}
 	d := &Dendrite{URL: "http://" + addr, Addr: addr, ServerName: DendriteServerName, Dir: dir, KeyPath: keyPath, UserDB: userDB, sharedSecret: secret}
-	if err := proc.waitHTTP(ctx, d.URL+"/_matrix/client/versions"); err != nil {
+	if err := startPeer(ctx, t, "dendrite", cmd, filepath.Join(dir, "stdout.log"), d.URL+"/_matrix/client/versions", filepath.Join(dir, "log", "dendrite.log")); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -190,7 +187,7 @@ func (d *Dendrite) Register(ctx context.Context, localpart, password string) (Us
 	var nonce struct {
 		Nonce string `json:"nonce"`
 	}
-	if err := doJSON(ctx, d.URL, http.MethodGet, path, "", nil, &nonce); err != nil {
+	if err := DoJSON(ctx, d.URL, http.MethodGet, path, "", nil, &nonce); err != nil {
 		return User{}, fmt.Errorf("register %s: %w", localpart, err)
 	}
 	mac := hmac.New(sha1.New, []byte(d.sharedSecret))
@@ -203,7 +200,7 @@ func (d *Dendrite) Register(ctx context.Context, localpart, password string) (Us
 		"mac":      hex.EncodeToString(mac.Sum(nil)),
 	}
 	var u User
-	if err := doJSON(ctx, d.URL, http.MethodPost, path, "", body, &u); err != nil {
+	if err := DoJSON(ctx, d.URL, http.MethodPost, path, "", body, &u); err != nil {
 		return User{}, fmt.Errorf("register %s: %w", localpart, err)
 	}
 	u.Localpart, u.Password = localpart, password
@@ -218,7 +215,7 @@ func (d *Dendrite) Login(ctx context.Context, localpart, password string) (User,
 		"password":   password,
 	}
 	var u User
-	if err := doJSON(ctx, d.URL, http.MethodPost, "/_matrix/client/v3/login", "", body, &u); err != nil {
+	if err := DoJSON(ctx, d.URL, http.MethodPost, "/_matrix/client/v3/login", "", body, &u); err != nil {
 		return User{}, fmt.Errorf("log %s in: %w", localpart, err)
 	}
 	u.Localpart, u.Password = localpart, password

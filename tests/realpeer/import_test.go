@@ -8,8 +8,6 @@ import (
 	"database/sql"
 	"fmt"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	_ "github.com/mattn/go-sqlite3" // the "sqlite3" database/sql driver
 
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // importRow is a row of Dendrite's userapi_threepids.
@@ -75,9 +74,9 @@ conflict: email "shared@example.org": held by several homeserver accounts: @alic
 // lists exactly the canonical imported 3PIDs through nginx, the conflicting
 // address for nobody. A second run changes nothing. Once per storage backend.
 func TestDendriteImport(t *testing.T) {
-	ctx := testContext(t)
+	ctx := ContextOf(t)
 	start := time.Now()
-	bin := buildThreepidd(ctx, t)
+	support.ThreepiddBinary(t) // built now, as part of the setup
 	d := StartDendrite(ctx, t, env)
 	users := map[string]User{}
 	for _, localpart := range []string{"alice", "bob"} {
@@ -108,11 +107,11 @@ func TestDendriteImport(t *testing.T) {
 	for _, b := range storagetest.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
 			start := time.Now()
-			ctx := testContext(t)
+			ctx := ContextOf(t)
 			tp := StartThreepidd(ctx, t, ThreepiddOptions{Backend: b, Dendrite: d})
 
 			before := time.Now().UnixMilli()
-			runImport(ctx, t, bin, tp.ConfigPath, d.UserDB, importReport(d.UserDB, 3, 0))
+			runImport(ctx, t, tp.ConfigPath, d.UserDB, importReport(d.UserDB, 3, 0))
 			after := time.Now().UnixMilli()
 
 			n := StartNginx(ctx, t, env, tp.Addr, d.Addr)
@@ -133,7 +132,7 @@ func TestDendriteImport(t *testing.T) {
 				first[localpart] = got
 			}
 
-			runImport(ctx, t, bin, tp.ConfigPath, d.UserDB, importReport(d.UserDB, 0, 3))
+			runImport(ctx, t, tp.ConfigPath, d.UserDB, importReport(d.UserDB, 0, 3))
 			for localpart, u := range users {
 				if got := listThreepids(ctx, t, n.URL, u); !reflect.DeepEqual(got, first[localpart]) {
 					t.Errorf("after the second import threepidd lists for %s %+v, want as before %+v", localpart, got, first[localpart])
@@ -142,18 +141,6 @@ func TestDendriteImport(t *testing.T) {
 			t.Logf("import on %s: %v wall (threepidd and nginx started, two imports, checks)", b.Name, time.Since(start).Round(time.Millisecond))
 		})
 	}
-}
-
-// buildThreepidd builds the threepidd binary into a temporary directory.
-func buildThreepidd(ctx context.Context, t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "threepidd")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/threepidd")
-	cmd.Dir = env.RepoRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/threepidd: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // writeDendriteThreepids inserts rows into the running Dendrite's
@@ -177,10 +164,10 @@ func writeDendriteThreepids(ctx context.Context, t *testing.T, d *Dendrite, rows
 
 // runImport runs `threepidd import -config configPath -dendrite-db userDB`
 // and checks that it exits 0 with wantReport on stdout.
-func runImport(ctx context.Context, t *testing.T, bin, configPath, userDB, wantReport string) {
+func runImport(ctx context.Context, t *testing.T, configPath, userDB, wantReport string) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "import", "-config", configPath, "-dendrite-db", userDB)
+	cmd := support.ThreepiddCommand(ctx, t, "import", "-config", configPath, "-dendrite-db", userDB)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("threepidd import: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.Bytes(), stderr.Bytes())
@@ -196,7 +183,7 @@ func listThreepids(ctx context.Context, t *testing.T, baseURL string, u User) []
 	var body struct {
 		Threepids []listedThreepid `json:"threepids"`
 	}
-	if err := doJSON(ctx, baseURL, http.MethodGet, "/_matrix/client/v3/account/3pid", u.AccessToken, nil, &body); err != nil {
+	if err := DoJSON(ctx, baseURL, http.MethodGet, "/_matrix/client/v3/account/3pid", u.AccessToken, nil, &body); err != nil {
 		t.Fatalf("%s: %v", u.UserID, err)
 	}
 	if body.Threepids == nil {

@@ -3,7 +3,6 @@
 package realpeer
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
 	"github.com/threepidd/threepidd/tests/fakes"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 const (
@@ -71,12 +71,12 @@ var journeySteps = []string{
 // long-polls /sync through threepidd's proxy; then a phone number is added
 // and deleted as Element does it, its code read from an SMS webhook sink.
 func TestJourney(t *testing.T) {
-	ctx := testContext(t)
+	ctx := ContextOf(t)
 	d := StartDendrite(ctx, t, env)
 	for _, b := range storagetest.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
 			start := time.Now()
-			testJourney(testContext(t), t, d, b)
+			testJourney(ContextOf(t), t, d, b)
 			t.Logf("journey on %s: %v wall (threepidd, nginx and fakes started, js-sdk journey, checks)", b.Name, time.Since(start).Round(time.Millisecond))
 		})
 	}
@@ -281,7 +281,7 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 
 	// The registration device survives too, seen from Dendrite directly.
 	var who map[string]any
-	if err := doJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/account/whoami", alice.AccessToken, nil, &who); err != nil {
+	if err := DoJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/account/whoami", alice.AccessToken, nil, &who); err != nil {
 		t.Fatal(err)
 	}
 	if who["user_id"] != alice.UserID || who["device_id"] != alice.DeviceID {
@@ -501,26 +501,16 @@ func (c *journeyControl) takeover(ctx context.Context, _ *http.Request) (any, er
 		return nil, err
 	}
 	sid := c.is.AddValidatedSession("email", c.email, secret, token)
-	body, err := json.Marshal(map[string]string{"sid": sid, "client_secret": secret, "mxid": newOwner})
-	if err != nil {
-		return nil, fmt.Errorf("encode bind: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.is.URL()+"/_matrix/identity/v2/3pid/bind", bytes.NewReader(body))
-	if err != nil {
-		return nil, fmt.Errorf("build bind: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := httpClient.Do(req)
+	resp, err := peers.Send(ctx, support.Request{Method: http.MethodPost, URL: c.is.URL() + "/_matrix/identity/v2/3pid/bind", Token: token,
+		Body: map[string]string{"sid": sid, "client_secret": secret, "mxid": newOwner}})
 	if err != nil {
 		return nil, fmt.Errorf("bind %s on the identity server: %w", newOwner, err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("bind %s on the identity server: status %d", newOwner, resp.StatusCode)
+	if resp.Status != http.StatusOK {
+		return nil, fmt.Errorf("bind %s on the identity server: status %d", newOwner, resp.Status)
 	}
 	update := onupdate.Body{Threepid: c.email, Medium: "email", Deleted: false, MXID: newOwner}
-	if err := onupdate.Send(ctx, httpClient, c.is.Key(), c.is.Name(), c.homeserver, c.nginxURL, update); err != nil {
+	if err := onupdate.Send(ctx, peers.HTTP, c.is.Key(), c.is.Name(), c.homeserver, c.nginxURL, update); err != nil {
 		return nil, err
 	}
 	return map[string]string{"mxid": newOwner, "replaced": replaced}, nil

@@ -9,6 +9,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // env is what setup.sh installed, shared by every test.
@@ -27,18 +29,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	fmt.Fprintf(os.Stderr, "realpeer setup took %v\n", time.Since(start).Round(time.Millisecond))
-	os.Exit(m.Run())
-}
-
-// testContext is a context that ends with the test (or a little before its deadline).
-func testContext(t *testing.T) context.Context {
-	ctx := t.Context()
-	if deadline, ok := t.Deadline(); ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline.Add(-5*time.Second))
-		t.Cleanup(cancel)
-	}
-	return ctx
+	os.Exit(support.RunTests(m))
 }
 
 // mustRegister registers localpart on d with password, or fails the test.

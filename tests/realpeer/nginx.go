@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"testing"
 	"text/template"
+
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // Nginx is a running nginx in front of threepidd and the homeserver.
@@ -79,7 +81,7 @@ func startNginx(ctx context.Context, t testing.TB, env Env, threepiddAddr, homes
 	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o700); err != nil {
 		return nil, fmt.Errorf("create nginx temp dir: %w", err)
 	}
-	port, err := freePort()
+	port, err := support.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -118,12 +120,8 @@ func startNginx(ctx context.Context, t testing.TB, env Env, threepiddAddr, homes
 	// -e: the error log before the config is read, which would otherwise
 	// be the system's /var/log/nginx/error.log.
 	cmd := exec.Command(env.Nginx, "-p", dir+"/", "-c", cfgPath, "-e", errorLog)
-	proc, err := startProcess(t, "nginx", cmd, filepath.Join(dir, "stdout.log"), errorLog)
-	if err != nil {
-		return nil, err
-	}
 	n := &Nginx{URL: "http://" + listen, Dir: dir}
-	if err := proc.waitHTTP(ctx, n.URL+"/_matrix/client/versions"); err != nil {
+	if err := startPeer(ctx, t, "nginx", cmd, filepath.Join(dir, "stdout.log"), n.URL+"/_matrix/client/versions", errorLog); err != nil {
 		return nil, err
 	}
 	return n, nil

@@ -60,7 +60,7 @@ func (r *recorder) take() []seenRequest {
 // deploy/nginx/threepidd.conf and checks which upstream each one reaches,
 // with its URI unchanged and the forwarding headers set.
 func TestNginxRouting(t *testing.T) {
-	ctx := testContext(t)
+	ctx := ContextOf(t)
 	d := StartDendrite(ctx, t, env)
 	alice := mustRegister(ctx, t, d, "alice", "alice-password")
 	threepidd := newRecorder(t, d.URL)
@@ -110,7 +110,7 @@ func TestNginxRouting(t *testing.T) {
 			if tt.method == http.MethodPost || tt.method == http.MethodPut {
 				body = json.RawMessage(`{}`)
 			}
-			resp, err := Do(ctx, n.URL, tt.method, tt.path, alice.AccessToken, body)
+			resp, err := peers.Do(ctx, tt.method, n.URL+tt.path, alice.AccessToken, body)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"testing"
+	"time"
 )
 
 // Env is where setup.sh put the real peers.
@@ -86,4 +88,15 @@ func runSetup(ctx context.Context) (Env, error) {
 		}
 	}
 	return env, nil
+}
+
+// ContextOf is a context that ends with the test (or a little before its deadline).
+func ContextOf(t *testing.T) context.Context {
+	ctx := t.Context()
+	if deadline, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline.Add(-5*time.Second))
+		t.Cleanup(cancel)
+	}
+	return ctx
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/server"
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // Threepidd is threepidd running in-process in front of a Dendrite.
@@ -57,7 +58,7 @@ type ThreepiddOptions struct {
 // know before it starts (the validation links point at nginx).
 func ReserveAddr(t testing.TB) string {
 	t.Helper()
-	port, err := freePort()
+	port, err := support.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +79,7 @@ func StartThreepidd(ctx context.Context, t testing.TB, opts ThreepiddOptions) *T
 
 func startThreepidd(ctx context.Context, t testing.TB, opts ThreepiddOptions) (*Threepidd, error) {
 	if opts.Addr == "" {
-		port, err := freePort()
+		port, err := support.FreePort()
 		if err != nil {
 			return nil, err
 		}

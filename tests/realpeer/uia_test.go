@@ -22,7 +22,7 @@ var passwordFlows = []any{map[string]any{"stages": []any{"m.login.password"}}}
 // id>, for each kind of auth dict a client may send, and proves that the call
 // leaves the caller's token and devices alone. FINDINGS.md has the bodies.
 func TestDendriteUIARelay(t *testing.T) {
-	ctx := testContext(t)
+	ctx := ContextOf(t)
 	d := StartDendrite(ctx, t, env)
 	alice := mustRegister(ctx, t, d, "alice", "alice-password")
 	if _, err := d.Login(ctx, "alice", "alice-password"); err != nil {
@@ -144,7 +144,7 @@ func TestDendriteUIARelay(t *testing.T) {
 			session := challenge(ctx, t, d, alice.AccessToken, deviceID)
 			other := challenge(ctx, t, d, alice.AccessToken, randomDeviceID(t))
 			body := tt.body(session, other)
-			resp, err := Do(ctx, d.URL, http.MethodDelete, "/_matrix/client/v3/devices/"+deviceID, alice.AccessToken, body)
+			resp, err := peers.Do(ctx, http.MethodDelete, d.URL+"/_matrix/client/v3/devices/"+deviceID, alice.AccessToken, body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -176,7 +176,7 @@ func TestDendriteUIARelay(t *testing.T) {
 	t.Run("device list change", func(t *testing.T) {
 		since := quietSyncToken(ctx, t, d, alice.AccessToken)
 		deviceID := randomDeviceID(t)
-		resp, err := Do(ctx, d.URL, http.MethodDelete, "/_matrix/client/v3/devices/"+deviceID, alice.AccessToken, password("alice", "alice-password", ""))
+		resp, err := peers.Do(ctx, http.MethodDelete, d.URL+"/_matrix/client/v3/devices/"+deviceID, alice.AccessToken, password("alice", "alice-password", ""))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -192,7 +192,7 @@ func TestDendriteUIARelay(t *testing.T) {
 
 	t.Run("token and devices survive", func(t *testing.T) {
 		var who map[string]any
-		if err := doJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/account/whoami", alice.AccessToken, nil, &who); err != nil {
+		if err := DoJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/account/whoami", alice.AccessToken, nil, &who); err != nil {
 			t.Fatal(err)
 		}
 		if who["user_id"] != alice.UserID || who["device_id"] != alice.DeviceID {
@@ -208,7 +208,7 @@ func TestDendriteUIARelay(t *testing.T) {
 // or takes over besides the UIA relay: whoami, and /account/3pid/add (which
 // Dendrite does not implement).
 func TestDendriteAnswers(t *testing.T) {
-	ctx := testContext(t)
+	ctx := ContextOf(t)
 	d := StartDendrite(ctx, t, env)
 	alice := mustRegister(ctx, t, d, "alice", "alice-password")
 	add := map[string]any{"sid": "unknown-sid", "client_secret": "secret"}
@@ -238,7 +238,7 @@ func TestDendriteAnswers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, err := Do(ctx, d.URL, tt.method, tt.path, tt.token, tt.body)
+			resp, err := peers.Do(ctx, tt.method, d.URL+tt.path, tt.token, tt.body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -279,7 +279,7 @@ func syncSince(ctx context.Context, t *testing.T, d *Dendrite, token, since stri
 		q.Set("since", since)
 	}
 	var res syncAnswer
-	if err := doJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/sync?"+q.Encode(), token, nil, &res); err != nil {
+	if err := DoJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/sync?"+q.Encode(), token, nil, &res); err != nil {
 		t.Fatal(err)
 	}
 	return res
@@ -306,7 +306,7 @@ func quietSyncToken(ctx context.Context, t *testing.T, d *Dendrite, token string
 // challenge starts a UIA session for deleting deviceID and returns its ID.
 func challenge(ctx context.Context, t *testing.T, d *Dendrite, token, deviceID string) string {
 	t.Helper()
-	resp, err := Do(ctx, d.URL, http.MethodDelete, "/_matrix/client/v3/devices/"+deviceID, token, map[string]any{})
+	resp, err := peers.Do(ctx, http.MethodDelete, d.URL+"/_matrix/client/v3/devices/"+deviceID, token, map[string]any{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +349,7 @@ func deviceIDs(ctx context.Context, t *testing.T, d *Dendrite, token string) []s
 			DeviceID string `json:"device_id"`
 		} `json:"devices"`
 	}
-	if err := doJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/devices", token, nil, &res); err != nil {
+	if err := DoJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/devices", token, nil, &res); err != nil {
 		t.Fatal(err)
 	}
 	ids := make([]string, 0, len(res.Devices))

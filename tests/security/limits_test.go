@@ -13,6 +13,7 @@ import (
 	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // hugeBody is the size of the bodies TestBodiesBounded sends.
@@ -66,39 +67,30 @@ func TestBodiesBounded(t *testing.T) {
 		{"/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", true, 1 << 20},
 		{onupdate.Path, false, 64 << 10},
 	}
-	client := &http.Client{Timeout: 30 * time.Second}
+	client := support.Client{HTTP: &http.Client{Timeout: 30 * time.Second}}
 	for _, ep := range endpoints {
 		for _, declared := range []bool{true, false} {
 			name := ep.path + map[bool]string{true: " (Content-Length)", false: " (chunked)"}[declared]
 			t.Run(name, func(t *testing.T) {
-				req, err := http.NewRequest("POST", e.URL+ep.path, &bodyReader{n: hugeBody})
-				if err != nil {
-					t.Fatal(err)
-				}
+				req := support.Request{Method: "POST", URL: e.URL + ep.path, Body: &bodyReader{n: hugeBody}}
 				if declared {
 					req.ContentLength = hugeBody
 				}
-				req.Header.Set("Content-Type", "application/json")
 				if ep.auth {
-					req.Header.Set("Authorization", "Bearer "+u.Token)
+					req.Token = u.Token
 				}
 				var before, after runtime.MemStats
 				runtime.GC()
 				runtime.ReadMemStats(&before)
-				resp, err := client.Do(req)
+				r, err := client.Send(t.Context(), req)
 				if err != nil {
 					t.Fatalf("no answer: %v", err)
 				}
-				body, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil {
-					t.Fatalf("read answer: %v", err)
-				}
 				runtime.ReadMemStats(&after)
-				if resp.StatusCode != 413 || !strings.Contains(string(body), `"M_TOO_LARGE"`) {
-					t.Fatalf("answered %d %s, want 413 M_TOO_LARGE", resp.StatusCode, body)
+				if r.Status != 413 || !strings.Contains(string(r.Body), `"M_TOO_LARGE"`) {
+					t.Fatalf("answered %s, want 413 M_TOO_LARGE", r)
 				}
-				harness.CheckResponse(t, "POST", ep.path, resp.StatusCode, body)
+				harness.CheckResponse(t, "POST", ep.path, r.Status, r.Body)
 				// Reading up to the limit may cost a few times the limit
 				// (a growing buffer), never the body.
 				if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(6*ep.limit+1<<20) {

@@ -1,14 +1,11 @@
 package security
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"log/slog"
 	"net/url"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,44 +13,8 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
-
-// logBuffer collects log output; safe for concurrent writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// captureLogs sends every slog record, debug included, to a buffer until t
-// ends. Times are left out: their digits could pass for an SMS code.
-func captureLogs(t *testing.T) *logBuffer {
-	t.Helper()
-	buf := &logBuffer{}
-	prev := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{
-		Level: slog.LevelDebug,
-		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		},
-	})))
-	t.Cleanup(func() { slog.SetDefault(prev) })
-	return buf
-}
 
 // TestSecretsNeverLogged runs a full journey, with its error paths, and
 // requires the logs to hold none of the secrets that went through threepidd:
@@ -61,7 +22,7 @@ func captureLogs(t *testing.T) *logBuffer {
 // token, the SMS code, identity-server access tokens and the admin token.
 func TestSecretsNeverLogged(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		logs := captureLogs(t)
+		logs := support.CaptureLogs(t)
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1, ExtraYAML: "admin_token: " + adminToken + "\n"})
 		is := e.IS[0]
 		u := e.NewUser("secretive")

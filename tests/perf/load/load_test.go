@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // loadEnv turns TestLoad on.
@@ -72,7 +73,7 @@ func TestLoad(t *testing.T) {
 	s := loadSettings(t)
 	for _, b := range storagetest.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			before := loadAverage()
+			before := support.LoadAverage()
 			r := newRig(t, b, s.users, s.clients)
 			var rows []Row
 			var whoami []string
@@ -91,7 +92,7 @@ func TestLoad(t *testing.T) {
 			fmt.Printf("\n### %s: %d users × %d 3PIDs, %d clients, %v per operation and side (%d rounds, %v warm-up)\n\n",
 				b.Name, s.users, threepidsPerUser, s.clients, s.duration, s.rounds, s.warmup)
 			fmt.Printf("%d CPUs, GOMAXPROCS %d, %s; load average (1, 5, 15 min) before: %s, after: %s\n\n",
-				runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), before, loadAverage())
+				runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), before, support.LoadAverage())
 			if err := WriteTable(os.Stdout, rows, p99Target); err != nil {
 				t.Fatal(err)
 			}
@@ -185,14 +186,4 @@ func (r *rig) measure(ctx context.Context, op operation, s settings) measurement
 		m.whoamiPerIteration = float64(sides[0].whoami) / float64(len(whole.Latencies)+whole.Errors)
 	}
 	return m
-}
-
-// loadAverage returns the machine's load averages from /proc/loadavg ("?"
-// where that cannot be read).
-func loadAverage() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if fields := strings.Fields(string(data)); err == nil && len(fields) >= 3 {
-		return strings.Join(fields[:3], ", ")
-	}
-	return "?"
 }

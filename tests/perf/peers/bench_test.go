@@ -1,11 +1,11 @@
 //go:build realpeer
 
-package realpeer
+package peers
 
 import (
 	"context"
 	"fmt"
-	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"runtime"
@@ -16,12 +16,16 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/realpeer"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // benchEnv turns TestRealPeerBench on.
 const benchEnv = "THREEPIDD_TEST_REALPEER_BENCH"
 
 const (
+	// requestTimeout bounds one request of the benchmark.
+	requestTimeout = 30 * time.Second
 	// benchWorkers is how many clients send requests at once.
 	benchWorkers = 8
 	// benchRound is how long one side of a pair is measured at a time;
@@ -34,6 +38,15 @@ const (
 	benchRooms    = 4
 	benchMessages = 10
 )
+
+func TestMain(m *testing.M) {
+	// threepidd runs in-process: its logs are noise in the test output
+	// unless asked for.
+	if os.Getenv("THREEPIDD_TEST_VERBOSE") == "" {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
+	os.Exit(m.Run())
+}
 
 // TestRealPeerBench measures threepidd against Dendrite on this machine, in
 // one run, side by side, and logs two Markdown tables (BENCHMARKS.md, "Real
@@ -52,30 +65,42 @@ func TestRealPeerBench(t *testing.T) {
 	if os.Getenv(benchEnv) != "1" {
 		t.Skipf("set %s=1 to run the side-by-side benchmark", benchEnv)
 	}
-	ctx := testContext(t)
-	d := StartDendrite(ctx, t, env)
-	alice := mustRegister(ctx, t, d, "alice", "alice-password")
-	populateRooms(ctx, t, d, alice.AccessToken)
-	hsSince := syncSince(ctx, t, d, alice.AccessToken, "", 0).NextBatch
-	initial, err := Do(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/sync?timeout=0", alice.AccessToken, nil)
+	env, err := realpeer.Setup()
+	if err != nil {
+		t.Fatalf("realpeer setup: %v", err)
+	}
+	ctx := realpeer.ContextOf(t)
+	d := realpeer.StartDendrite(ctx, t, env)
+	alice, err := d.Register(ctx, "alice", "alice-password")
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := &http.Client{
+	populateRooms(ctx, t, d, alice.AccessToken)
+	var hsSince struct {
+		NextBatch string `json:"next_batch"`
+	}
+	if err := realpeer.DoJSON(ctx, d.URL, http.MethodGet, "/_matrix/client/v3/sync?timeout=0", alice.AccessToken, nil, &hsSince); err != nil {
+		t.Fatal(err)
+	}
+	initial, err := support.Do(ctx, http.MethodGet, d.URL+"/_matrix/client/v3/sync?timeout=0", alice.AccessToken, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := support.Client{HTTP: &http.Client{
 		Timeout:   requestTimeout,
 		Transport: &http.Transport{MaxIdleConns: 4 * benchWorkers, MaxIdleConnsPerHost: 2 * benchWorkers},
-	}
-	t.Cleanup(client.CloseIdleConnections)
+	}}
+	t.Cleanup(client.HTTP.CloseIdleConnections)
 
 	var threepids, syncs strings.Builder
 	threepids.WriteString("| threepidd backend | threepidd req/s | threepidd p99 | Dendrite req/s | Dendrite p99 | req/s ratio | p99 ratio |\n|---|---|---|---|---|---|---|\n")
 	syncs.WriteString("| /sync | threepidd backend | via threepidd req/s | via threepidd p99 | Dendrite direct req/s | Dendrite direct p99 | req/s ratio | p99 ratio |\n|---|---|---|---|---|---|---|---|\n")
 	for _, b := range storagetest.Backends(t) {
-		tp := StartThreepidd(ctx, t, ThreepiddOptions{Backend: b, Dendrite: d})
+		tp := realpeer.StartThreepidd(ctx, t, realpeer.ThreepiddOptions{Backend: b, Dendrite: d})
 		var tpSince struct {
 			NextBatch string `json:"next_batch"`
 		}
-		if err := doJSON(ctx, tp.URL, http.MethodGet, "/_matrix/client/v3/sync?timeout=0", alice.AccessToken, nil, &tpSince); err != nil {
+		if err := realpeer.DoJSON(ctx, tp.URL, http.MethodGet, "/_matrix/client/v3/sync?timeout=0", alice.AccessToken, nil, &tpSince); err != nil {
 			t.Fatal(err)
 		}
 		get := func(base, path string) benchTarget {
@@ -85,40 +110,30 @@ func TestRealPeerBench(t *testing.T) {
 		fmt.Fprintf(&threepids, "| %s | %s | %s | %.2f | %.2f |\n", b.Name, tpRes.cells(), hsRes.cells(), tpRes.rate()/hsRes.rate(), ratio(tpRes.p99(), hsRes.p99()))
 		for _, s := range []struct{ name, tpPath, hsPath string }{
 			{"initial", "/_matrix/client/v3/sync?timeout=0", "/_matrix/client/v3/sync?timeout=0"},
-			{"incremental", "/_matrix/client/v3/sync?timeout=0&since=" + tpSince.NextBatch, "/_matrix/client/v3/sync?timeout=0&since=" + hsSince},
+			{"incremental", "/_matrix/client/v3/sync?timeout=0&since=" + tpSince.NextBatch, "/_matrix/client/v3/sync?timeout=0&since=" + hsSince.NextBatch},
 		} {
 			tpRes, hsRes := comparePair(ctx, t, get(tp.URL, s.tpPath), get(d.URL, s.hsPath))
 			fmt.Fprintf(&syncs, "| %s | %s | %s | %s | %.2f | %.2f |\n", s.name, b.Name, tpRes.cells(), hsRes.cells(), tpRes.rate()/hsRes.rate(), ratio(tpRes.p99(), hsRes.p99()))
 		}
 	}
 	t.Logf("%d CPUs (load average at the end: %s), %d clients, %d alternating rounds of %v per side; user in %d rooms (initial sync %d bytes from Dendrite)\n\nGET /_matrix/client/v3/account/3pid\n\n%s\n/sync\n\n%s",
-		runtime.NumCPU(), loadAverage(), benchWorkers, benchRounds, benchRound, benchRooms, len(initial.Body), threepids.String(), syncs.String())
-}
-
-// loadAverage is the machine's 1, 5 and 15 minute load averages, for the
-// record ("unknown" off Linux).
-func loadAverage() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(data)); err == nil && len(f) >= 3 {
-		return strings.Join(f[:3], " ")
-	}
-	return "unknown"
+		runtime.NumCPU(), support.LoadAverage(), benchWorkers, benchRounds, benchRound, benchRooms, len(initial.Body), threepids.String(), syncs.String())
 }
 
 // populateRooms gives the token's user benchRooms rooms of benchMessages messages.
-func populateRooms(ctx context.Context, t *testing.T, d *Dendrite, token string) {
+func populateRooms(ctx context.Context, t *testing.T, d *realpeer.Dendrite, token string) {
 	t.Helper()
 	for i := range benchRooms {
 		var room struct {
 			RoomID string `json:"room_id"`
 		}
-		if err := doJSON(ctx, d.URL, http.MethodPost, "/_matrix/client/v3/createRoom", token, map[string]any{"name": fmt.Sprintf("bench %d", i)}, &room); err != nil {
+		if err := realpeer.DoJSON(ctx, d.URL, http.MethodPost, "/_matrix/client/v3/createRoom", token, map[string]any{"name": fmt.Sprintf("bench %d", i)}, &room); err != nil {
 			t.Fatal(err)
 		}
 		for j := range benchMessages {
 			path := fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/bench-%d-%d", room.RoomID, i, j)
 			var sent map[string]any
-			if err := doJSON(ctx, d.URL, http.MethodPut, path, token, map[string]any{"msgtype": "m.text", "body": fmt.Sprintf("message %d", j)}, &sent); err != nil {
+			if err := realpeer.DoJSON(ctx, d.URL, http.MethodPut, path, token, map[string]any{"msgtype": "m.text", "body": fmt.Sprintf("message %d", j)}, &sent); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -127,28 +142,19 @@ func populateRooms(ctx context.Context, t *testing.T, d *Dendrite, token string)
 
 // benchTarget is one GET with a bearer token.
 type benchTarget struct {
-	client *http.Client
+	client support.Client
 	url    string
 	token  string
 }
 
 // once sends the request and reads the whole answer, which must be a 200.
 func (b benchTarget) once(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url, nil)
+	r, err := b.client.Do(ctx, http.MethodGet, b.url, b.token, nil)
 	if err != nil {
-		return fmt.Errorf("build request: %w", err)
+		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+b.token)
-	resp, err := b.client.Do(req)
-	if err != nil {
-		return fmt.Errorf("GET %s: %w", b.url, err)
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return fmt.Errorf("GET %s: read answer: %w", b.url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: status %d", b.url, resp.StatusCode)
+	if r.Status != http.StatusOK {
+		return fmt.Errorf("GET %s: status %d", b.url, r.Status)
 	}
 	return nil
 }

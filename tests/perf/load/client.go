@@ -1,13 +1,13 @@
 package load
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // requestTimeout bounds one request of the load client.
@@ -18,12 +18,12 @@ const requestTimeout = 30 * time.Second
 // response checking beyond the status (the e2e harness validates answers
 // against the spec; here that would cost more than the server under test).
 type Client struct {
-	http *http.Client
+	http support.Client
 }
 
 // NewClient returns a client for up to conns concurrent requests per host.
 func NewClient(conns int) *Client {
-	return &Client{http: &http.Client{
+	return &Client{http: support.Client{HTTP: &http.Client{
 		Transport: &http.Transport{
 			Proxy:               nil,
 			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -34,7 +34,7 @@ func NewClient(conns int) *Client {
 		},
 		// The e-mail link may answer 302 to a next_link; the status is what counts.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}
+	}}}
 }
 
 // Call is one request.
@@ -56,16 +56,9 @@ type Call struct {
 func (cl *Client) Do(ctx context.Context, c Call) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	var body io.Reader
+	req := support.Request{Method: c.Method, URL: c.URL, Header: http.Header{}}
 	if c.Body != nil {
-		body = bytes.NewReader(c.Body)
-	}
-	req, err := http.NewRequestWithContext(ctx, c.Method, c.URL, body)
-	if err != nil {
-		return nil, fmt.Errorf("build request %s %s: %w", c.Method, c.URL, err)
-	}
-	if c.Body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Body = c.Body
 	}
 	if c.Authorization != "" {
 		req.Header.Set("Authorization", c.Authorization)
@@ -73,20 +66,15 @@ func (cl *Client) Do(ctx context.Context, c Call) ([]byte, error) {
 	if c.Header != "" {
 		req.Header.Set(c.Header, c.HeaderValue)
 	}
-	resp, err := cl.http.Do(req)
+	r, err := cl.http.Send(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", c.Method, req.URL.Path, err)
+		return nil, err
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: read answer: %w", c.Method, req.URL.Path, err)
+	if r.Status != c.Want {
+		return r.Body, fmt.Errorf("%s %s: status %d, want %d: %.200s", c.Method, c.URL, r.Status, c.Want, r.Body)
 	}
-	if resp.StatusCode != c.Want {
-		return data, fmt.Errorf("%s %s: status %d, want %d: %.200s", c.Method, req.URL.Path, resp.StatusCode, c.Want, data)
-	}
-	return data, nil
+	return r.Body, nil
 }
 
 // CloseIdle closes the idle connections (between backends).
-func (cl *Client) CloseIdle() { cl.http.CloseIdleConnections() }
+func (cl *Client) CloseIdle() { cl.http.HTTP.CloseIdleConnections() }

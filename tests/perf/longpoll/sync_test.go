@@ -1,10 +1,11 @@
-// Package bench holds threepidd's end-to-end benchmarks: the real server
-// against the fakes of package fakes. They write nothing; their figures and
-// the commands that reproduce them are in BENCHMARKS.md.
-package bench
+// Package longpoll holds threepidd's /sync long-poll benchmarks: the real
+// server against the fakes of package fakes. They write nothing; their
+// figures and the commands that reproduce them are in BENCHMARKS.md.
+package longpoll
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,70 +13,27 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	gosync "sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/onupdate"
-	"github.com/threepidd/threepidd/server"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 )
-
-// serverEnv names the variable that makes the test binary run threepidd with
-// the configuration file it names, instead of the benchmarks (see TestMain).
-const serverEnv = "THREEPIDD_TEST_BENCH_SERVER"
 
 const syncPath = "/_matrix/client/v3/sync"
 
-// TestMain runs threepidd alone when serverEnv is set: a benchmark that needs
-// more sockets than one process may open (20,000 here) starts threepidd in a
-// process of its own this way.
-func TestMain(m *testing.M) {
-	if path := os.Getenv(serverEnv); path != "" {
-		if err := runServer(path); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
-// runServer serves the configuration at path, prints "ADDR <api> <metrics>"
-// once listening, and stops on SIGTERM or when stdin closes (parent gone).
-func runServer(path string) error {
-	cfg, err := config.Load(path, nil)
-	if err != nil {
-		return err
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		stop()
-	}()
-	srv, err := server.New(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("ADDR %s %s\n", srv.Addr(), srv.MetricsAddr())
-	err = srv.Serve(ctx)
-	if serr := srv.Shutdown(); err == nil {
-		err = serr
-	}
-	return err
-}
+// TestMain removes the threepidd binary BenchmarkSyncIdleLongPolls builds.
+func TestMain(m *testing.M) { os.Exit(support.RunTests(m)) }
 
 // result is the outcome of a sync made in the background.
 type result struct {
@@ -85,25 +43,13 @@ type result struct {
 }
 
 // getSync sends GET url with token and user agent, and reports the answer on done.
-func getSync(client *http.Client, url, token, agent string, done chan<- result) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		done <- result{err: err}
-		return
+func getSync(client support.Client, url, token, agent string, done chan<- result) {
+	r, err := client.Send(context.Background(), support.Request{Method: http.MethodGet, URL: url, Token: token,
+		Header: http.Header{"User-Agent": {agent}}})
+	if err == nil && r.Status != http.StatusOK {
+		err = fmt.Errorf("status %d: %s", r.Status, r.Body)
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("User-Agent", agent)
-	resp, err := client.Do(req)
-	if err != nil {
-		done <- result{err: err}
-		return
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("status %d: %s", resp.StatusCode, body)
-	}
-	done <- result{time.Now(), body, err}
+	done <- result{time.Now(), r.Body, err}
 }
 
 // BenchmarkSyncWakeLatency measures, through the real server and the fake
@@ -112,7 +58,7 @@ func getSync(client *http.Client, url, token, agent string, done chan<- result) 
 // iteration is one wake-up. It reports p50 and p99 from the send and from the
 // onupdate's 200 (negative when the client had its answer first).
 //
-//	THREEPIDD_TEST_POSTGRES=... go test -run '^$' -bench BenchmarkSyncWakeLatency -benchtime 1000x ./tests/bench
+//	THREEPIDD_TEST_POSTGRES=... go test -run '^$' -bench BenchmarkSyncWakeLatency -benchtime 1000x ./tests/perf/longpoll
 func BenchmarkSyncWakeLatency(b *testing.B) {
 	for _, be := range storagetest.Backends(b) {
 		b.Run(be.Name, func(b *testing.B) {
@@ -132,7 +78,7 @@ func BenchmarkSyncWakeLatency(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+			client := support.Client{HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}}
 			isClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second}
 			done := make(chan result, 1)
 			getSync(client, e.URL+syncPath, alice.Token, "bench", done)
@@ -189,13 +135,13 @@ func report(b *testing.B, name string, lat []time.Duration) {
 }
 
 // BenchmarkSyncIdleLongPolls measures threepidd's memory with 5,000 idle
-// long-polls through the proxy: threepidd runs in a process of its own (the
+// long-polls through the proxy: the threepidd binary runs in a process of its own (the
 // 5,000 client connections, its 5,000 upstream ones and the fake homeserver's
 // 5,000 would pass 20,000 open files in one), on SQLite, in front of the fake
 // homeserver, which holds each /sync for 30 s. It reports threepidd's
 // resident memory, heap and goroutines per waiting long-poll.
 //
-//	go test -run '^$' -bench BenchmarkSyncIdleLongPolls -benchtime 1x ./tests/bench
+//	go test -run '^$' -bench BenchmarkSyncIdleLongPolls -benchtime 1x ./tests/perf/longpoll
 func BenchmarkSyncIdleLongPolls(b *testing.B) {
 	const n = 5000
 	hs := fakes.NewHomeserver(b, harness.ServerName)
@@ -251,46 +197,39 @@ func BenchmarkSyncIdleLongPolls(b *testing.B) {
 	}
 }
 
-// startServer runs threepidd with the configuration at path in a child
-// process and returns its API and metrics URLs; it is stopped when b ends.
+// listeningRE matches the line threepidd logs once it listens.
+var listeningRE = regexp.MustCompile(`msg="threepidd listening" addr=(\S+) metrics=(\S+)`)
+
+// startServer runs the threepidd binary with the configuration at path in a
+// child process and returns its API and metrics URLs; it is stopped when b
+// ends.
 func startServer(b *testing.B, path string) (apiURL, metricsURL string) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), serverEnv+"="+path)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
+	b.Helper()
+	p, err := support.StartProcess("threepidd", support.ThreepiddCommand(context.Background(), b, "-config", path),
+		filepath.Join(b.TempDir(), "threepidd.log"))
 	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		stdin.Close()
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
+		if err := p.Stop(20 * time.Second); err != nil {
+			b.Errorf("%v\n%s", err, p.LogTail(20))
+		}
 	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	fields := strings.Fields(line)
-	if err != nil || len(fields) != 3 || fields[0] != "ADDR" {
-		b.Fatalf("threepidd did not start: %q %v", line, err)
+	m, err := p.WaitLine(listeningRE, 60*time.Second)
+	if err != nil {
+		b.Fatalf("threepidd did not start: %v\n%s", err, p.LogTail(20))
 	}
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	return "http://" + fields[1], "http://" + fields[2] + "/metrics"
+	return "http://" + m[1], "http://" + m[2] + "/metrics"
 }
 
 // scrape reads the unlabelled samples of a Prometheus text endpoint.
 func scrape(b *testing.B, url string) map[string]float64 {
-	resp, err := http.Get(url)
+	r, err := support.Do(context.Background(), http.MethodGet, url, "", nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer resp.Body.Close()
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(bytes.NewReader(r.Body))
 	for sc.Scan() {
 		name, value, ok := strings.Cut(sc.Text(), " ")
 		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {

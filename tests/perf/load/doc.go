@@ -20,7 +20,7 @@
 // It is opt-in, so that `go test ./...` stays fast:
 //
 //	THREEPIDD_TEST_LOAD=1 THREEPIDD_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test?sslmode=disable \
-//	    go test ./tests/load -run TestLoad -v -timeout 30m
+//	    go test ./tests/perf/load -run TestLoad -v -timeout 30m
 //
 // Knobs (environment): THREEPIDD_TEST_LOAD_DURATION (measured time per operation
 // and side, default 20s), THREEPIDD_TEST_LOAD_USERS (default 10000, each with 3

@@ -16,7 +16,7 @@ const benchUsers = 100
 
 // BenchmarkList measures GET /account/3pid on threepidd and the same store
 // query on the baseline, from GOMAXPROCS×-cpu parallel clients per backend
-// (`go test -run '^$' -bench List -benchmem ./tests/load`). Besides ns/op it
+// (`go test -run '^$' -bench List -benchmem ./tests/perf/load`). Besides ns/op it
 // reports the p50 and p99 latency of one request in µs.
 func BenchmarkList(b *testing.B) {
 	for _, be := range storagetest.Backends(b) {
