@@ -22,6 +22,7 @@ type Config struct {
 	RateLimit       RateLimits       `yaml:"ratelimit"`
 	AdminToken      string           `yaml:"admin_token"`
 	Sync            Sync             `yaml:"sync"`
+	Log             Log              `yaml:"log"`
 }
 
 // Database selects the storage backend.
@@ -112,4 +113,13 @@ type Bucket struct {
 // Sync configures the /sync extension.
 type Sync struct {
 	Retention time.Duration `yaml:"retention"`
+	// SpliceBudgetBytes bounds the upstream /sync bodies held in memory at
+	// once, across all requests, to splice the threepids section into them.
+	SpliceBudgetBytes int64 `yaml:"splice_budget_bytes"`
+}
+
+// Log configures the log output (stderr).
+type Log struct {
+	Format string `yaml:"format"` // text | json
+	Level  string `yaml:"level"`  // debug | info | warn | error
 }

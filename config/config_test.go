@@ -52,6 +52,7 @@ func TestLoadDefaults(t *testing.T) {
 		cfg.RateLimit.RequestTokenPerAddress != Bucket{PerSecond: 0.003, Burst: 5},
 		cfg.RateLimit.OnUpdatePerServer != Bucket{PerSecond: 50, Burst: 200},
 		cfg.Policy.Webhook.Timeout != 2*time.Second, cfg.Sync.Retention != 168*time.Hour,
+		cfg.Sync.SpliceBudgetBytes != 256<<20, cfg.Log != Log{Format: "text", Level: "info"},
 		cfg.Email.SMTPPort != 0, cfg.EmailEnabled(), cfg.MSISDNEnabled():
 		t.Fatalf("defaults differ from the contract: %+v", *cfg)
 	}
@@ -112,7 +113,8 @@ func TestLoadFullFile(t *testing.T) {
 			OnUpdatePerServer:      Bucket{PerSecond: 5, Burst: 20},
 		},
 		AdminToken: "adm1n",
-		Sync:       Sync{Retention: 24 * time.Hour},
+		Sync:       Sync{Retention: 24 * time.Hour, SpliceBudgetBytes: 64 << 20},
+		Log:        Log{Format: "json", Level: "debug"},
 	}
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("Load = %+v\nwant %+v", *cfg, want)
@@ -327,6 +329,10 @@ func TestLoadMistakes(t *testing.T) {
 		{name: "burst negative", env: []string{"THREEPIDD_RATELIMIT_REQUESTTOKEN_PER_ADDRESS_BURST=-1"}, want: "config: ratelimit.requesttoken_per_address.burst:"},
 		{name: "burst zero with a rate", env: []string{"THREEPIDD_RATELIMIT_ONUPDATE_PER_SERVER_BURST=0"}, want: "config: ratelimit.onupdate_per_server.burst:"},
 		{name: "retention negative", env: []string{"THREEPIDD_SYNC_RETENTION=-1h"}, want: "config: sync.retention:"},
+		{name: "splice budget too small", env: []string{"THREEPIDD_SYNC_SPLICE_BUDGET_BYTES=1000"}, want: "config: sync.splice_budget_bytes: 1000 is less than 1 MiB"},
+		{name: "splice budget zero", env: []string{"THREEPIDD_SYNC_SPLICE_BUDGET_BYTES=0"}, want: "config: sync.splice_budget_bytes:"},
+		{name: "log format unknown", env: []string{"THREEPIDD_LOG_FORMAT=logfmt"}, want: `config: log.format: "logfmt" is not text or json`},
+		{name: "log level unknown", env: []string{"THREEPIDD_LOG_LEVEL=verbose"}, want: `config: log.level: "verbose" is not one of debug, info, warn, error`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -35,6 +35,9 @@ const (
 	DefaultPolicyTimeout = 2 * time.Second
 	// DefaultSyncRetention is how far back a first /sync shows notifications.
 	DefaultSyncRetention = 168 * time.Hour
+	// DefaultSpliceBudget bounds the /sync bodies held at once for splicing:
+	// a dozen 20 MB initial syncs, or thousands of ordinary incremental ones.
+	DefaultSpliceBudget = 256 << 20
 )
 
 // Defaults returns the configuration a file that sets nothing gets. Load
@@ -56,7 +59,8 @@ func Defaults() Config {
 			RequestTokenPerAddress: Bucket{PerSecond: 0.003, Burst: 5},
 			OnUpdatePerServer:      Bucket{PerSecond: 50, Burst: 200},
 		},
-		Sync: Sync{Retention: DefaultSyncRetention},
+		Sync: Sync{Retention: DefaultSyncRetention, SpliceBudgetBytes: DefaultSpliceBudget},
+		Log:  Log{Format: LogText, Level: LogInfo},
 	}
 }
 

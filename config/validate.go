@@ -35,7 +35,16 @@ const (
 	MirrorNone = "none"
 	// MirrorSynapseAdmin writes 3PID changes back through Synapse's admin API (homeserver.mirror).
 	MirrorSynapseAdmin = "synapse_admin"
+	// LogText and LogJSON are the log formats (log.format): slog's key=value
+	// lines, or one JSON object per line.
+	LogText = "text"
+	LogJSON = "json"
+	// LogInfo is the default log level (log.level).
+	LogInfo = "info"
 )
+
+// logLevels are the values of log.level.
+var logLevels = []string{"debug", LogInfo, "warn", "error"}
 
 var (
 	// keyIDPattern is the spec's key id grammar for ed25519 keys.
@@ -61,6 +70,7 @@ func (c *Config) Validate() error {
 		c.validateDelivery,
 		c.validatePolicy,
 		c.validateRateLimits,
+		c.validateLog,
 	} {
 		if err := check(); err != nil {
 			return err
@@ -99,6 +109,9 @@ func (c *Config) validateServer() error {
 	}
 	if c.Sync.Retention < 0 {
 		return problem("sync.retention", "must not be negative")
+	}
+	if c.Sync.SpliceBudgetBytes < 1<<20 {
+		return problem("sync.splice_budget_bytes", "%d is less than 1 MiB (1048576)", c.Sync.SpliceBudgetBytes)
 	}
 	return nil
 }
@@ -371,6 +384,16 @@ func (c *Config) validateRateLimits() error {
 		case b.bucket.PerSecond > 0 && b.bucket.Burst == 0:
 			return problem(b.key+".burst", "must be at least 1 when per_second is set")
 		}
+	}
+	return nil
+}
+
+func (c *Config) validateLog() error {
+	if f := c.Log.Format; f != LogText && f != LogJSON {
+		return problem("log.format", "%q is not text or json", f)
+	}
+	if !slices.Contains(logLevels, c.Log.Level) {
+		return problem("log.level", "%q is not one of %s", c.Log.Level, strings.Join(logLevels, ", "))
 	}
 	return nil
 }

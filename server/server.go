@@ -198,7 +198,7 @@ func (s *Server) build() (http.Handler, error) {
 		},
 		&clientapi.Bindings{Service: s.Bindings, Auth: authn},
 		&clientapi.Deactivate{Service: s.Account, Auth: authn},
-		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs},
+		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs, Budget: proxy.NewBudget(cfg.Sync.SpliceBudgetBytes)},
 		&federationapi.OnUpdate{
 			Service:   s.OnUpdate,
 			Verifier:  federation.NewVerifier(cfg.ServerName, cfg.IdentityServers, keys),

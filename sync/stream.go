@@ -45,8 +45,9 @@ func (s Section) AppendJSON(dst []byte) []byte {
 
 // Options configure a Stream.
 type Options struct {
-	// Retention is how far back a first sync (no token) shows notifications;
-	// zero means DefaultRetention.
+	// Retention is how far back a section reaches: a first sync (no token)
+	// shows the notifications of the last Retention, and a position older than
+	// that shows no more; zero means DefaultRetention.
 	Retention time.Duration
 	// Limit bounds the notifications one section covers; zero means DefaultLimit.
 	Limit int
@@ -94,7 +95,9 @@ func (s *Stream) Hub() *Hub { return s.hub }
 // Section returns userID's section for a client at tok and the position to
 // put into the next token:
 //
-//   - tok with a position: the notifications after it;
+//   - tok with a position: the notifications after it, but none older than
+//     Retention: a client away for longer (or a forged position 0) sees what
+//     a first sync shows, never the whole history;
 //   - a plain upstream token: none, and the current position (a client that
 //     synced before threepidd was deployed starts from "now");
 //   - the zero Token (a first sync): the notifications of the last Retention.
@@ -113,7 +116,7 @@ func (s *Stream) Section(ctx context.Context, userID string, tok Token) (Section
 			return nil, tok.Pos, nil
 		}
 		seq := s.fresh.seq()
-		ns, err := s.since(ctx, userID, tok.Pos, 0)
+		ns, err := s.since(ctx, userID, tok.Pos, s.notBefore())
 		if err != nil {
 			return nil, 0, err
 		}
@@ -132,7 +135,7 @@ func (s *Stream) Section(ctx context.Context, userID string, tok Token) (Section
 	if tok.Upstream != "" {
 		return nil, now, nil
 	}
-	ns, err := s.since(ctx, userID, 0, s.opts.Clock.Now().Add(-s.opts.Retention).UnixMilli())
+	ns, err := s.since(ctx, userID, 0, s.notBefore())
 	if err != nil {
 		return nil, 0, err
 	}
@@ -141,6 +144,11 @@ func (s *Stream) Section(ctx context.Context, userID string, tok Token) (Section
 		next = ns[n-1].StreamID
 	}
 	return section(ns), next, nil
+}
+
+// notBefore is the time (ms) of the oldest notification a section shows.
+func (s *Stream) notBefore() int64 {
+	return s.opts.Clock.Now().Add(-s.opts.Retention).UnixMilli()
 }
 
 // since reads userID's notifications after position `after` and not older

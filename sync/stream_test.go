@@ -41,10 +41,10 @@ func TestSection(t *testing.T) {
 				"a@example.org": {Deleted: true, MXID: "@eve:other", Medium: "email"},
 				"c@example.org": {Deleted: true, Medium: "email"},
 			}, p4},
-			{"limit: the rest comes next time", "@alice:hs", NewToken("s1", 0), Section{
-				"old@example.org": {MXID: "@eve:other", Medium: "email"},
-				"a@example.org":   {Deleted: true, MXID: "@eve:other", Medium: "email"},
-			}, p3},
+			{"a position older than the retention: the retention window only", "@alice:hs", NewToken("s1", 0), Section{
+				"a@example.org": {Deleted: true, MXID: "@eve:other", Medium: "email"},
+				"c@example.org": {Deleted: true, Medium: "email"},
+			}, p4},
 			{"after the limit", "@alice:hs", NewToken("s1", p3), Section{
 				"c@example.org": {Deleted: true, Medium: "email"},
 			}, p4},
@@ -67,6 +67,15 @@ func TestSection(t *testing.T) {
 				}
 			})
 		}
+		t.Run("limit: the rest comes next time", func(t *testing.T) {
+			limited := New(store, Options{Retention: time.Hour, Limit: 2})
+			defer limited.Close()
+			sec, next, err := limited.Section(ctx, "@alice:hs", NewToken("s1", old))
+			want := Section{"a@example.org": {Deleted: true, MXID: "@eve:other", Medium: "email"}}
+			if err != nil || !maps.Equal(sec, want) || next != p3 {
+				t.Fatalf("Section = %v, next %d, %v; want %v, next %d", sec, next, err, want, p3)
+			}
+		})
 	})
 }
 

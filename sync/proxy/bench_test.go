@@ -2,14 +2,19 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime/metrics"
 	"strconv"
 	"strings"
+	gosync "sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/metrics/metricstest"
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
@@ -46,20 +51,28 @@ func leanUpstream(b *testing.B, body []byte) *httptest.Server {
 
 // benchGet fetches url and discards the body, failing on anything but 200.
 func benchGet(b *testing.B, client *http.Client, url string, buf []byte) {
+	if err := fetch(client, url, buf); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// fetch is benchGet for goroutines other than the benchmark's.
+func fetch(client *http.Client, url string, buf []byte) error {
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	req.Header.Set("Authorization", "Bearer tok-alice")
 	resp, err := client.Do(req)
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	_, err = io.CopyBuffer(io.Discard, resp.Body, buf)
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK {
-		b.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
+		return fmt.Errorf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
+	return nil
 }
 
 // proxyBench is a proxy on SQLite in front of a lean upstream, and the URLs
@@ -73,7 +86,7 @@ type proxyBench struct {
 func newProxyBench(b *testing.B, size int) *proxyBench {
 	store := storagetest.SQLite(b)
 	up := leanUpstream(b, syncBodyOf(size))
-	proxyURL, _ := newProxy(b, store, up.URL)
+	proxyURL, _ := newProxy(b, store, up.URL, nil)
 	now, err := store.MaxStreamID(context.Background())
 	if err != nil {
 		b.Fatal(err)
@@ -152,4 +165,56 @@ func BenchmarkSplice(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkProxySpliceConcurrent sends 50 concurrent syncs of a 20 MB body,
+// each with a section pending, through a proxy with the default splice
+// budget, and reports the share of sections deferred to the next sync and
+// the peak of the heap's live objects (sampled every 5 ms): the budget, not
+// the number of clients, bounds it.
+//
+//	go test -run '^$' -bench 'BenchmarkProxySpliceConcurrent' -benchtime 5x ./sync/proxy
+func BenchmarkProxySpliceConcurrent(b *testing.B) {
+	const clients, size = 50, 20 << 20
+	store := storagetest.SQLite(b)
+	up := leanUpstream(b, syncBodyOf(size))
+	proxyURL, _ := newProxy(b, store, up.URL, nil)
+	pos := storagetest.Notify(b, store, "@alice:hs", "a@example.org", true, "", time.Now())
+	url := proxyURL + "/_matrix/client/v3/sync?timeout=0&since=" + tpsync.NewToken("s72594_4483_1934", pos-1).String()
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: clients}}
+
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		for tick := time.NewTicker(5 * time.Millisecond); ; {
+			select {
+			case <-done:
+				tick.Stop()
+				return
+			case <-tick.C:
+			}
+			metrics.Read(sample)
+			if v := sample[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
+			}
+		}
+	}()
+	deferred := metricstest.Value(b, "threepidd_sync_sections_deferred_total", "endpoint", "sync")
+	b.SetBytes(clients * size)
+	for b.Loop() {
+		var wg gosync.WaitGroup
+		for range clients {
+			wg.Go(func() {
+				if err := fetch(client, url, make([]byte, 32<<10)); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	deferred = metricstest.Value(b, "threepidd_sync_sections_deferred_total", "endpoint", "sync") - deferred
+	b.ReportMetric(deferred/float64(b.N*clients), "deferred/sync")
+	b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MB")
 }

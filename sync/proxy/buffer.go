@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"compress/gzip"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,8 +18,8 @@ const (
 	poolClasses = 13
 )
 
-// errTooLarge: the body exceeds the limit given to readBody.
-var errTooLarge = errors.New("body too large")
+// errOverBudget: the body did not fit in what the splice budget had left.
+var errOverBudget = errors.New("body over the splice budget")
 
 // bodyPools holds reusable buffers, class i having capacity minPooled<<i.
 var bodyPools [poolClasses]sync.Pool
@@ -37,7 +36,16 @@ func sizeClass(n int) int {
 	return bits.Len(uint((n - 1) / minPooled))
 }
 
-// getBuffer returns an empty buffer with room for at least n bytes.
+// capacityFor is the capacity of the buffers getBuffer(n) returns.
+func capacityFor(n int) int {
+	if c := sizeClass(n); c < poolClasses {
+		return minPooled << c
+	}
+	return n
+}
+
+// getBuffer returns an empty buffer with room for at least n bytes
+// (capacityFor(n)).
 func getBuffer(n int) *[]byte {
 	c := sizeClass(n)
 	if c >= poolClasses {
@@ -60,70 +68,46 @@ func putBuffer(b *[]byte) {
 	}
 }
 
-// readBody reads r to the end into a pooled buffer sized for hint bytes. The
-// caller puts the buffer back once done with it, also on error.
-func readBody(r io.Reader, hint, limit int64) (*[]byte, error) {
-	if hint < 0 || hint > limit {
-		hint = 0
-	}
-	return readInto(getBuffer(int(hint)), r, limit)
-}
-
-// readInto appends the rest of r to the pooled buffer buf, growing it by
-// whole size classes when full; it returns the buffer holding everything
-// (buf or its replacement). More than limit bytes in all is errTooLarge.
-func readInto(buf *[]byte, r io.Reader, limit int64) (*[]byte, error) {
+// readInto appends the rest of r to the pooled buffer buf. When buf is full
+// and more follows, it moves to a buffer of at least twice the capacity (or
+// of hint bytes, the whole body's length when known), reserved on res first;
+// the reservation then holds that buffer only. It returns the buffer holding
+// what was read (buf or its replacement; the caller puts it back, also on
+// error). When the next buffer does not fit in the budget it stops with
+// errOverBudget and returns, as rest, the reader of the body's remaining
+// bytes (a byte read ahead, then r).
+func readInto(buf *[]byte, r io.Reader, hint int64, res *reservation) (*[]byte, io.Reader, error) {
 	for {
 		b := *buf
 		if len(b) == cap(b) {
-			// Full: a body of exactly the hinted size ends here, else grow.
+			// Full: a body of exactly this size ends here, else grow.
 			var probe [1]byte
 			n, err := io.ReadFull(r, probe[:])
 			if n == 0 && (err == io.EOF || err == io.ErrUnexpectedEOF) {
-				return buf, nil
+				return buf, r, nil
 			}
 			if err != nil {
-				return buf, err
+				return buf, r, err
 			}
-			if int64(len(b)) >= limit {
-				return buf, errTooLarge
+			size := capacityFor(int(max(2*int64(cap(b)), hint, minPooled)))
+			if !res.grow(int64(size)) {
+				return buf, io.MultiReader(bytes.NewReader(probe[:]), r), errOverBudget
 			}
-			bigger := getBuffer(2 * max(cap(b), minPooled))
+			bigger := getBuffer(size)
 			*bigger = append(append(*bigger, b...), probe[0])
 			putBuffer(buf)
+			res.keep(int64(size))
 			buf, b = bigger, *bigger
 		}
 		n, err := r.Read(b[len(b):cap(b)])
 		*buf = b[:len(b)+n]
-		if int64(len(*buf)) > limit {
-			return buf, errTooLarge
-		}
 		switch {
 		case err == io.EOF:
-			return buf, nil
+			return buf, r, nil
 		case err != nil:
-			return buf, err
+			return buf, r, err
 		}
 	}
-}
-
-// gunzip decompresses a whole gzip body into a pooled buffer, sized from the
-// length the gzip trailer records. The caller puts the buffer back.
-func gunzip(compressed []byte, limit int64) (*[]byte, error) {
-	var hint int64
-	if n := len(compressed); n >= 4 {
-		hint = int64(binary.LittleEndian.Uint32(compressed[n-4:])) // ISIZE: length mod 2^32
-	}
-	zr, err := newGzipReader(bytes.NewReader(compressed))
-	if err != nil {
-		return getBuffer(0), err
-	}
-	defer gzipReaders.Put(zr)
-	buf, err := readBody(zr, hint, limit)
-	if err != nil && !errors.Is(err, errTooLarge) {
-		err = fmt.Errorf("gunzip: %w", err)
-	}
-	return buf, err
 }
 
 // newGzipReader returns a pooled decompressor reading src; hand it back to

@@ -50,6 +50,9 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 			stop()
 			return unlessGone(ctx, err)
 		}
+		// The client's own position, kept when its section has to wait: 0 for
+		// a first sync, which then shows the same retention window again.
+		prev := tok.Pos
 		// A plain upstream token means "now" once, as the request began: a
 		// notification that wakes the long-poll is after that position, and
 		// must not be skipped by reading "now" again.
@@ -71,7 +74,7 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 		case woken: // a wake for nothing new: poll on for the time left
 			set["timeout"] = strconv.FormatInt(remaining.Milliseconds(), 10)
 		}
-		err = p.exchange(w, r, wctx, fl, reqBody, set, sec, next)
+		err = p.exchange(w, r, wctx, fl, reqBody, set, sec, prev, next)
 		stop()
 		if !errors.Is(err, errWoken) {
 			return unlessGone(ctx, err)
@@ -81,14 +84,15 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 }
 
 // exchange forwards the request with the query changes in set and writes the
-// answer: a 200 body extended with the token (and the section, if any),
-// anything else as it came. It returns errWoken, having written nothing, when
+// answer: a 200 body extended with the token for next (and the section, if
+// any; see relayBody for when it waits for the next sync, the token then
+// keeping prev), anything else as it came. It returns errWoken, having written nothing, when
 // wctx was woken before the answer was committed.
 //
 // The upstream request has a context of its own, cancelled by a wake only
 // until the answer is committed: from the first byte sent to the client on,
 // the upstream body is relayed to its end.
-func (p *Proxy) exchange(w http.ResponseWriter, r *http.Request, wctx context.Context, fl *flavour, reqBody []byte, set map[string]string, sec tpsync.Section, next int64) error {
+func (p *Proxy) exchange(w http.ResponseWriter, r *http.Request, wctx context.Context, fl *flavour, reqBody []byte, set map[string]string, sec tpsync.Section, prev, next int64) error {
 	reqCtx, cancelReq := context.WithCancel(r.Context())
 	defer cancelReq()
 	var state atomic.Int32 // 0 open, 1 committed, 2 woken
@@ -114,28 +118,20 @@ func (p *Proxy) exchange(w http.ResponseWriter, r *http.Request, wctx context.Co
 		}
 		relay(w, resp)
 		return nil
-	case len(sec) == 0:
-		return p.streamToken(w, r, resp, fl, next, commit)
 	}
-	body, err := readUpstream(resp)
-	defer func() { putBuffer(body) }()
-	if err := readOutcome(r, fl, commit, err); err != nil {
-		return err
-	}
-	writeSpliced(w, r, fl, resp.Header, *body, sec, next)
-	return nil
+	return p.relayBody(w, r, resp, fl, sec, prev, next, commit)
 }
 
 // readOutcome is the answer to give after reading an upstream body with
 // error err: errWoken when commit fails (the request was already woken), 502
-// for a body over MaxUpstreamBody, the upstream error for another failure,
-// nil when the body may be written.
+// for a body that had to be held whole and did not fit in the splice budget,
+// the upstream error for another failure, nil when the body may be written.
 func readOutcome(r *http.Request, fl *flavour, commit func() bool, err error) error {
 	switch {
 	case !commit():
 		return errWoken
-	case errors.Is(err, errTooLarge):
-		slog.ErrorContext(r.Context(), "sync body too large to splice", "endpoint", fl.endpoint, "limit", MaxUpstreamBody)
+	case errors.Is(err, errOverBudget):
+		slog.ErrorContext(r.Context(), "sync body too large to splice: its token is not in its first bytes", "endpoint", fl.endpoint)
 		return mxerr.Unavailable.WithMessage("The homeserver's sync response is too large")
 	case err != nil:
 		return homeserver.UpstreamError(r.Context(), err)

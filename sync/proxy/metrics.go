@@ -17,4 +17,19 @@ var (
 		Help:    "Time until the homeserver answered (headers) a forwarded sync request, long-polls included.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 	}, []string{"endpoint"})
+	sectionsDeferred = metrics.Factory.NewCounterVec(metrics.CounterOpts("sync_sections_deferred_total",
+		"Sync answers streamed without their pending section, which comes with the next sync, because the body did not fit in the splice budget."),
+		[]string{"endpoint"})
+	budgetUsed = metrics.Factory.NewGauge(metrics.GaugeOpts("sync_splice_budget_used_bytes",
+		"Bytes of upstream sync bodies held for splicing (sync.splice_budget_bytes bounds them)."))
 )
+
+func init() {
+	// Every series exists from the start, at zero, for dashboards and rate().
+	for _, endpoint := range []string{syncFlavour.endpoint, slidingFlavour.endpoint} {
+		sectionsDeferred.WithLabelValues(endpoint)
+		spliceBytes.WithLabelValues(endpoint)
+		upstreamDuration.WithLabelValues(endpoint)
+	}
+	upstreamDuration.WithLabelValues(passthrough)
+}

@@ -29,14 +29,13 @@ import (
 // SlidingSyncPath is the simplified sliding sync endpoint (MSC4186).
 const SlidingSyncPath = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 
-const (
-	// MaxUpstreamBody bounds a sync body read for splicing (1 GiB; an
-	// initial sync of a very large account is a few hundred MB).
-	MaxUpstreamBody = 1 << 30
-	// maxSlidingSyncRequest bounds a sliding sync request body, which lists
-	// room subscriptions and can be larger than other client requests.
-	maxSlidingSyncRequest = 1 << 20
-)
+// passthrough labels the metrics of the requests forwarded with their tokens
+// stripped (passTokens).
+const passthrough = "passthrough"
+
+// maxSlidingSyncRequest bounds a sliding sync request body, which lists
+// room subscriptions and can be larger than other client requests.
+const maxSlidingSyncRequest = 1 << 20
 
 // errWoken: the upstream exchange was abandoned, nothing written, because a
 // notification arrived.
@@ -55,13 +54,25 @@ var errWoken = errors.New("woken before the upstream answer")
 // A 200 body with nothing to add but the token (the usual case) is streamed:
 // the token is replaced in its first bytes and the rest copied through, in
 // constant memory. With a section to add, the body is read whole once and
-// spliced. A gzip body is decompressed and sent uncompressed (an HTTP front
+// spliced, within Budget; a body that does not fit is streamed, and its
+// section comes with the next sync. A gzip body is decompressed and sent uncompressed (an HTTP front
 // end such as nginx may compress it again for the network): with its exact
 // Content-Length when spliced, chunked when streamed.
 type Proxy struct {
 	Stream     *tpsync.Stream
 	Auth       *auth.Auth
 	Homeserver *homeserver.Client
+	// Budget bounds the bodies held at once for splicing (nil: a budget of
+	// DefaultSpliceBudget shared by every proxy without one).
+	Budget *Budget
+}
+
+// budget returns the proxy's splice budget.
+func (p *Proxy) budget() *Budget {
+	if p.Budget == nil {
+		return defaultBudget
+	}
+	return p.Budget
 }
 
 // Register adds the proxied routes under every client prefix. Room IDs are
@@ -146,7 +157,7 @@ func (p *Proxy) pass(w http.ResponseWriter, r *http.Request, body []byte, params
 		}
 		set[name] = tok.Upstream
 	}
-	resp, err := p.roundTrip(r.Context(), r, body, set, r.Header.Get("Accept-Encoding"), "passthrough")
+	resp, err := p.roundTrip(r.Context(), r, body, set, r.Header.Get("Accept-Encoding"), passthrough)
 	if err != nil {
 		return unlessGone(r.Context(), homeserver.UpstreamError(r.Context(), err))
 	}

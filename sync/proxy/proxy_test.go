@@ -19,6 +19,7 @@ import (
 	"github.com/threepidd/threepidd/auth"
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/homeserver"
+	"github.com/threepidd/threepidd/metrics/metricstest"
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/router"
@@ -121,15 +122,21 @@ type proxyEnv struct {
 }
 
 func newProxyEnv(t testing.TB, store storage.Store) *proxyEnv {
+	return newBudgetedProxyEnv(t, store, nil)
+}
+
+// newBudgetedProxyEnv is newProxyEnv with a splice budget of its own (nil:
+// the default one).
+func newBudgetedProxyEnv(t testing.TB, store storage.Store, budget *Budget) *proxyEnv {
 	up := newTestUpstream(t)
-	url, st := newProxy(t, store, up.srv.URL)
+	url, st := newProxy(t, store, up.srv.URL, budget)
 	return &proxyEnv{store: store, stream: st, up: up, url: url,
 		client: &http.Client{Transport: &http.Transport{DisableCompression: true}}}
 }
 
-// newProxy serves a Proxy in front of the homeserver at upstreamURL and
-// returns its URL and tpsync.Stream.
-func newProxy(t testing.TB, store storage.Store, upstreamURL string) (string, *tpsync.Stream) {
+// newProxy serves a Proxy with budget in front of the homeserver at
+// upstreamURL and returns its URL and tpsync.Stream.
+func newProxy(t testing.TB, store storage.Store, upstreamURL string, budget *Budget) (string, *tpsync.Stream) {
 	hs, err := homeserver.New(config.Homeserver{URL: upstreamURL, TokenCacheTTL: time.Minute}, outbound.NewTransport())
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +144,7 @@ func newProxy(t testing.TB, store storage.Store, upstreamURL string) (string, *t
 	st := tpsync.New(store, tpsync.Options{})
 	t.Cleanup(st.Close)
 	routes := router.NewRouter()
-	(&Proxy{Stream: st, Auth: &auth.Auth{Homeserver: hs}, Homeserver: hs}).Register(routes)
+	(&Proxy{Stream: st, Auth: &auth.Auth{Homeserver: hs}, Homeserver: hs, Budget: budget}).Register(routes)
 	srv := httptest.NewServer(router.Wrap(routes))
 	t.Cleanup(srv.Close)
 	return srv.URL, st
@@ -569,7 +576,8 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // TestProxyLargeBody sends a 20 MB body through the proxy, plain and gzip,
 // with a section (read whole and spliced) and without (streamed), and bounds
 // what the exchange allocates, an upper bound on its peak memory: under 3× the
-// body when spliced, under 1 MB when streamed.
+// body when spliced (4× for gzip, decompressed into buffers that double, its
+// length unknown until its end), under 1 MB when streamed.
 func TestProxyLargeBody(t *testing.T) {
 	e := newProxyEnv(t, storagetest.SQLite(t))
 	pos := storagetest.Notify(t, e.store, "@alice:hs", "a@example.org", true, "", time.Now())
@@ -596,6 +604,9 @@ func TestProxyLargeBody(t *testing.T) {
 				since = tpsync.NewToken("s0", pos-1)
 				section = `,"threepids":{"a@example.org":{"deleted":true,"medium":"email"}}`
 				limit = 3 * uint64(len(body))
+				if tt.gzip {
+					limit = 4 * uint64(len(body))
+				}
 			}
 			wantLen := len(body) - len(`"s1"`) + len(token) + len(section)
 			wantContentLength := int64(wantLen)
@@ -646,4 +657,59 @@ func TestProxyAbortsBrokenStream(t *testing.T) {
 	if err == nil {
 		t.Fatal("a truncated upstream body reached the client as a whole answer")
 	}
+}
+
+// TestProxySpliceBudget: a body with a section that does not fit in the
+// splice budget is streamed without it, its token keeping the client's
+// position, and the section comes with the next sync, once; a body whose
+// token is not in its head and that does not fit is a 502, never a 500; the
+// budget is whole again afterwards.
+func TestProxySpliceBudget(t *testing.T) {
+	budget := NewBudget(1 << 20)
+	e := newBudgetedProxyEnv(t, storagetest.SQLite(t), budget)
+	pos := storagetest.Notify(t, e.store, "@alice:hs", "a@example.org", true, "", time.Now())
+	big := `{"next_batch":"s2","pad":"` + strings.Repeat("x", 4<<20) + `"}`
+	section := `"threepids":{"a@example.org":{"deleted":true,"medium":"email"}}`
+	for _, gz := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gzip=%v", gz), func(t *testing.T) {
+			deferredBefore := metricstest.Value(t, "threepidd_sync_sections_deferred_total", "endpoint", "sync")
+			e.up.setHandler(func(w http.ResponseWriter, r *http.Request) {
+				if gz {
+					w.Header().Set("Content-Encoding", "gzip")
+					_, _ = w.Write(gzipped(big))
+					return
+				}
+				answer(w, big)
+			})
+			since := tpsync.NewToken("s1", pos-1).String()
+			r := e.do(t, "GET", "/_matrix/client/v3/sync?since="+since, map[string]string{"Authorization": "Bearer tok-alice", "Accept-Encoding": "gzip"}, "")
+			want := strings.Replace(big, `"s2"`, `"`+tpsync.NewToken("s2", pos-1).String()+`"`, 1)
+			if r.status != 200 || string(r.body) != want {
+				t.Fatalf("over the budget: %d, %d bytes: %.100s", r.status, len(r.body), r.body)
+			}
+			if got := metricstest.Value(t, "threepidd_sync_sections_deferred_total", "endpoint", "sync") - deferredBefore; got != 1 {
+				t.Fatalf("%v sections deferred, want 1", got)
+			}
+			e.up.setHandler(func(w http.ResponseWriter, r *http.Request) { answer(w, `{"next_batch":"s3"}`) })
+			r = e.do(t, "GET", "/_matrix/client/v3/sync?since="+tpsync.NewToken("s2", pos-1).String(), alice, "")
+			if want := `{"next_batch":"` + tpsync.NewToken("s3", pos).String() + `",` + section + `}`; string(r.body) != want {
+				t.Fatalf("the next sync: %s, want %s", r.body, want)
+			}
+			if used := budget.Used(); used != 0 {
+				t.Fatalf("%d bytes of the budget still held", used)
+			}
+		})
+	}
+	t.Run("token not in the head", func(t *testing.T) {
+		e.up.setHandler(func(w http.ResponseWriter, r *http.Request) {
+			answer(w, `{"pad":"`+strings.Repeat("x", 4<<20)+`","next_batch":"s2"}`)
+		})
+		r := e.do(t, "GET", "/_matrix/client/v3/sync?since="+tpsync.NewToken("s1", pos).String(), alice, "")
+		if r.status != http.StatusBadGateway || !strings.Contains(string(r.body), `"errcode":"M_UNKNOWN"`) {
+			t.Fatalf("got %d %.200s", r.status, r.body)
+		}
+		if used := budget.Used(); used != 0 {
+			t.Fatalf("%d bytes of the budget still held", used)
+		}
+	})
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -22,12 +23,21 @@ func decodable(encoding string) bool {
 // streamHead bounds how much of a body is held while looking for its token.
 const streamHead = 256 << 10
 
-// streamToken relays a 200 body with only its token to change (no section),
-// without holding the body: the token is looked for in its first streamHead
-// bytes (homeservers write next_batch/pos first), replaced, and the rest is
-// copied through. A gzip body is decompressed on the fly and sent chunked.
-// When the token is not in the head, the body is read whole and spliced.
-func (p *Proxy) streamToken(w http.ResponseWriter, r *http.Request, resp *http.Response, fl *flavour, next int64, commit func() bool) error {
+// relayBody writes a 200 upstream body (identity or gzip) with the composite
+// token for next and, when sec is non-empty, the section.
+//
+// A body with only its token to change is streamed, without being held: the
+// token is looked for in its first streamHead bytes (homeservers write
+// next_batch/pos first), replaced, and the rest is copied through. A gzip body
+// is decompressed on the fly and sent chunked.
+//
+// A body with a section to add (or whose token is not in its head) is read
+// whole, within the proxy's splice budget, and spliced. One that does not fit
+// in what the budget has left is streamed as above, without the section and
+// with the client's own position prev in its token, so that the section comes
+// with the next sync; a body whose token is not in its head cannot be, and is
+// answered 502.
+func (p *Proxy) relayBody(w http.ResponseWriter, r *http.Request, resp *http.Response, fl *flavour, sec tpsync.Section, prev, next int64, commit func() bool) error {
 	var rd io.Reader = resp.Body
 	length := resp.ContentLength
 	if strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
@@ -39,32 +49,47 @@ func (p *Proxy) streamToken(w http.ResponseWriter, r *http.Request, resp *http.R
 		rd, length = zr, -1
 	}
 	buf := getBuffer(streamHead)
-	defer func() { putBuffer(buf) }()
-	tok, ended, err := readHead(rd, buf, fl.tokenKey)
-	if err == nil && !ended && tok.Index == 0 {
-		buf, err = readInto(buf, rd, MaxUpstreamBody)
-		ended = true
+	res := reservation{budget: p.budget()}
+	defer func() {
+		putBuffer(buf)
+		res.release()
+	}()
+	tok, whole, err := readHead(rd, buf, fl.tokenKey)
+	found := tok.Index > 0
+	if err == nil && !whole && (len(sec) > 0 || !found) {
+		buf, rd, err = readInto(buf, rd, length, &res)
+		whole = err == nil
+		if errors.Is(err, errOverBudget) && found {
+			slog.DebugContext(r.Context(), "sync body over the splice budget: section deferred", "endpoint", fl.endpoint)
+			sectionsDeferred.WithLabelValues(fl.endpoint).Inc()
+			sec, next, err = nil, prev, nil
+		}
 	}
 	if err := readOutcome(r, fl, commit, err); err != nil {
 		return err
 	}
-	if ended {
-		writeSpliced(w, r, fl, resp.Header, *buf, nil, next)
+	if whole {
+		writeSpliced(w, r, fl, resp.Header, *buf, sec, next)
 		return nil
 	}
-	head := *buf
+	held := *buf
 	token := append(append([]byte{'"'}, tpsync.NewToken(tok.Str, next).AppendTo(nil)...), '"')
 	n := -1
 	if length >= 0 {
 		n = int(length) - len(tok.Raw) + len(token)
 	}
 	writeHeader(w, resp.Header, n)
-	_, _ = w.Write(head[:tok.Index])
+	_, _ = w.Write(held[:tok.Index])
 	_, _ = w.Write(token)
-	_, _ = w.Write(head[tok.Index+len(tok.Raw):])
-	copied, err := io.CopyBuffer(w, rd, head[:cap(head)])
+	_, _ = w.Write(held[tok.Index+len(tok.Raw):])
+	if cap(held) > streamHead { // what was held is sent: copy the rest through a head-sized buffer
+		putBuffer(buf)
+		res.release()
+		buf = getBuffer(streamHead)
+	}
+	copied, err := io.CopyBuffer(w, rd, (*buf)[:cap(*buf)])
 	abortOn(err)
-	spliceBytes.WithLabelValues(fl.endpoint).Observe(float64(len(head)) + float64(copied))
+	spliceBytes.WithLabelValues(fl.endpoint).Observe(float64(len(held)) + float64(copied))
 	return nil
 }
 

@@ -46,17 +46,6 @@ func (p *Proxy) roundTrip(ctx context.Context, r *http.Request, body []byte, set
 	return resp, err
 }
 
-// readUpstream reads a 200 body, decompressing gzip, into a pooled buffer
-// (put back by the caller).
-func readUpstream(resp *http.Response) (*[]byte, error) {
-	raw, err := readBody(resp.Body, resp.ContentLength, MaxUpstreamBody)
-	if err != nil || !strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
-		return raw, err
-	}
-	defer putBuffer(raw)
-	return gunzip(*raw, MaxUpstreamBody)
-}
-
 // forwardEncoding is the Accept-Encoding sent upstream for a body we may
 // splice: gzip if the client takes it (so a body we cannot read never comes
 // back), else identity.

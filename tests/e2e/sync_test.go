@@ -551,3 +551,33 @@ func TestSyncUpstreamAnswers(t *testing.T) {
 		})
 	})
 }
+
+// TestSyncOldPositionRetention: a position from before the retention window
+// (a client away for long, or a forged tpd1.0.) shows what a first sync shows,
+// the notifications of the last sync.retention, never older ones; the next
+// sync repeats none of them.
+func TestSyncOldPositionRetention(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{ExtraYAML: "sync: {retention: 1h}\n"})
+		alice := e.NewUser("ret-alice")
+		for _, n := range []struct {
+			address string
+			at      time.Time
+		}{{"old@example.org", time.Now().Add(-2 * time.Hour)}, {"new@example.org", time.Now()}} {
+			if _, err := e.Server.Store.AppendNotification(context.Background(), storage.Notification{UserID: alice.ID,
+				Medium: "email", Address: n.address, Deleted: true, Origin: "id1.test", At: n.at.UnixMilli()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		upstream := upstreamPart(t, doSync(t, e, alice, "").NextBatch)
+		for _, since := range []string{tpsync.NewToken("", 0).String(), tpsync.NewToken(upstream, 0).String()} {
+			got := doSync(t, e, alice, "timeout=0&since="+url.QueryEscape(since))
+			if len(got.Threepids) != 1 || !got.Threepids["new@example.org"].Deleted {
+				t.Fatalf("since=%s: threepids %v, want new@example.org only", since, got.Threepids)
+			}
+			if again := doSync(t, e, alice, "timeout=0&since="+url.QueryEscape(got.NextBatch)); len(again.Threepids) != 0 {
+				t.Fatalf("repeated: %v", again.Threepids)
+			}
+		}
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -44,7 +45,7 @@ func ThreepiddBinary(t testing.TB) string {
 		}
 		built.path = filepath.Join(built.dir, "threepidd")
 		args := []string{"build", "-o", built.path}
-		if raceEnabled {
+		if RaceEnabled {
 			args = append(args, "-race")
 		}
 		args = append(args, "github.com/threepidd/threepidd/cmd/threepidd")
@@ -56,7 +57,7 @@ func ThreepiddBinary(t testing.TB) string {
 			built.err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 			return
 		}
-		t.Logf("built threepidd (race %v) in %v", raceEnabled, time.Since(began).Round(time.Millisecond))
+		t.Logf("built threepidd (race %v) in %v", RaceEnabled, time.Since(began).Round(time.Millisecond))
 	})
 	if built.err != nil {
 		t.Fatalf("build threepidd: %v", built.err)
@@ -77,4 +78,35 @@ func ThreepiddCommand(ctx context.Context, t testing.TB, args ...string) *exec.C
 		cmd.Env = append(cmd.Env, kv)
 	}
 	return cmd
+}
+
+// listeningRE matches the line threepidd logs once it listens (in the text
+// log format, the default).
+var listeningRE = regexp.MustCompile(`msg="threepidd listening" addr=(\S+) metrics=(\S*)`)
+
+// StartThreepidd runs the threepidd binary with the configuration file at
+// configPath in a child process (its output in a file of t's temporary
+// directory), waits until it listens, and returns it with its API and
+// metrics base URLs (metrics "" when the configuration sets no
+// metrics_listen). It is stopped with SIGTERM when t ends.
+func StartThreepidd(t testing.TB, configPath string) (p *Process, apiURL, metricsURL string) {
+	t.Helper()
+	p, err := StartProcess("threepidd", ThreepiddCommand(context.Background(), t, "-config", configPath),
+		filepath.Join(t.TempDir(), "threepidd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Stop(20 * time.Second); err != nil {
+			t.Errorf("%v\n%s", err, p.LogTail(20))
+		}
+	})
+	m, err := p.WaitLine(listeningRE, 60*time.Second)
+	if err != nil {
+		t.Fatalf("threepidd did not start: %v\n%s", err, p.LogTail(20))
+	}
+	if m[2] != "" {
+		metricsURL = "http://" + m[2]
+	}
+	return p, "http://" + m[1], metricsURL
 }

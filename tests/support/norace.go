@@ -2,6 +2,6 @@
 
 package support
 
-// raceEnabled reports whether the tests were built with -race; the threepidd
+// RaceEnabled reports whether the tests were built with -race; the threepidd
 // binary they run is then built with -race too.
-const raceEnabled = false
+const RaceEnabled = false

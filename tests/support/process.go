@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -56,6 +57,25 @@ func StartProcess(name string, cmd *exec.Cmd, out string, extraLogs ...string) (
 		close(p.exited)
 	}()
 	return p, nil
+}
+
+// PeakRSS is the process's peak resident set size in bytes (VmHWM of
+// /proc/<pid>/status; Linux only).
+func (p *Process) PeakRSS() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("read %s status: %w", p.name, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s VmHWM %q: %w", p.name, rest, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("%s status has no VmHWM", p.name)
 }
 
 // ExitErr is cmd.Wait's result: nil after an exit with status 0. It must be

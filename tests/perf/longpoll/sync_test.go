@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,7 +156,8 @@ func BenchmarkSyncIdleLongPolls(b *testing.B) {
 	if err := os.WriteFile(configPath, []byte(yaml), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	api, metricsURL := startServer(b, configPath)
+	_, api, metricsURL := support.StartThreepidd(b, configPath)
+	metricsURL += "/metrics"
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
 	for b.Loop() {
 		before := scrape(b, metricsURL)
@@ -195,31 +195,6 @@ func BenchmarkSyncIdleLongPolls(b *testing.B) {
 		cancel()
 		wg.Wait()
 	}
-}
-
-// listeningRE matches the line threepidd logs once it listens.
-var listeningRE = regexp.MustCompile(`msg="threepidd listening" addr=(\S+) metrics=(\S+)`)
-
-// startServer runs the threepidd binary with the configuration at path in a
-// child process and returns its API and metrics URLs; it is stopped when b
-// ends.
-func startServer(b *testing.B, path string) (apiURL, metricsURL string) {
-	b.Helper()
-	p, err := support.StartProcess("threepidd", support.ThreepiddCommand(context.Background(), b, "-config", path),
-		filepath.Join(b.TempDir(), "threepidd.log"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := p.Stop(20 * time.Second); err != nil {
-			b.Errorf("%v\n%s", err, p.LogTail(20))
-		}
-	})
-	m, err := p.WaitLine(listeningRE, 60*time.Second)
-	if err != nil {
-		b.Fatalf("threepidd did not start: %v\n%s", err, p.LogTail(20))
-	}
-	return "http://" + m[1], "http://" + m[2] + "/metrics"
 }
 
 // scrape reads the unlabelled samples of a Prometheus text endpoint.
