@@ -24,6 +24,7 @@ import (
 	"github.com/hashicorp/golang-lru/v2/expirable"
 
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/metrics"
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/outbound"
 )
@@ -33,6 +34,18 @@ const maxUpstreamBody = 1 << 20
 
 // tokenCacheSize bounds the whoami cache.
 const tokenCacheSize = 100_000
+
+var (
+	whoamiCache = metrics.Factory.NewCounterVec(metrics.CounterOpts("whoami_cache_total",
+		"Access-token checks answered from the whoami cache (hit) or asked of the homeserver (miss)."), []string{"result"})
+	up = metrics.Factory.NewGauge(metrics.GaugeOpts("homeserver_up",
+		"1 when the homeserver answered its last reachability check (GET /_matrix/client/versions), 0 when it did not."))
+)
+
+func init() {
+	whoamiCache.WithLabelValues("hit")
+	whoamiCache.WithLabelValues("miss")
+}
 
 // Identity is who an access token belongs to.
 type Identity struct {
@@ -132,8 +145,10 @@ func (c *Client) WhoAmI(ctx context.Context, caller Caller) (Identity, error) {
 	key := caller.AccessToken + "\x00" + caller.AsUserID
 	if c.cache != nil {
 		if id, ok := c.cache.Get(key); ok {
+			whoamiCache.WithLabelValues("hit").Inc()
 			return id, nil
 		}
+		whoamiCache.WithLabelValues("miss").Inc()
 	}
 	status, body, err := c.do(ctx, caller, http.MethodGet, "/_matrix/client/v3/account/whoami"+caller.query(), nil)
 	if err != nil {
@@ -162,6 +177,21 @@ func (c *Client) WhoAmI(ctx context.Context, caller Caller) (Identity, error) {
 		c.cache.Add(key, id)
 	}
 	return id, nil
+}
+
+// CheckReachable asks the homeserver for GET /_matrix/client/versions and
+// returns nil when it answers 200; threepidd_homeserver_up says the outcome.
+func (c *Client) CheckReachable(ctx context.Context) error {
+	status, _, err := c.do(ctx, Caller{}, http.MethodGet, "/_matrix/client/versions", nil)
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("homeserver answered /versions with %d", status)
+	}
+	if err != nil {
+		up.Set(0)
+		return err
+	}
+	up.Set(1)
+	return nil
 }
 
 // RelayUIA relays the client's auth dict to the homeserver's user-interactive

@@ -188,7 +188,9 @@ func (s *Server) build() (http.Handler, error) {
 	// The routes.
 	authn := &auth.Auth{Homeserver: hs, Proxies: proxies}
 	routes := router.NewRouter()
+	ready := &readiness{store: s.Store, hs: hs}
 	routes.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
+	routes.Handle("/ready", mxerr.Handler(ready.serve)).Methods(http.MethodGet)
 	for _, h := range []interface{ Register(*mux.Router) }{
 		&clientapi.Account{
 			Service:    s.Account,
@@ -210,7 +212,7 @@ func (s *Server) build() (http.Handler, error) {
 	}
 
 	// The background workers.
-	s.workers = []worker{s.Bindings.Worker(), s.Account.DeactivateWorker(), expiry{s.Store}}
+	s.workers = []worker{s.Bindings.Worker(), s.Account.DeactivateWorker(), expiry{s.Store}, ready}
 	if s.Events.Enabled() {
 		s.workers = append(s.workers, s.Events.Worker())
 	}
@@ -220,12 +222,10 @@ func (s *Server) build() (http.Handler, error) {
 	return router.Wrap(routes), nil
 }
 
+// health is the liveness check: the process answers and its database too.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	if err := s.Store.Ping(ctx); err != nil {
-		slog.WarnContext(ctx, "health: database unreachable", "err", err)
-		return &mxerr.Error{Status: http.StatusServiceUnavailable, ErrCode: "M_UNKNOWN", Message: "database unreachable"}
+	if err := ping(r.Context(), s.Store); err != nil {
+		return err
 	}
 	mxerr.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	return nil

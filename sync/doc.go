@@ -18,8 +18,9 @@
 //     token into a response body without decoding it; the rest stays byte-identical.
 //
 // Package sync/proxy is the /sync proxy built on it, for homeservers that do
-// not embed it: the /sync, simplified sliding sync (MSC4186), /keys/changes and
-// /rooms/{roomId}/messages requests are routed to threepidd, which forwards
+// not embed it: the /sync, simplified sliding sync (MSC4186), /keys/changes,
+// /rooms/{roomId}/messages, /members and /relations requests are routed to
+// threepidd, which forwards
 // them to the homeserver with its part of the tokens removed and splices the
 // section into the answer. A long-polling /sync returns as soon as a
 // notification for its user is appended, on this instance or (Postgres

@@ -29,6 +29,11 @@ import (
 // SlidingSyncPath is the simplified sliding sync endpoint (MSC4186).
 const SlidingSyncPath = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 
+// RelationsPath is the shortest of the relations endpoints, which take sync
+// tokens as from and to; the others add /{relType} and /{relType}/{eventType}.
+// The spec serves them under v1 only.
+const RelationsPath = "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"
+
 // passthrough labels the metrics of the requests forwarded with their tokens
 // stripped (passTokens).
 const passthrough = "passthrough"
@@ -43,8 +48,9 @@ var errWoken = errors.New("woken before the upstream answer")
 
 // Proxy serves the sync endpoints in front of the homeserver: GET /sync and
 // POST simplified sliding sync get the section and the composite token spliced
-// in; GET /keys/changes and /rooms/{roomId}/messages, which clients pass sync
-// tokens to, are forwarded with threepidd's part of the tokens removed.
+// in; GET /keys/changes, /rooms/{roomId}/messages, /rooms/{roomId}/members
+// and /rooms/{roomId}/relations/..., which clients pass sync tokens to, are
+// forwarded with threepidd's part of the tokens removed.
 //
 // Requests reach the homeserver with the client's credentials and its
 // User-Agent, the real client address in X-Forwarded-For, and the query as
@@ -83,6 +89,11 @@ func (p *Proxy) Register(r *mux.Router) {
 		r.Handle(prefix+"/sync", p.Auth.Require(p.sync)).Methods(http.MethodGet)
 		r.Handle(prefix+"/keys/changes", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
 		encoded.Handle(prefix+"/rooms/{roomId}/messages", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
+		// matrix-js-sdk passes its last next_batch as "at" (lazy-loaded members).
+		encoded.Handle(prefix+"/rooms/{roomId}/members", mxerr.Handler(p.passTokens("at"))).Methods(http.MethodGet)
+	}
+	for _, tail := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
+		encoded.Handle(RelationsPath+tail, mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
 	}
 	r.Handle(SlidingSyncPath, p.Auth.Require(p.slidingSync)).Methods(http.MethodPost)
 }

@@ -525,7 +525,17 @@ func TestProxyPassTokens(t *testing.T) {
 			"/_matrix/client/v3/rooms/%21a%2Fb%3Ahs/messages", "from=s3_34~x.0", 200},
 		{"messages with a pagination token", "/_matrix/client/v3/rooms/%21room%3Ahs/messages?from=t1-3_34",
 			"/_matrix/client/v3/rooms/%21room%3Ahs/messages", "from=t1-3_34", 200},
+		{"members at", "/_matrix/client/v3/rooms/%21room%3Ahs/members?not_membership=leave&at=" + composite,
+			"/_matrix/client/v3/rooms/%21room%3Ahs/members", "not_membership=leave&at=s3_34~x.0", 200},
+		{"relations", "/_matrix/client/v1/rooms/%21room%3Ahs/relations/%24ev?from=" + composite + "&to=" + composite,
+			"/_matrix/client/v1/rooms/%21room%3Ahs/relations/%24ev", "from=s3_34~x.0&to=s3_34~x.0", 200},
+		{"relations of a type", "/_matrix/client/v1/rooms/%21room%3Ahs/relations/%24ev/m.thread?dir=f&from=" + composite,
+			"/_matrix/client/v1/rooms/%21room%3Ahs/relations/%24ev/m.thread", "dir=f&from=s3_34~x.0", 200},
+		{"relations of a type and event type", "/_matrix/client/v1/rooms/%21room%3Ahs/relations/%24ev/m.annotation/m.reaction?to=" + composite + "&recurse=true",
+			"/_matrix/client/v1/rooms/%21room%3Ahs/relations/%24ev/m.annotation/m.reaction", "to=s3_34~x.0&recurse=true", 200},
 		{"garbled", "/_matrix/client/v3/keys/changes?from=tpd1.1.%3F", "", "", 400},
+		{"garbled relations token", "/_matrix/client/v1/rooms/%21room%3Ahs/relations/%24ev?to=tpd1.x.czE", "", "", 400},
+		{"garbled members token", "/_matrix/client/r0/rooms/%21room%3Ahs/members?at=tpd1.1", "", "", 400},
 	}
 	const upBody = `{"chunk":[],"start":"t1-3_34","end":"tpd1.looks.ours"}`
 	for _, tt := range tests {

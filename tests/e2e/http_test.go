@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/pgproxy"
 	"github.com/threepidd/threepidd/tests/support"
 )
 
@@ -268,5 +271,59 @@ func TestForwardedHeaders(t *testing.T) {
 		if e.HS.WhoamiCalls() != calls {
 			t.Fatal("whoami answer was not cached")
 		}
+	})
+}
+
+// TestReady: /ready answers 200 while the database and the homeserver
+// answer; 503 M_UNKNOWN naming the homeserver while the homeserver is down
+// (its check is cached a few seconds), and naming the database while the
+// connections to Postgres are cut (through a TCP proxy), /health then failing
+// too; both recover without a restart.
+func TestReady(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		var proxy *pgproxy.Proxy
+		if b.Driver == "postgres" {
+			u, err := url.Parse(b.DSN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if proxy, err = pgproxy.New(u.Host); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { proxy.Close() })
+			if b.DSN, err = proxy.DSN(b.DSN); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e := harness.Start(t, b, harness.Options{})
+		waitReady := func(status int, message string) {
+			t.Helper()
+			var r harness.Response
+			support.WaitFor(t, fmt.Sprintf("/ready to answer %d", status), func() bool {
+				r = e.Do("GET", "/ready", "", nil)
+				return r.Status == status
+			}, 15*time.Second)
+			if status != 200 && (r.ErrCode() != "M_UNKNOWN" || r.JSON(t)["error"] != message) {
+				t.Fatalf("/ready: %s", r)
+			}
+		}
+		waitReady(200, "")
+
+		e.HS.SetDown(true)
+		waitReady(503, "homeserver unreachable")
+		harness.Expect(t, e.Do("GET", "/health", "", nil), 200, "")
+		e.HS.SetDown(false)
+		waitReady(200, "")
+
+		if proxy == nil {
+			return // a SQLite file cannot become unreachable
+		}
+		proxy.Cut()
+		waitReady(503, "database unreachable")
+		harness.Expect(t, e.Do("GET", "/health", "", nil), 503, "M_UNKNOWN")
+		if err := proxy.Restore(); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(200, "")
 	})
 }

@@ -246,11 +246,12 @@ func TestSyncLargeBody(t *testing.T) {
 // upstreamRequests counts the requests the fake homeserver got on the
 // endpoints that take sync tokens.
 func upstreamRequests(e *harness.Env) int {
-	return len(e.HS.SyncRequests()) + len(e.HS.KeyChangesRequests()) + len(e.HS.MessagesRequests())
+	return len(e.HS.SyncRequests()) + len(e.HS.KeyChangesRequests()) + len(e.HS.MessagesRequests()) +
+		len(e.HS.RelationsRequests()) + len(e.HS.MembersRequests())
 }
 
-// TestSyncTokens: tokens on /sync, /keys/changes and /messages. Composite
-// ones work on all three; ours garbled in any part are 400 M_INVALID_PARAM
+// TestSyncTokens: tokens on /sync, /keys/changes, /messages, /members (at)
+// and the three relations endpoints (from, to). Composite ones work on all; ours garbled in any part are 400 M_INVALID_PARAM
 // (never a 500) without asking the homeserver;
 // upstream parts of any shape reach the homeserver byte for byte; the other
 // query parameters are kept.
@@ -261,7 +262,11 @@ func TestSyncTokens(t *testing.T) {
 		e.HS.PushEvent(alice.ID, json.RawMessage(`{"type":"m.room.message"}`))
 		first := doSync(t, e, alice, "")
 		upstream := upstreamPart(t, first.NextBatch)
-		const room = "/_matrix/client/v3/rooms/%21fake:hs.test/messages"
+		const (
+			room      = "/_matrix/client/v3/rooms/%21fake:hs.test/messages"
+			members   = "/_matrix/client/r0/rooms/%21fake:hs.test/members"
+			relations = "/_matrix/client/v1/rooms/%21fake:hs.test/relations/%24ev"
+		)
 		endpoints := []struct{ path, param, other string }{
 			{syncPath, "since", "timeout=0"},
 			{syncPath, "since", "timeout=30000"},
@@ -269,10 +274,14 @@ func TestSyncTokens(t *testing.T) {
 			{"/_matrix/client/r0/keys/changes", "to", "from=" + url.QueryEscape(first.NextBatch)},
 			{room, "from", "dir=b"},
 			{room, "to", "dir=f&from=" + url.QueryEscape(first.NextBatch)},
+			{members, "at", "not_membership=leave"},
+			{relations, "from", "dir=b"},
+			{relations + "/m.thread", "to", "from=" + url.QueryEscape(first.NextBatch)},
+			{relations + "/m.annotation/m.reaction", "from", "limit=2&to=" + url.QueryEscape(first.NextBatch)},
 		}
 
 		// First, while the homeserver has seen no request on these endpoints.
-		t.Run("composite tokens on /keys/changes and /messages", func(t *testing.T) {
+		t.Run("composite tokens on the endpoints that take them", func(t *testing.T) {
 			token := url.QueryEscape(first.NextBatch)
 			r := e.Do("GET", "/_matrix/client/v3/keys/changes?from="+token+"&to="+token, alice.Token, nil)
 			harness.Expect(t, r, 200, "")
@@ -285,6 +294,15 @@ func TestSyncTokens(t *testing.T) {
 				t.Fatalf("messages start %v, want the upstream token %q", start, upstream)
 			}
 			if q := e.HS.MessagesRequests(); len(q) != 1 || q[0].Get("from") != upstream {
+				t.Fatalf("homeserver got %v", q)
+			}
+			// Element loads the members of an encrypted room at its last next_batch.
+			harness.Expect(t, e.Do("GET", members+"?at="+token, alice.Token, nil), 200, "")
+			if q := e.HS.MembersRequests(); len(q) != 1 || q[0].Get("at") != upstream {
+				t.Fatalf("homeserver got %v", q)
+			}
+			harness.Expect(t, e.Do("GET", relations+"/m.thread?from="+token+"&to="+token, alice.Token, nil), 200, "")
+			if q := e.HS.RelationsRequests(); len(q) != 1 || q[0].Get("from") != upstream || q[0].Get("to") != upstream {
 				t.Fatalf("homeserver got %v", q)
 			}
 			for _, path := range []string{
@@ -369,7 +387,7 @@ func TestSyncTokens(t *testing.T) {
 
 		t.Run("wrong methods", func(t *testing.T) {
 			before := upstreamRequests(e)
-			for _, path := range []string{syncPath, "/_matrix/client/v3/keys/changes", room, "/_matrix/client/v3/rooms/%21a%2Fb:hs.test/messages"} {
+			for _, path := range []string{syncPath, "/_matrix/client/v3/keys/changes", room, "/_matrix/client/v3/rooms/%21a%2Fb:hs.test/messages", members, relations} {
 				harness.Expect(t, e.Do("POST", path+"?from=x", alice.Token, map[string]any{}), 405, "M_UNRECOGNIZED")
 			}
 			if upstreamRequests(e) != before {
@@ -404,6 +422,10 @@ func lastQuery(e *harness.Env, path string) url.Values {
 		qs = e.HS.SyncRequests()
 	case strings.HasSuffix(path, "/keys/changes"):
 		qs = e.HS.KeyChangesRequests()
+	case strings.HasSuffix(path, "/members"):
+		qs = e.HS.MembersRequests()
+	case strings.Contains(path, "/relations/"):
+		qs = e.HS.RelationsRequests()
 	default:
 		qs = e.HS.MessagesRequests()
 	}

@@ -58,7 +58,8 @@ type RelayCall struct {
 
 // Homeserver is a fake Matrix homeserver: whoami, the user-interactive endpoints
 // threepidd relays to (with Synapse's and Dendrite's UIA answers), /sync and the
-// endpoints taking sync tokens, and Synapse's admin users API.
+// endpoints taking sync tokens (/keys/changes, /messages, /members,
+// /relations), and Synapse's admin users API.
 type Homeserver struct {
 	t          testing.TB
 	serverName string
@@ -185,6 +186,7 @@ func (hs *Homeserver) routes() http.Handler {
 	r := mux.NewRouter()
 	r.SkipClean(true)
 	const client = "/_matrix/client/{version:(?:r0|v3)}"
+	r.Handle("/_matrix/client/versions", hsHandler(hs.serveVersions)).Methods(http.MethodGet)
 	r.Handle(client+"/account/whoami", hsHandler(hs.serveWhoami)).Methods(http.MethodGet)
 	r.Handle(client+"/account/3pid/add", hsHandler(hs.serveThreepidAdd)).Methods(http.MethodPost)
 	r.Handle(client+"/account/deactivate", hsHandler(hs.serveDeactivate)).Methods(http.MethodPost)
@@ -193,6 +195,10 @@ func (hs *Homeserver) routes() http.Handler {
 	r.Handle(client+"/sync", hsHandler(hs.serveSync)).Methods(http.MethodGet)
 	r.Handle(client+"/keys/changes", hsHandler(hs.serveKeyChanges)).Methods(http.MethodGet)
 	r.Handle(client+"/rooms/{roomId}/messages", hsHandler(hs.serveMessages)).Methods(http.MethodGet)
+	r.Handle(client+"/rooms/{roomId}/members", hsHandler(hs.serveMembers)).Methods(http.MethodGet)
+	for _, tail := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
+		r.Handle("/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"+tail, hsHandler(hs.serveRelations)).Methods(http.MethodGet)
+	}
 	const admin = "/_synapse/admin/v2"
 	r.Handle(admin+"/users", hs.admin(hs.serveAdminUsers)).Methods(http.MethodGet)
 	r.Handle(admin+"/users/{userId}", hs.admin(hs.serveAdminUser)).Methods(http.MethodGet)
@@ -220,3 +226,15 @@ func (hs *Homeserver) isLocal(userID string) bool {
 }
 
 func hsNowMS() int64 { return time.Now().UnixMilli() }
+
+// serveVersions is GET /_matrix/client/versions (503 while SetDown).
+func (hs *Homeserver) serveVersions(w http.ResponseWriter, r *http.Request) error {
+	hs.mu.Lock()
+	down := hs.down
+	hs.mu.Unlock()
+	if down {
+		return hsErr(http.StatusServiceUnavailable, "M_UNKNOWN", "down for maintenance")
+	}
+	mxerr.WriteJSON(w, http.StatusOK, map[string]any{"versions": []string{"r0.6.1", "v1.1", "v1.11"}, "unstable_features": map[string]bool{}})
+	return nil
+}

@@ -39,7 +39,8 @@ func (hs *Homeserver) AdminClient(token string) *homeserver.SynapseAdmin {
 	return c.SynapseAdmin(token)
 }
 
-// SetDown makes every admin API call answer 503 M_UNKNOWN while down is true.
+// SetDown makes every admin API call and GET /_matrix/client/versions answer
+// 503 M_UNKNOWN while down is true.
 func (hs *Homeserver) SetDown(down bool) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()

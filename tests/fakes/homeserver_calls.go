@@ -43,6 +43,8 @@ const (
 	hsQueriesSync       = "sync"
 	hsQueriesKeyChanges = "keys/changes"
 	hsQueriesMessages   = "messages"
+	hsQueriesRelations  = "relations"
+	hsQueriesMembers    = "members"
 )
 
 // SyncRequests lists the query parameters of every /sync request, in order.
@@ -53,6 +55,13 @@ func (hs *Homeserver) KeyChangesRequests() []url.Values { return hs.queriesOf(hs
 
 // MessagesRequests lists the query parameters of every /rooms/{roomId}/messages request.
 func (hs *Homeserver) MessagesRequests() []url.Values { return hs.queriesOf(hsQueriesMessages) }
+
+// RelationsRequests lists the query parameters of every
+// /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]] request.
+func (hs *Homeserver) RelationsRequests() []url.Values { return hs.queriesOf(hsQueriesRelations) }
+
+// MembersRequests lists the query parameters of every /rooms/{roomId}/members request.
+func (hs *Homeserver) MembersRequests() []url.Values { return hs.queriesOf(hsQueriesMembers) }
 
 func (hs *Homeserver) queriesOf(key string) []url.Values {
 	hs.mu.Lock()

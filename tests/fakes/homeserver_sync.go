@@ -1,7 +1,8 @@
 package fakes
 
-// /sync and the other endpoints that take stream tokens: /keys/changes and
-// /rooms/{roomId}/messages.
+// /sync and the other endpoints that take stream tokens: /keys/changes,
+// /rooms/{roomId}/messages, /rooms/{roomId}/members and
+// /rooms/{roomId}/relations/....
 
 import (
 	"bytes"
@@ -262,5 +263,37 @@ func (hs *Homeserver) serveMessages(w http.ResponseWriter, r *http.Request) erro
 		return hsInvalidStreamToken
 	}
 	mxerr.WriteJSON(w, http.StatusOK, map[string]any{"chunk": []any{}, "start": from, "end": hsTopoToken(current)})
+	return nil
+}
+
+// serveRelations is GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]
+// (v1): from and to, when given, must be sync or pagination tokens this fake
+// issued. The event has no children.
+func (hs *Homeserver) serveRelations(w http.ResponseWriter, r *http.Request) error {
+	_, current, err := hs.begin(r, hsQueriesRelations)
+	if err != nil {
+		return err
+	}
+	for _, name := range []string{"from", "to"} {
+		if q := r.URL.Query(); q.Has(name) && !hsValidPagination(q.Get(name), current) {
+			return hsInvalidStreamToken
+		}
+	}
+	mxerr.WriteJSON(w, http.StatusOK, map[string]any{"chunk": []any{}})
+	return nil
+}
+
+// serveMembers is GET /rooms/{roomId}/members: at, when given, must be a sync
+// or pagination token this fake issued (matrix-js-sdk sends its last
+// next_batch there). The room has no members.
+func (hs *Homeserver) serveMembers(w http.ResponseWriter, r *http.Request) error {
+	_, current, err := hs.begin(r, hsQueriesMembers)
+	if err != nil {
+		return err
+	}
+	if q := r.URL.Query(); q.Has("at") && !hsValidPagination(q.Get("at"), current) {
+		return hsInvalidStreamToken
+	}
+	mxerr.WriteJSON(w, http.StatusOK, map[string]any{"chunk": []any{}})
 	return nil
 }

@@ -143,8 +143,12 @@ func (l *loader) responseSchema(file string, resp any) (*schema, error) {
 	if !ok {
 		return nil, fmt.Errorf("response is not a mapping")
 	}
-	if _, ok := m["$ref"]; ok {
-		return nil, fmt.Errorf("response $ref is not supported")
+	if ref, ok := m["$ref"].(string); ok { // a shared response (components/responses)
+		target, node, err := l.target(file, ref)
+		if err != nil {
+			return nil, err
+		}
+		return l.responseSchema(target, node)
 	}
 	content, _ := m["content"].(map[string]any)
 	media, _ := content["application/json"].(map[string]any)
@@ -155,9 +159,9 @@ func (l *loader) responseSchema(file string, resp any) (*schema, error) {
 	return l.compile(file, node, file+" response")
 }
 
-// ref compiles the target of a $ref found in file. Targets are compiled once,
-// so a cycle of references ends at the schema being compiled.
-func (l *loader) ref(file, ref string) (*schema, error) {
+// target returns the file a $ref found in file points into, and the node it
+// points at.
+func (l *loader) target(file, ref string) (string, any, error) {
 	target, frag, _ := strings.Cut(ref, "#")
 	if target == "" {
 		target = file
@@ -165,19 +169,30 @@ func (l *loader) ref(file, ref string) (*schema, error) {
 		target = path.Join(path.Dir(file), target)
 	}
 	if target == ".." || strings.HasPrefix(target, "../") || path.IsAbs(target) {
-		return nil, fmt.Errorf("$ref %q leaves the spec folder", ref)
-	}
-	key := target + "#" + frag
-	if s, ok := l.refs[key]; ok {
-		return s, nil
+		return "", nil, fmt.Errorf("$ref %q leaves the spec folder", ref)
 	}
 	d, err := l.doc(target)
 	if err != nil {
-		return nil, fmt.Errorf("$ref %q: %w", ref, err)
+		return "", nil, fmt.Errorf("$ref %q: %w", ref, err)
 	}
 	node, err := pointer(d, frag)
 	if err != nil {
-		return nil, fmt.Errorf("$ref %q: %w", ref, err)
+		return "", nil, fmt.Errorf("$ref %q: %w", ref, err)
+	}
+	return target, node, nil
+}
+
+// ref compiles the target of a $ref found in file. Targets are compiled once,
+// so a cycle of references ends at the schema being compiled.
+func (l *loader) ref(file, ref string) (*schema, error) {
+	target, node, err := l.target(file, ref)
+	if err != nil {
+		return nil, err
+	}
+	_, frag, _ := strings.Cut(ref, "#")
+	key := target + "#" + frag
+	if s, ok := l.refs[key]; ok {
+		return s, nil
 	}
 	s := &schema{}
 	l.refs[key] = s
