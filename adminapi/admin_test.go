@@ -47,7 +47,7 @@ func newFixture(t *testing.T, s storage.Store, adminToken string) *fixture {
 	f := &fixture{t: t, store: s, events: &eventstest.Recorder{}}
 	routes := router.NewRouter()
 	(&Handler{Account: &account.Service{Store: s, Events: f.events}, Bindings: &bindings.Service{Store: s}, Token: adminToken, ServerName: "hs.test"}).Register(routes)
-	f.srv = httptest.NewServer(router.Wrap(routes))
+	f.srv = httptest.NewServer(router.Wrap(routes, nil))
 	t.Cleanup(f.srv.Close)
 	return f
 }

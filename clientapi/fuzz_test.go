@@ -111,7 +111,7 @@ func newFuzzHandler(f *testing.F) http.Handler {
 	routes := router.NewRouter()
 	(&clientapi.Account{Service: accounts, Auth: authn}).Register(routes)
 	(&clientapi.Bindings{Service: binds, Auth: authn}).Register(routes)
-	return router.Wrap(routes)
+	return router.Wrap(routes, nil)
 }
 
 // fuzzEndpoints sends body to each path and checks every answer.

@@ -54,7 +54,7 @@ func newFixture(t testing.TB, store storage.Store, limit config.Bucket) *fixture
 		Verifier:  federation.NewVerifier(hsName, servers, federation.NewKeyRing(nil)),
 		PerServer: ratelimit.New(limit),
 	}).Register(routes)
-	f.handler = router.Wrap(routes)
+	f.handler = router.Wrap(routes, nil)
 	return f
 }
 

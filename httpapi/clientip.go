@@ -38,14 +38,27 @@ func (ps Proxies) trusted(addr netip.Addr) bool {
 	return false
 }
 
+// FromProxy reports whether r comes straight from a trusted proxy, whose
+// headers (X-Forwarded-For, X-Request-ID) are believed.
+func (ps Proxies) FromProxy(r *http.Request) bool {
+	peer, err := netip.ParseAddr(peerHost(r))
+	return err == nil && ps.trusted(peer)
+}
+
+// peerHost is the host part of r's RemoteAddr.
+func peerHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
 // ClientIP returns the address of the client: the peer, unless the peer is a
 // trusted proxy, in which case the right-most X-Forwarded-For entry that is
 // not itself a trusted proxy.
 func (ps Proxies) ClientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := peerHost(r)
 	peer, err := netip.ParseAddr(host)
 	if err != nil || !ps.trusted(peer) {
 		return host

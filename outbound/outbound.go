@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/threepidd/threepidd/internal/requestid"
 )
 
 // UserAgent is sent on every request threepidd makes on its own behalf (a
@@ -18,7 +20,8 @@ const UserAgent = "threepidd"
 // NewTransport returns a pooled transport. Go's default keeps 2 idle
 // connections per host, which under load leaves thousands of sockets in
 // TIME_WAIT and costs a third of the throughput (DESIGN.md, "Sync"). It sets
-// User-Agent on requests that have none and never uses a proxy from the
+// User-Agent on requests that have none, X-Request-ID on requests whose
+// context carries one (package requestid), and never uses a proxy from the
 // environment. Response headers are not bounded here: /sync long-polls wait
 // for minutes, so callers bound requests with contexts or client timeouts.
 func NewTransport() http.RoundTripper {
@@ -51,14 +54,21 @@ func WithoutRedirects(client *http.Client) *http.Client {
 
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-// userAgent sets User-Agent on requests without one.
+// userAgent sets User-Agent on requests without one, and X-Request-ID on
+// those made on behalf of a client request (its context carries the ID).
 type userAgent struct{ next *http.Transport }
 
 // RoundTrip implements http.RoundTripper.
 func (t userAgent) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Header.Get("User-Agent") == "" {
+	id := requestid.FromContext(r.Context())
+	if r.Header.Get("User-Agent") == "" || (id != "" && r.Header.Get(requestid.Header) == "") {
 		r = r.Clone(r.Context())
-		r.Header.Set("User-Agent", UserAgent)
+		if r.Header.Get("User-Agent") == "" {
+			r.Header.Set("User-Agent", UserAgent)
+		}
+		if id != "" && r.Header.Get(requestid.Header) == "" {
+			r.Header.Set(requestid.Header, id)
+		}
 	}
 	return t.next.RoundTrip(r)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/threepidd/threepidd/internal/requestid"
 	"github.com/threepidd/threepidd/metrics"
 	"github.com/threepidd/threepidd/mxerr"
 )
@@ -58,13 +59,24 @@ func NewRouter() *mux.Router {
 	return r
 }
 
-// Wrap adds the outer middleware: CORS and OPTIONS, panic recovery, metrics.
-func Wrap(h http.Handler) http.Handler {
+// Wrap adds the outer middleware: the request ID, CORS and OPTIONS, panic
+// recovery, metrics, and a debug log line per request.
+//
+// The request ID is the client's X-Request-ID when trusted says its sender
+// may set one (a reverse proxy among trusted_proxies; nil: nobody) and it is
+// requestid.Valid, else a new one; it is echoed in the answer's X-Request-ID,
+// carried by r's context into every log line and outbound request.
+func Wrap(h http.Handler, trusted func(*http.Request) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		label := &routeLabel{name: "unmatched"}
-		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, label))
+		id := r.Header.Get(requestid.Header)
+		if trusted == nil || !trusted(r) || !requestid.Valid(id) {
+			id = requestid.New()
+		}
+		r = r.WithContext(requestid.NewContext(context.WithValue(r.Context(), routeKey{}, label), id))
 		sw := &statusWriter{ResponseWriter: w}
+		sw.Header().Set(requestid.Header, id)
 		setCORS(sw.Header())
 		defer func() {
 			if p := recover(); p != nil {
@@ -77,8 +89,10 @@ func Wrap(h http.Handler) http.Handler {
 					mxerr.Write(sw, r, mxerr.Unknown)
 				}
 			}
+			took := time.Since(start)
 			requestsTotal.WithLabelValues(label.name, r.Method, strconv.Itoa(sw.statusOr200())).Inc()
-			requestDuration.WithLabelValues(label.name).Observe(time.Since(start).Seconds())
+			requestDuration.WithLabelValues(label.name).Observe(took.Seconds())
+			slog.DebugContext(r.Context(), "request", "method", r.Method, "route", label.name, "status", sw.statusOr200(), "took", took)
 		}()
 		if r.Method == http.MethodOptions {
 			mxerr.WriteJSON(sw, http.StatusOK, struct{}{})

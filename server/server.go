@@ -219,7 +219,7 @@ func (s *Server) build() (http.Handler, error) {
 	if mirror != nil {
 		s.workers = append(s.workers, mirror.Worker())
 	}
-	return router.Wrap(routes), nil
+	return router.Wrap(routes, proxies.FromProxy), nil
 }
 
 // health is the liveness check: the process answers and its database too.

@@ -22,6 +22,7 @@ import (
 	"syscall"
 
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/internal/requestid"
 	"github.com/threepidd/threepidd/server"
 )
 
@@ -115,11 +116,11 @@ func serve(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	cfg, err := config.Load(*path, os.Environ())
 	if err != nil {
 		return err
 	}
+	slog.SetDefault(newLogger(stderr, cfg.Log))
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		return err
@@ -130,4 +131,18 @@ func serve(ctx context.Context, args []string, _, stderr io.Writer) error {
 		slog.Warn("shutdown", "err", err)
 	}
 	return serveErr
+}
+
+// newLogger returns the logger of log (format and level, validated by
+// config): slog's text or JSON handler on w, each record written with a
+// request's context carrying its request ID.
+func newLogger(w io.Writer, log config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(log.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if log.Format == config.LogJSON {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(requestid.NewLogHandler(h))
 }

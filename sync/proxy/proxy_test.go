@@ -145,7 +145,7 @@ func newProxy(t testing.TB, store storage.Store, upstreamURL string, budget *Bud
 	t.Cleanup(st.Close)
 	routes := router.NewRouter()
 	(&Proxy{Stream: st, Auth: &auth.Auth{Homeserver: hs}, Homeserver: hs, Budget: budget}).Register(routes)
-	srv := httptest.NewServer(router.Wrap(routes))
+	srv := httptest.NewServer(router.Wrap(routes, nil))
 	t.Cleanup(srv.Close)
 	return srv.URL, st
 }

@@ -2,13 +2,16 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
 	"github.com/threepidd/threepidd/tests/pgproxy"
 	"github.com/threepidd/threepidd/tests/support"
@@ -326,4 +329,82 @@ func TestReady(t *testing.T) {
 		}
 		waitReady(200, "")
 	})
+}
+
+// TestRequestIDs: a request's X-Request-ID from a trusted proxy is echoed,
+// written on each of its log lines, and sent on the calls made on its behalf
+// to the identity server and the homeserver; a request without one, with an
+// unsafe one, or from a peer that is not a trusted proxy gets a fresh ID,
+// passed on the same way.
+func TestRequestIDs(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		logs := support.CaptureLogs(t)
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
+		alice := e.NewUser("rid-alice")
+		harness.Expect(t, e.Bind(t, alice, 0, "email", "rid@example.org"), 200, "")
+
+		// An unbind the identity server fails: queued, with a warning.
+		e.IS[0].SetMode(fakes.IdentityServerFail500)
+		seen := len(e.IS[0].RequestIDs())
+		r := harness.Send(t, support.Request{Method: "POST", URL: e.URL + "/_matrix/client/v3/account/3pid/unbind", Token: alice.Token,
+			Body:   map[string]any{"medium": "email", "address": "rid@example.org", "id_server": e.IS[0].Name()},
+			Header: http.Header{"X-Request-ID": {"unbind-req-42"}}})
+		harness.Expect(t, r, 200, "")
+		if got := r.Header.Get("X-Request-ID"); got != "unbind-req-42" {
+			t.Fatalf("answer's X-Request-ID %q", got)
+		}
+		ids := e.IS[0].RequestIDs()[seen:]
+		if len(ids) == 0 || slices.ContainsFunc(ids, func(id string) bool { return id != "unbind-req-42" }) {
+			t.Fatalf("the identity server got X-Request-ID %q", ids)
+		}
+		lines := linesWith(logs.String(), "request_id=unbind-req-42")
+		if len(lines) < 2 || !strings.Contains(lines[0]+lines[1], "unbind queued for retry") ||
+			!strings.Contains(strings.Join(lines, "\n"), `msg=request method=POST route=/_matrix/client/v3/account/3pid/unbind status=200`) {
+			t.Fatalf("the request's log lines:\n%s\nall:\n%s", strings.Join(lines, "\n"), logs)
+		}
+		for _, line := range linesWith(logs.String(), "unbind queued for retry") {
+			if !strings.Contains(line, "request_id=unbind-req-42") {
+				t.Fatalf("a line of the request without its ID: %s", line)
+			}
+		}
+
+		// Passed through to the homeserver; fresh IDs where none may be taken.
+		const keyChanges = "/_matrix/client/v3/keys/changes"
+		for _, header := range []string{"", "bad id", strings.Repeat("x", 129)} {
+			h := http.Header{}
+			if header != "" {
+				h.Set("X-Request-ID", header)
+			}
+			r := harness.Send(t, support.Request{Method: "GET", URL: e.URL + keyChanges + "?from=s0_34~x.0", Token: alice.Token, Header: h})
+			harness.Expect(t, r, 200, "")
+			id := r.Header.Get("X-Request-ID")
+			if len(id) != 32 || id == header || e.HS.LastHeaders(keyChanges).Get("X-Request-ID") != id {
+				t.Fatalf("sent %q: answered %q, the homeserver got %q", header, id, e.HS.LastHeaders(keyChanges).Get("X-Request-ID"))
+			}
+		}
+		r = harness.Send(t, support.Request{Method: "GET", URL: e.URL + keyChanges + "?from=s0_34~x.0", Token: alice.Token,
+			Header: http.Header{"X-Request-ID": {"4f6a1c2e-trace"}}})
+		if got := e.HS.LastHeaders(keyChanges).Get("X-Request-ID"); r.Header.Get("X-Request-ID") != "4f6a1c2e-trace" || got != "4f6a1c2e-trace" {
+			t.Fatalf("answered %q, the homeserver got %q", r.Header.Get("X-Request-ID"), got)
+		}
+
+		untrusting := harness.Start(t, b, harness.Options{ExtraYAML: "trusted_proxies: [10.0.0.0/8]\n"})
+		bob := untrusting.NewUser("rid-bob")
+		r = harness.Send(t, support.Request{Method: "GET", URL: untrusting.URL + keyChanges + "?from=s0_34~x.0", Token: bob.Token,
+			Header: http.Header{"X-Request-ID": {"forged-by-client"}}})
+		if id := r.Header.Get("X-Request-ID"); len(id) != 32 || untrusting.HS.LastHeaders(keyChanges).Get("X-Request-ID") != id {
+			t.Fatalf("from an untrusted peer: answered %q, the homeserver got %q", id, untrusting.HS.LastHeaders(keyChanges).Get("X-Request-ID"))
+		}
+	})
+}
+
+// linesWith returns the lines of logs that contain s.
+func linesWith(logs, s string) []string {
+	var out []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	return out
 }

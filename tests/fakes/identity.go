@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,6 +107,8 @@ type IdentityServer struct {
 	// validatedCalls counts getValidated3pid requests.
 	validatedCalls int
 	unbindCalls    []IdentityServerUnbindCall
+	// requestIDs are the X-Request-ID headers of every request, in order.
+	requestIDs []string
 }
 
 // isSession is a validated 3PID session.
@@ -146,7 +149,12 @@ func NewIdentityServer(t testing.TB, name string) *IdentityServer {
 	mux.HandleFunc("POST /_matrix/identity/v2/3pid/bind", is.serveBind)
 	mux.HandleFunc("GET /_matrix/identity/v2/3pid/getValidated3pid", is.serveValidated)
 	mux.HandleFunc("POST /_matrix/identity/v2/3pid/unbind", is.serveUnbind)
-	is.handler = mux
+	is.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		is.mu.Lock()
+		is.requestIDs = append(is.requestIDs, r.Header.Get("X-Request-ID"))
+		is.mu.Unlock()
+		mux.ServeHTTP(w, r)
+	})
 	is.Start()
 	t.Cleanup(is.Close)
 	return is
@@ -363,6 +371,14 @@ func (is *IdentityServer) serveValidated(w http.ResponseWriter, r *http.Request)
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"medium": s.medium, "address": s.address, "validated_at": time.Now().UnixMilli()})
 	}
+}
+
+// RequestIDs lists the X-Request-ID header of every request received, in
+// order ("" for none).
+func (is *IdentityServer) RequestIDs() []string {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return slices.Clone(is.requestIDs)
 }
 
 // ValidatedCalls returns how many getValidated3pid calls were made.

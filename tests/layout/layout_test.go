@@ -23,12 +23,13 @@ const module = "github.com/threepidd/threepidd"
 // A package imports only packages of lower layers. A new package must be
 // placed here: the test names it when it is missing.
 var layers = map[string]int{
-	// 0: leaves: errors, metrics, domain forms, the clock, outbound clients,
-	// the storage interface, key files.
-	"mxerr": 0, "metrics": 0, "threepid": 0, "internal/clock": 0, "outbound": 0,
+	// 0: leaves: errors, metrics, domain forms, the clock, request IDs, the
+	// storage interface, key files.
+	"mxerr": 0, "metrics": 0, "threepid": 0, "internal/clock": 0, "internal/requestid": 0,
 	"storage": 0, "federation/signingkey": 0, "internal/mailsink": 0,
-	// 1: configuration, shared SQL, request plumbing, fakes of peers for the demo.
-	"config": 1, "storage/sqlstore": 1, "httpapi": 1, "router": 1, "internal/sydent": 1,
+	// 1: configuration, shared SQL, request plumbing, outbound clients, fakes
+	// of peers for the demo.
+	"config": 1, "storage/sqlstore": 1, "httpapi": 1, "router": 1, "internal/sydent": 1, "outbound": 1,
 	// 2: backends, and the clients and libraries built on the config: the
 	// homeserver client, outbox, policy, delivery, rate limits, the sync library.
 	"storage/sqlite": 2, "storage/postgres": 2, "homeserver": 2, "outbox": 2, "policy": 2,

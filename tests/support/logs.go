@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+
+	"github.com/threepidd/threepidd/internal/requestid"
 )
 
 // LogBuffer holds captured log output; safe for concurrent use.
@@ -27,13 +29,14 @@ func (l *LogBuffer) String() string {
 }
 
 // CaptureLogs sends every slog record of the default logger, debug
-// included, to a buffer (in the text format) until t ends. Times are left
+// included, to a buffer (in the text format, with the request ID of a
+// request's records as the binary writes it) until t ends. Times are left
 // out: their digits could pass for a secret such as an SMS code.
 func CaptureLogs(t testing.TB) *LogBuffer {
 	t.Helper()
 	buf := &LogBuffer{}
 	prev := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{
+	slog.SetDefault(slog.New(requestid.NewLogHandler(slog.NewTextHandler(buf, &slog.HandlerOptions{
 		Level: slog.LevelDebug,
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.TimeKey {
@@ -41,7 +44,7 @@ func CaptureLogs(t testing.TB) *LogBuffer {
 			}
 			return a
 		},
-	})))
+	}))))
 	t.Cleanup(func() { slog.SetDefault(prev) })
 	return buf
 }
