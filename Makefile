@@ -6,7 +6,7 @@ export THREEPIDD_TEST_POSTGRES
 FUZZTIME ?= 30000x
 CONFIG ?= threepidd.example.yaml
 
-.PHONY: run build test vet race fuzz-smoke realpeer bench fmt
+.PHONY: run build test vet tools race fuzz-smoke realpeer bench fmt
 
 run:
 	$(GO) run ./cmd/threepidd -config $(CONFIG)
@@ -14,14 +14,20 @@ run:
 build:
 	$(GO) build -o bin/threepidd ./cmd/threepidd
 
-# The README's test command: vet, the race suite on SQLite and Postgres, a short
-# run of every fuzz target, and the real-peer suite (Dendrite, nginx, matrix-js-sdk).
-test: vet race fuzz-smoke realpeer
+# The README's test command: vet, the tools the suite needs (promtool), the
+# race suite on SQLite and Postgres (tests/monitoring checks the alerting rules
+# with promtool and the dashboard's metrics against the binary), a short run of
+# every fuzz target, and the real-peer suite (Dendrite, nginx, matrix-js-sdk).
+test: vet tools race fuzz-smoke realpeer
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags realpeer ./tests/realpeer/ ./tests/perf/peers/
+
+# promtool, from Debian's prometheus package (idempotent).
+tools:
+	bash deploy/prometheus/setup.sh
 
 race:
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -88,6 +88,14 @@ var (
 		"Validation e-mails and SMS that could not be sent."), []string{"medium"})
 )
 
+func init() {
+	// Every series exists from the start, at zero, for dashboards and rate().
+	for _, medium := range []string{threepid.MediumEmail, threepid.MediumMSISDN} {
+		messagesSent.WithLabelValues(medium)
+		messagesFailed.WithLabelValues(medium)
+	}
+}
+
 // TokenRequest is a requestToken call, already syntactically checked.
 type TokenRequest struct {
 	ClientSecret string

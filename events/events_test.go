@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/metrics/metricstest"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -145,6 +146,39 @@ func TestDeliveryRedirect(t *testing.T) {
 		}
 		if n, _ := s.CountOutbox(ctx, OutboxKind); n != 1 || moved.Load() != 0 {
 			t.Fatalf("after a 302: %d events pending, redirect target asked %d times", n, moved.Load())
+		}
+	})
+}
+
+// TestCounter: a change is counted once its transaction commits, never when
+// it rolls back.
+func TestCounter(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		count := func() float64 {
+			return metricstest.Value(t, "threepidd_threepid_changes_total", "callback", "user_threepid", "op", "add")
+		}
+		before := count()
+		rollback := errors.New("rollback")
+		for _, fail := range []bool{true, false} {
+			err := s.WithTx(ctx, func(q storage.Querier) error {
+				if err := (Sinks{Counter{}}).Applied(ctx, q, change); err != nil {
+					t.Fatal(err)
+				}
+				if count() != before {
+					t.Fatal("counted before the commit")
+				}
+				if fail {
+					return rollback
+				}
+				return nil
+			})
+			if fail != errors.Is(err, rollback) {
+				t.Fatalf("WithTx = %v", err)
+			}
+		}
+		if got := count() - before; got != 1 {
+			t.Fatalf("counted %v changes, want 1", got)
 		}
 	})
 }

@@ -38,6 +38,12 @@ var mirrorCalls = metrics.Factory.NewCounterVec(metrics.CounterOpts("homeserver_
 		"matched), no_user (unknown or deactivated on the homeserver: never PUT), not_applied (PUT, "+
 		"but the homeserver's answer still differs: a legacy non-canonical row Synapse cannot delete)."), []string{"outcome"})
 
+func init() {
+	for _, outcome := range []string{"put", "unchanged", "no_user", "not_applied"} {
+		mirrorCalls.WithLabelValues(outcome) // at zero from the start
+	}
+}
+
 // Mirror writes every 3PID added to or removed from an account in threepidd
 // (by the user, an administrator or a deactivation) back to a Synapse
 // homeserver, so that its password reset, 3PID login and e-mail notifications

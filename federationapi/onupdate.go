@@ -22,6 +22,13 @@ import (
 var results = metrics.Factory.NewCounterVec(metrics.CounterOpts("onupdate_requests_total",
 	"onupdate requests by result: applied, no-op, unauthorised, forbidden, invalid, rate_limited, error."), []string{"result"})
 
+func init() {
+	// Every series exists from the start, at zero, for dashboards and rate().
+	for _, result := range []string{"applied", "no-op", "unauthorised", "forbidden", "invalid", "rate_limited", "error"} {
+		results.WithLabelValues(result)
+	}
+}
+
 // OnUpdate serves the endpoint.
 type OnUpdate struct {
 	Service  *onupdate.Service

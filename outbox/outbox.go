@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/threepidd/threepidd/internal/clock"
 	"github.com/threepidd/threepidd/metrics"
 	"github.com/threepidd/threepidd/storage"
@@ -23,6 +25,8 @@ var (
 	succeeded = metrics.Factory.NewCounterVec(metrics.CounterOpts("outbox_succeeded_total", "Outbox items completed, by kind."), []string{"kind"})
 	givenUp   = metrics.Factory.NewCounterVec(metrics.CounterOpts("outbox_given_up_total", "Outbox items abandoned after the give-up age, by kind."), []string{"kind"})
 	pending   = metrics.Factory.NewGaugeVec(metrics.GaugeOpts("outbox_pending", "Outbox items waiting, by kind."), []string{"kind"})
+	oldestAge = metrics.Factory.NewGaugeVec(metrics.GaugeOpts("outbox_oldest_age_seconds",
+		"Age of the oldest waiting outbox item, by kind (0 when none waits)."), []string{"kind"})
 )
 
 // ErrRetry, returned (wrapped) by a Handler, asks for another attempt later.
@@ -97,6 +101,9 @@ func (w *Worker) defaults() {
 // Run handles due items until ctx ends: at once, then every Poll.
 func (w *Worker) Run(ctx context.Context) {
 	w.defaults()
+	for _, c := range []*prometheus.CounterVec{queued, retried, succeeded, givenUp} {
+		c.WithLabelValues(w.Kind) // the kind's series exist from the start, at zero
+	}
 	t := time.NewTicker(w.Poll)
 	defer t.Stop()
 	for {
@@ -127,6 +134,13 @@ func (w *Worker) RunOnce(ctx context.Context) int {
 	}
 	if n, err := w.Store.CountOutbox(ctx, w.Kind); err == nil {
 		pending.WithLabelValues(w.Kind).Set(float64(n))
+	}
+	if at, err := w.Store.OldestOutbox(ctx, w.Kind); err == nil {
+		age := 0.0
+		if at > 0 {
+			age = max(0, w.Clock.Now().Sub(time.UnixMilli(at)).Seconds())
+		}
+		oldestAge.WithLabelValues(w.Kind).Set(age)
 	}
 	return len(items)
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/metrics/metricstest"
 	"github.com/threepidd/threepidd/outbox"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -34,10 +35,16 @@ func TestWorker(t *testing.T) {
 		w := &outbox.Worker{Store: s, Kind: "work", Clock: clock, BaseBackoff: time.Second, MaxBackoff: 4 * time.Second,
 			GiveUpAfter: time.Hour, Do: func(context.Context, storage.OutboxItem) error { calls.Add(1); return outcome }}
 
-		// Each failure backs off: 1s, 2s, 4s, then capped at 4s.
+		// Each failure backs off: 1s, 2s, 4s, then capped at 4s. The item's
+		// age (since it was queued) and the depth are exported after each pass.
+		queuedAt := now
 		for i, wantDelay := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second} {
 			if n := w.RunOnce(ctx); n != 1 {
 				t.Fatalf("attempt %d claimed %d", i, n)
+			}
+			age := metricstest.Value(t, "threepidd_outbox_oldest_age_seconds", "kind", "work")
+			if want := now.Sub(queuedAt).Seconds(); age != want || metricstest.Value(t, "threepidd_outbox_pending", "kind", "work") != 1 {
+				t.Fatalf("attempt %d: oldest age %v, want %v", i, age, want)
 			}
 			items, err := s.PendingOutbox(ctx, "work", "k")
 			if err != nil || len(items) != 1 {
@@ -59,6 +66,9 @@ func TestWorker(t *testing.T) {
 		}
 		if n, _ := s.CountOutbox(ctx, "work"); n != 0 {
 			t.Fatalf("%d items left after success", n)
+		}
+		if age := metricstest.Value(t, "threepidd_outbox_oldest_age_seconds", "kind", "work"); age != 0 {
+			t.Fatalf("oldest age %v with nothing waiting", age)
 		}
 
 		// Past the give-up age a retryable failure is abandoned, with OnGiveUp.

@@ -13,6 +13,24 @@ import (
 var blocks = metrics.Factory.NewCounterVec(metrics.CounterOpts("policy_blocks_total",
 	"Changes blocked by a policy, by callback and rule."), []string{"callback", "rule"})
 
+func init() {
+	// The built-in rules' series exist from the start, at zero, for
+	// dashboards and rate(); a compiled-in policy's appear with its first block.
+	for callback, rules := range map[string][]string{
+		CallbackUserThreepid: {RuleEmailDomainsAllowed, RuleEmailDomainsDenied, RuleMSISDNCountriesAllowed,
+			RuleMSISDNCountriesDenied, RuleWebhook},
+		CallbackIdentityServerBinding: {RuleEmailDomainsAllowed, RuleEmailDomainsDenied, RuleMSISDNCountriesAllowed,
+			RuleMSISDNCountriesDenied, RuleBindIdentityServersAllowed, RuleWebhook},
+	} {
+		for _, rule := range rules {
+			blocks.WithLabelValues(callback, rule)
+		}
+	}
+	for _, outcome := range []string{"blocked", "allowed"} {
+		webhookFailures.WithLabelValues(outcome)
+	}
+}
+
 // Chain asks its Checkers in order; the first block (or error) wins.
 type Chain []Checker
 

@@ -144,13 +144,13 @@ func (s *Server) build() (http.Handler, error) {
 		return nil, err
 	}
 
-	// After-events: the events webhook, and the Synapse mirror.
+	// After-events: the changes metric, the events webhook, and the Synapse mirror.
 	s.Events = events.NewWebhook(cfg.Policy.EventsWebhook, s.Store, out)
-	sinks := events.Sinks{s.Events}
+	sinks := events.Sinks{events.Counter{}, s.Events}
 	var mirror *events.Mirror
 	if cfg.Homeserver.Mirror == config.MirrorSynapseAdmin {
 		mirror = &events.Mirror{Admin: hs.SynapseAdmin(cfg.Homeserver.AdminToken), Store: s.Store}
-		sinks = events.Sinks{mirror, s.Events}
+		sinks = events.Sinks{events.Counter{}, mirror, s.Events}
 	}
 	var hsAdmin *homeserver.SynapseAdmin // deactivation checks: only a Synapse has this API
 	if cfg.Homeserver.Kind == config.KindSynapse && cfg.Homeserver.AdminToken != "" {

@@ -107,6 +107,10 @@ type Querier interface {
 	Notifications
 	Outbox
 	Replays
+	// AfterCommit runs fn once the transaction the querier belongs to has
+	// committed, never after a rollback; outside a transaction, at once. For
+	// what must count only changes that happened (metrics).
+	AfterCommit(fn func())
 }
 
 // Sessions stores validation sessions.
@@ -202,6 +206,9 @@ type Outbox interface {
 	PendingOutbox(ctx context.Context, kind, key string) ([]OutboxItem, error)
 	// CountOutbox returns how many items of kind are pending.
 	CountOutbox(ctx context.Context, kind string) (int64, error)
+	// OldestOutbox returns the CreatedAt of the oldest pending item of kind,
+	// 0 when none is pending.
+	OldestOutbox(ctx context.Context, kind string) (int64, error)
 }
 
 // Replays remembers the requests already applied, so a replay is a no-op.

@@ -22,7 +22,8 @@ var (
 	qDeleteOutbox  = defineQuery(`DELETE FROM outbox WHERE id = ?`)
 	qPendingOutbox = defineQuery(`SELECT ` + outboxColumns + ` FROM outbox
 		WHERE kind = ? AND item_key = ? ORDER BY id`)
-	qCountOutbox = defineQuery(`SELECT COUNT(*) FROM outbox WHERE kind = ?`)
+	qCountOutbox  = defineQuery(`SELECT COUNT(*) FROM outbox WHERE kind = ?`)
+	qOldestOutbox = defineQuery(`SELECT COALESCE(MIN(created_at), 0) FROM outbox WHERE kind = ?`)
 )
 
 // leaseOutboxSQL is the UPDATE that leases claimed rows; Rebind runs on it
@@ -117,4 +118,14 @@ func (q *querier) CountOutbox(ctx context.Context, kind string) (int64, error) {
 		return 0, fmt.Errorf("count %s items: %w", kind, err)
 	}
 	return n, nil
+}
+
+// OldestOutbox returns the CreatedAt of the oldest pending item of kind, 0
+// when none is pending.
+func (q *querier) OldestOutbox(ctx context.Context, kind string) (int64, error) {
+	at, err := scalar[int64](ctx, q, q.read, qOldestOutbox, kind)
+	if err != nil {
+		return 0, fmt.Errorf("oldest %s item: %w", kind, err)
+	}
+	return at, nil
 }

@@ -136,16 +136,22 @@ func (s *Store) startListener(ctx context.Context, n Notifier) error {
 // back on an error or a panic (which is re-raised). fn must make its queries
 // through q: on SQLite the transaction holds the store's only write connection.
 func (s *Store) WithTx(ctx context.Context, fn func(q storage.Querier) error) error {
-	woken, err := s.inTx(ctx, fn)
-	if err == nil && s.notify == "" {
-		s.hub.publish(woken)
+	done, err := s.inTx(ctx, fn)
+	if err != nil {
+		return err
 	}
-	return err
+	if s.notify == "" {
+		s.hub.publish(done.woken)
+	}
+	for _, f := range done.after {
+		f()
+	}
+	return nil
 }
 
-// inTx runs fn in a transaction and returns the user IDs it appended
-// notifications for.
-func (s *Store) inTx(ctx context.Context, fn func(q storage.Querier) error) (woken []string, err error) {
+// inTx runs fn in a transaction and returns what it left for after the
+// commit.
+func (s *Store) inTx(ctx context.Context, fn func(q storage.Querier) error) (*txState, error) {
 	tx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
 		countError(err)
@@ -168,7 +174,7 @@ func (s *Store) inTx(ctx context.Context, fn func(q storage.Querier) error) (wok
 		countError(err)
 		return nil, fmt.Errorf("commit: %w", err)
 	}
-	return q.tx.woken, nil
+	return q.tx, nil
 }
 
 // Subscribe calls fn with the user ID of every notification appended after it
@@ -290,6 +296,17 @@ type querier struct {
 type txState struct {
 	// woken holds the user IDs of the notifications appended.
 	woken []string
+	// after holds the functions AfterCommit was given.
+	after []func()
+}
+
+// AfterCommit runs fn once the transaction commits; outside one, at once.
+func (q *querier) AfterCommit(fn func()) {
+	if q.tx == nil {
+		fn()
+		return
+	}
+	q.tx.after = append(q.tx.after, fn)
 }
 
 // inTx runs fn in the current transaction, or in a new one outside a transaction.

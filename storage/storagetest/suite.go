@@ -115,6 +115,24 @@ func testWithTx(t *testing.T, _ Backend, s storage.Store) {
 		}
 	})
 
+	t.Run("after commit", func(t *testing.T) {
+		var ran []string
+		check(t, s.WithTx(ctx, func(q storage.Querier) error {
+			q.AfterCommit(func() { ran = append(ran, "committed") })
+			equal(t, ran, []string(nil), "run before the commit")
+			return nil
+		}), "WithTx")
+		err := s.WithTx(ctx, func(q storage.Querier) error {
+			q.AfterCommit(func() { ran = append(ran, "rolled back") })
+			return errors.New("boom")
+		})
+		if err == nil {
+			t.Fatal("WithTx hid fn's error")
+		}
+		s.AfterCommit(func() { ran = append(ran, "outside") })
+		equal(t, ran, []string{"committed", "outside"}, "runs")
+	})
+
 	t.Run("rollback on error", func(t *testing.T) {
 		err := s.WithTx(ctx, func(q storage.Querier) error {
 			check(t, q.InsertAssociation(ctx, assoc("@a:hs", "error@x")), "insert")

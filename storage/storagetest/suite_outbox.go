@@ -100,6 +100,11 @@ func testOutbox(t *testing.T, _ Backend, s storage.Store) {
 		check(t, err, "count")
 		equal(t, n, want, "count of "+kind)
 	}
+	for kind, want := range map[string]int64{"unbind": 1, "event": 4, "none": 0} {
+		at, err := s.OldestOutbox(ctx, kind)
+		check(t, err, "oldest")
+		equal(t, at, want, "oldest of "+kind)
+	}
 
 	check(t, s.DeleteOutbox(ctx, early.ID), "delete")
 	wantErr(t, s.DeleteOutbox(ctx, early.ID), storage.ErrNotFound, "delete deleted item")

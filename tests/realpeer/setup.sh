@@ -28,41 +28,16 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/threepidd-realpeer"
 log() { echo "setup.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-as_root() {
-	if [ "$(id -u)" = 0 ]; then
-		"$@"
-	elif command -v sudo >/dev/null; then
-		sudo "$@"
-	else
-		die "need root to run: $*"
-	fi
-}
+# shellcheck source=../../scripts/debian.sh
+. "$root/scripts/debian.sh"
 
 find_nginx() {
 	command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true
 }
 
-# apt_install PKG...: installs with the package lists as they are, and once
-# more after apt-get update when that fails (fresh machines have no lists).
-apt_install() {
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2 && return
-	as_root apt-get update -q >&2
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
-}
-
 ensure_nginx() {
 	[ -n "$(find_nginx)" ] && return
-	command -v apt-get >/dev/null || die "nginx is missing and there is no apt-get to install it"
 	log "installing nginx from Debian's packages"
-	# The package's postinst starts the system nginx on port 80 unless a
-	# policy-rc.d forbids it (Debian's container images ship one); the tests
-	# run their own nginx, so forbid it for the install if nothing does.
-	local policy=/usr/sbin/policy-rc.d
-	if [ ! -e "$policy" ]; then
-		printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-		as_root chmod 755 "$policy"
-		trap 'as_root rm -f '"$policy" EXIT
-	fi
 	apt_install nginx-light || apt_install nginx
 	[ -n "$(find_nginx)" ] || die "nginx installed but not found on PATH or in /usr/sbin"
 }
