@@ -15,7 +15,7 @@ import (
 const maxStandInBody = 64 << 10
 
 // homeserver stands in for a Dendrite homeserver with one user: the calls
-// threepidd makes to it (whoami, the UIA relay, /sync).
+// threepidd makes to it (whoami, the UIA relay, /sync, the readiness check).
 type homeserver struct {
 	p          *printer
 	serverName string
@@ -41,6 +41,9 @@ func newHomeserver(p *printer, serverName string, u user) *homeserver {
 
 func (hs *homeserver) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_matrix/client/versions", func(w http.ResponseWriter, r *http.Request) {
+		mxerr.WriteJSON(w, http.StatusOK, map[string]any{"versions": []string{"v1.11"}})
+	})
 	mux.HandleFunc("GET /_matrix/client/v3/account/whoami", hs.whoami)
 	mux.HandleFunc("DELETE /_matrix/client/v3/devices/{deviceId}", hs.deleteDevice)
 	mux.HandleFunc("GET /_matrix/client/v3/sync", hs.sync)
