@@ -92,7 +92,7 @@ func Wrap(h http.Handler, trusted func(*http.Request) bool) http.Handler {
 			took := time.Since(start)
 			requestsTotal.WithLabelValues(label.name, r.Method, strconv.Itoa(sw.statusOr200())).Inc()
 			requestDuration.WithLabelValues(label.name).Observe(took.Seconds())
-			slog.DebugContext(r.Context(), "request", "method", r.Method, "route", label.name, "status", sw.statusOr200(), "took", took)
+			slog.DebugContext(r.Context(), "request", "method", r.Method, "route", label.name, "status", sw.statusOr200(), "ms", took.Milliseconds())
 		}()
 		if r.Method == http.MethodOptions {
 			mxerr.WriteJSON(sw, http.StatusOK, struct{}{})

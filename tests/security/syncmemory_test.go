@@ -212,7 +212,7 @@ func TestSyncMemoryBounded(t *testing.T) {
 		memoryClients, memoryBody>>20, time.Since(began).Round(time.Millisecond), spliced, memoryClients-spliced, peak>>20, before>>20)
 	limit := int64(config.DefaultSpliceBudget + memoryOverhead)
 	if support.RaceEnabled {
-		limit *= 2 // the race detector's shadow memory
+		limit *= 3 // the race detector's shadow memory (1.1 GB measured)
 	}
 	if peak > limit {
 		t.Errorf("peak RSS %d MB, over the splice budget plus overhead (%d MB)", peak>>20, limit>>20)
