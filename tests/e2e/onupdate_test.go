@@ -452,7 +452,7 @@ func TestOnUpdateBodies(t *testing.T) {
 		})
 
 		t.Run("non-canonical phone number, extra fields ignored", func(t *testing.T) {
-			body := `{"threepid":" +447700900999 ","deleted":false,"mxid":"@eve:other.tld","medium":"msisdn","ts":1,"signatures":{},"extra":{"x":[1]}}`
+			body := fmt.Sprintf(`{"threepid":" +447700900999 ","deleted":false,"mxid":"@eve:other.tld","medium":"msisdn","ts":%d,"signatures":{},"extra":{"x":[1]}}`, time.Now().UnixMilli())
 			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(body))))
 			expectLost(t, e, bob, 0, "msisdn", "447700900999", false, "@eve:other.tld")
 		})
