@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -86,6 +87,9 @@ func TestNotify(t *testing.T) {
 		// genuine repeat (each call signs its own ts), not a replay: applied.
 		t.Run("repeated takeover", func(t *testing.T) {
 			harness.Expect(t, e.Bind(t, alice, 0, "email", "alice@example.org"), 200, "")
+			// notify's ts has millisecond resolution: make sure this call's
+			// is not the first's.
+			time.Sleep(2 * time.Millisecond)
 			var stdout, stderr bytes.Buffer
 			args := notify("-threepid", "Alice@Example.org", "-mxid", "@bob:other.tld")
 			if exit := run(context.Background(), args, &stdout, &stderr); exit != 0 {

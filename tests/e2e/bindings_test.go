@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/bindings"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -441,5 +444,72 @@ func TestUnbindAnswers(t *testing.T) {
 				expectListed(t, e, u)
 			})
 		}
+	})
+}
+
+// TestUnbindOutboxOnlyForHeld: with the identity server down, an unbind of a
+// binding the user holds is queued for retry, but an unbind (or a delete)
+// naming it for an address the user never bound through threepidd is tried
+// once and answers no-support without queueing anything, so nobody can fill
+// the outbox with other people's addresses.
+func TestUnbindOutboxOnlyForHeld(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
+		u := e.NewUser("outboxer")
+		harness.Expect(t, e.Bind(t, u, 0, "email", "held@example.org"), 200, "")
+		e.IS[0].Stop()
+		queued := func() int64 {
+			t.Helper()
+			n, err := e.Server.Store.CountOutbox(context.Background(), bindings.OutboxKind)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		for i := range 20 {
+			for _, path := range []string{unbindPath, deletePath} {
+				r := e.Do("POST", path, u.Token, map[string]any{"medium": "email", "address": fmt.Sprintf("stranger%d@example.org", i), "id_server": e.IS[0].Name()})
+				if got := unbindResult(t, r); got != "no-support" {
+					t.Fatalf("%s of a stranger's address: %q, want no-support", path, got)
+				}
+			}
+		}
+		if n := queued(); n != 0 {
+			t.Fatalf("%d unbinds queued for addresses the user never bound, want 0", n)
+		}
+		r := e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "held@example.org", "id_server": e.IS[0].Name()})
+		if got := unbindResult(t, r); got != "no-support" {
+			t.Fatalf("unbind of the held binding: %q, want no-support", got)
+		}
+		if n := queued(); n != 1 {
+			t.Fatalf("%d unbinds queued for the held binding, want 1", n)
+		}
+	})
+}
+
+// TestUnbindRateLimit: /3pid/unbind and /3pid/delete share a bucket per user
+// (ratelimit.unbind_per_user): over it, 429 M_LIMIT_EXCEEDED with Retry-After
+// and nothing sent; another user has a bucket of their own.
+func TestUnbindRateLimit(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1,
+			RateLimitYAML: "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, unbind_per_user: {per_second: 0.001, burst: 3}}"})
+		u, other := e.NewUser("scripted"), e.NewUser("patient")
+		body := map[string]any{"medium": "email", "address": "target@example.org", "id_server": e.IS[0].Name()}
+		for _, path := range []string{unbindPath, deletePath, unbindPath} {
+			expectAnswer(t, e.Do("POST", path, u.Token, body), 200, "")
+		}
+		calls := len(e.IS[0].UnbindCalls())
+		for _, path := range []string{unbindPath, deletePath} {
+			r := e.Do("POST", path, u.Token, body)
+			expectAnswer(t, r, 429, "M_LIMIT_EXCEEDED")
+			if secs, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || secs < 1 {
+				t.Fatalf("Retry-After = %q", r.Header.Get("Retry-After"))
+			}
+		}
+		if n := len(e.IS[0].UnbindCalls()) - calls; n != 0 {
+			t.Fatalf("limited requests sent %d unbinds", n)
+		}
+		expectAnswer(t, e.Do("POST", unbindPath, other.Token, body), 200, "")
 	})
 }
