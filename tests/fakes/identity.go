@@ -96,19 +96,19 @@ type IdentityServer struct {
 	// tls makes the server answer HTTPS (NewIdentityServerTLS).
 	tls bool
 
-	mu        sync.Mutex
-	srv       *httptest.Server
-	addr      string
+	mu   sync.Mutex
+	srv  *httptest.Server
+	addr string
 	// connections counts the TCP connections accepted, across restarts.
 	connections int
-	stopping  chan struct{}
-	closed    bool
-	mode      IdentityServerMode
-	nextSID   int
-	sessions  map[string]isSession
-	bindings  map[string]isBinding
-	hsKeys    map[string]map[string]ed25519.PublicKey
-	bindCalls int
+	stopping    chan struct{}
+	closed      bool
+	mode        IdentityServerMode
+	nextSID     int
+	sessions    map[string]isSession
+	bindings    map[string]isBinding
+	hsKeys      map[string]map[string]ed25519.PublicKey
+	bindCalls   int
 	// validatedCalls counts getValidated3pid requests.
 	validatedCalls int
 	unbindCalls    []IdentityServerUnbindCall
