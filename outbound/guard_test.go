@@ -176,3 +176,32 @@ func TestGuardedTransportAllowlist(t *testing.T) {
 		t.Fatal("a certificate of an unknown CA was accepted")
 	}
 }
+
+// The seed corpus is in testdata/fuzz/FuzzGuard.
+
+// FuzzGuard checks the guard on any address: it never panics, and an IPv4
+// address is judged alike in each of its IPv6 forms (IPv4-mapped and 6to4),
+// so a resolver answering ::ffff:127.0.0.1 or 2002:7f00:1:: gets no further
+// than one answering 127.0.0.1.
+func FuzzGuard(f *testing.F) {
+	guard, err := outbound.NewGuard(config.DefaultIPRangeDenylist, []string{"10.1.0.0/16"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		ip, ok := netip.AddrFromSlice(raw)
+		if !ok {
+			return
+		}
+		allowed := guard.Allowed(ip)
+		if !ip.Is4() {
+			return
+		}
+		b := ip.As4()
+		mapped := netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff, 12: b[0], 13: b[1], 14: b[2], 15: b[3]})
+		sixToFour := netip.AddrFrom16([16]byte{0: 0x20, 1: 0x02, 2: b[0], 3: b[1], 4: b[2], 5: b[3], 15: 1})
+		if guard.Allowed(mapped) != allowed || guard.Allowed(sixToFour) != allowed {
+			t.Fatalf("%s allowed %v, but %s %v and %s %v", ip, allowed, mapped, guard.Allowed(mapped), sixToFour, guard.Allowed(sixToFour))
+		}
+	})
+}
