@@ -1,9 +1,10 @@
 // Package bindings is the service behind /3pid/bind, /3pid/unbind and the
-// unbind part of /3pid/delete: it talks to the configured identity servers,
-// records the bindings threepidd made, applies the loss of a binding (taken
-// over by another user's bind, or reported by an identity server's onupdate)
-// with the user's notification, and retries unbinds that could not be
-// delivered through the durable outbox.
+// unbind part of /3pid/delete: it talks to identity servers (the configured
+// ones, and those clients name, through the outbound guard), records the
+// bindings threepidd made, applies the loss of a binding (taken over by
+// another user's bind, or reported by an identity server's onupdate) with the
+// user's notification, and retries unbinds that could not be delivered
+// through the durable outbox.
 package bindings
 
 import (
@@ -14,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/threepidd/threepidd/config"
@@ -32,8 +34,14 @@ const OutboxKind = "unbind"
 
 // Service implements binding and unbinding.
 type Service struct {
-	Store    storage.Store
+	Store storage.Store
+	// Identity is the client of the configured identity servers.
 	Identity *identity.Client
+	// Named is the client of the identity servers clients name that are not
+	// configured (Discovery with the user's own identity server), reached at
+	// https://<id_server> on a guarded transport; nil: such a name is refused
+	// with 400 M_SERVER_NOT_TRUSTED and nothing is dialled.
+	Named *identity.Client
 	// Servers are the configured identity servers.
 	Servers []config.IdentityServer
 	Policy  policy.Checker
@@ -42,22 +50,33 @@ type Service struct {
 	Clock  clock.Func
 }
 
-// server returns the configured identity server called name, or 400
-// M_SERVER_NOT_TRUSTED: threepidd never dials a host a client names.
-func (s *Service) server(name string) (config.IdentityServer, error) {
+// target is an identity server and the client that reaches it.
+type target struct {
+	is     config.IdentityServer
+	client *identity.Client
+}
+
+// server returns the identity server clients call name: the configured one
+// (its base_url, its pins), else, with a Named client, the server at
+// https://<name> whose signing name is name; otherwise 400
+// M_SERVER_NOT_TRUSTED.
+func (s *Service) server(name string) (target, error) {
 	for _, is := range s.Servers {
 		if is.ServerName == name {
-			return is, nil
+			return target{is: is, client: s.Identity}, nil
 		}
 	}
-	return config.IdentityServer{}, mxerr.ServerNotTrusted.WithMessage("Identity server %q is not trusted by this homeserver", name)
+	if s.Named != nil && threepid.ValidServerName(name) {
+		return target{is: config.IdentityServer{ServerName: name}, client: s.Named}, nil
+	}
+	return target{}, mxerr.ServerNotTrusted.WithMessage("Identity server %q is not trusted by this homeserver", name)
 }
 
 // Bind binds the 3PID validated in the identity server's session (sid,
 // clientSecret) to userID on idServer, and records it. Local users recorded as
 // bound to that 3PID on that identity server lose it and are notified.
 func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid, clientSecret string) error {
-	is, err := s.server(idServer)
+	t, err := s.server(idServer)
 	if err != nil {
 		return err
 	}
@@ -67,7 +86,7 @@ func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid
 	judged := s.Policy != nil && policy.JudgesBindAddress(s.Policy)
 	var medium, address string
 	if judged {
-		if medium, address, err = s.Identity.Validated3PID(ctx, is, idAccessToken, sid, clientSecret); err != nil {
+		if medium, address, err = t.client.Validated3PID(ctx, t.is, idAccessToken, sid, clientSecret); err != nil {
 			return err
 		}
 	}
@@ -78,7 +97,7 @@ func (s *Service) Bind(ctx context.Context, userID, idServer, idAccessToken, sid
 		}
 		return err
 	}
-	assoc, err := s.Identity.Bind(ctx, is, idAccessToken, sid, clientSecret, userID)
+	assoc, err := t.client.Bind(ctx, t.is, idAccessToken, sid, clientSecret, userID)
 	if err != nil {
 		return err
 	}
@@ -194,37 +213,56 @@ func (s *Service) UnbindOnDelete(ctx context.Context, userID, medium, address, i
 	return s.unbind(ctx, userID, medium, address, idServer, false)
 }
 
-// targets returns the identity servers to unbind from: the named one (which
-// must be configured; recorded or not, as binds made directly on the identity
+// targets returns the identity servers to unbind from: the named one
+// (configured or not; recorded or not, as binds made directly on the identity
 // server count too), or every one recorded for the 3PID.
-func (s *Service) targets(ctx context.Context, userID, medium, address, idServer string) ([]config.IdentityServer, error) {
+func (s *Service) targets(ctx context.Context, userID, medium, address, idServer string) ([]target, error) {
 	if idServer != "" {
-		is, err := s.server(idServer)
+		t, err := s.server(idServer)
 		if err != nil {
 			return nil, err
 		}
-		return []config.IdentityServer{is}, nil
+		return []target{t}, nil
 	}
 	recorded, err := s.Store.BindingsOf3PID(ctx, medium, address, "")
 	if err != nil {
 		return nil, fmt.Errorf("load bindings: %w", err)
 	}
-	var out []config.IdentityServer
+	var out []target
 	for _, b := range recorded {
 		if b.UserID != userID {
 			continue
 		}
-		is, err := s.server(b.IDServer)
+		t, err := s.recordedServer(ctx, b)
 		if err != nil {
-			// No longer configured: nothing we may dial; forget the record.
-			if _, derr := s.Store.DeleteBinding(ctx, userID, medium, address, b.IDServer); derr != nil {
-				return nil, fmt.Errorf("drop binding of unconfigured identity server: %w", derr)
-			}
-			continue
+			return nil, err
 		}
-		out = append(out, is)
+		if t != nil {
+			out = append(out, *t)
+		}
 	}
 	return out, nil
+}
+
+// recordedServer returns the identity server of a binding record, or nil when
+// it can no longer be reached (neither configured nor, without a Named client,
+// reachable by name): then the record is forgotten.
+func (s *Service) recordedServer(ctx context.Context, b storage.Binding) (*target, error) {
+	t, err := s.server(b.IDServer)
+	if err == nil {
+		return &t, nil
+	}
+	return nil, s.forget(ctx, b.UserID, b.Medium, b.Address, b.IDServer)
+}
+
+// forget drops the record of a binding on an identity server threepidd
+// cannot reach (not configured without a Named client, or refused by the
+// outbound guard): nothing can be unbound there, so no unbind is reported.
+func (s *Service) forget(ctx context.Context, userID, medium, address, idServer string) error {
+	if _, err := s.Store.DeleteBinding(ctx, userID, medium, address, idServer); err != nil {
+		return fmt.Errorf("drop binding of an identity server out of reach: %w", err)
+	}
+	return nil
 }
 
 func (s *Service) unbind(ctx context.Context, userID, medium, address, idServer string, passErrors bool) (string, error) {
@@ -236,8 +274,8 @@ func (s *Service) unbind(ctx context.Context, userID, medium, address, idServer 
 		return threepid.UnbindNoSupport, nil
 	}
 	result := threepid.UnbindSuccess
-	for _, is := range servers {
-		r, err := s.unbindOne(ctx, userID, medium, address, is, passErrors, true)
+	for _, t := range servers {
+		r, err := s.unbindOne(ctx, userID, medium, address, t, unbindMode{passErrors: passErrors, checkPolicy: true, named: idServer != ""})
 		if err != nil {
 			return "", err
 		}
@@ -248,25 +286,42 @@ func (s *Service) unbind(ctx context.Context, userID, medium, address, idServer 
 	return result, nil
 }
 
+// unbindMode says how unbindOne treats answers.
+type unbindMode struct {
+	// passErrors: an identity server's Matrix error is returned (/unbind)
+	// rather than answered no-support (/delete).
+	passErrors bool
+	// checkPolicy: ask the policy first (not for deactivation and an
+	// administrator's removal).
+	checkPolicy bool
+	// named: the client named the identity server, so the outbound guard's
+	// refusal of its address is the client's error (400 M_SERVER_NOT_TRUSTED)
+	// rather than a reason to forget a record.
+	named bool
+}
+
 // unbindOne unbinds from one identity server and applies DESIGN.md's mapping.
-// Deactivation and admin removals skip the policy (checkPolicy false).
-func (s *Service) unbindOne(ctx context.Context, userID, medium, address string, is config.IdentityServer, passErrors, checkPolicy bool) (string, error) {
+// A transient failure queues a retry only for a binding userID holds in our
+// records: an unbind of something never bound through threepidd is tried
+// once, so that nobody can fill the outbox with unbinds of addresses they
+// never held.
+func (s *Service) unbindOne(ctx context.Context, userID, medium, address string, t target, mode unbindMode) (string, error) {
 	var err error
-	if checkPolicy {
-		err = s.check(ctx, policy.OpUnbind, userID, medium, address, is.ServerName)
+	if mode.checkPolicy {
+		err = s.check(ctx, policy.OpUnbind, userID, medium, address, t.is.ServerName)
 	}
 	if err != nil {
 		var blocked errBlocked
 		if errors.As(err, &blocked) {
-			slog.InfoContext(ctx, "unbind blocked by policy", "id_server", is.ServerName, "medium", medium, "rule", blocked.d.Rule)
+			slog.InfoContext(ctx, "unbind blocked by policy", "id_server", t.is.ServerName, "medium", medium, "rule", blocked.d.Rule)
 			return threepid.UnbindNoSupport, nil
 		}
 		return "", err
 	}
-	r := s.Identity.Unbind(ctx, is, userID, medium, address)
+	r := t.client.Unbind(ctx, t.is, userID, medium, address)
 	switch r.Outcome {
 	case identity.Success, identity.NoSupport:
-		if err := s.dropOwn(ctx, userID, medium, address, is.ServerName); err != nil {
+		if err := s.dropOwn(ctx, userID, medium, address, t.is.ServerName); err != nil {
 			return "", err
 		}
 		if r.Outcome == identity.Success {
@@ -274,18 +329,42 @@ func (s *Service) unbindOne(ctx context.Context, userID, medium, address string,
 		}
 		return threepid.UnbindNoSupport, nil
 	case identity.MatrixError:
-		if passErrors {
+		if mode.passErrors {
 			return "", r.Err
 		}
 		return threepid.UnbindNoSupport, nil
+	case identity.Refused:
+		if mode.named {
+			return "", r.Err
+		}
+		slog.WarnContext(ctx, "unbind refused by the outbound guard: binding record dropped", "id_server", t.is.ServerName, "medium", medium, "detail", r.Detail)
+		return threepid.UnbindNoSupport, s.forget(ctx, userID, medium, address, t.is.ServerName)
 	default:
-		slog.WarnContext(ctx, "unbind queued for retry", "id_server", is.ServerName, "medium", medium, "detail", r.Detail)
-		if err := outbox.Enqueue(ctx, s.Store, OutboxKind, unbindKey(userID, medium, address, is.ServerName),
-			unbindJob{UserID: userID, Medium: medium, Address: address, IDServer: is.ServerName}, s.Clock.Now()); err != nil {
+		held, err := s.holds(ctx, userID, medium, address, t.is.ServerName)
+		if err != nil {
+			return "", err
+		}
+		if !held {
+			slog.InfoContext(ctx, "unbind of a binding not recorded failed; not retried", "id_server", t.is.ServerName, "medium", medium, "detail", r.Detail)
+			return threepid.UnbindNoSupport, nil
+		}
+		slog.WarnContext(ctx, "unbind queued for retry", "id_server", t.is.ServerName, "medium", medium, "detail", r.Detail)
+		if err := outbox.EnqueueGrouped(ctx, s.Store, OutboxKind, t.is.ServerName, unbindKey(userID, medium, address, t.is.ServerName),
+			unbindJob{UserID: userID, Medium: medium, Address: address, IDServer: t.is.ServerName}, s.Clock.Now()); err != nil {
 			return "", err
 		}
 		return threepid.UnbindNoSupport, nil
 	}
+}
+
+// holds reports whether userID's binding of medium/address on idServer is
+// recorded.
+func (s *Service) holds(ctx context.Context, userID, medium, address, idServer string) (bool, error) {
+	bs, err := s.Store.BindingsOf3PID(ctx, medium, address, idServer)
+	if err != nil {
+		return false, fmt.Errorf("load bindings: %w", err)
+	}
+	return slices.ContainsFunc(bs, func(b storage.Binding) bool { return b.UserID == userID }), nil
 }
 
 // dropOwn removes userID's own binding record (an unbind, not a loss).
@@ -325,15 +404,15 @@ func (s *Service) unbindRecorded(ctx context.Context, userID string, match func(
 		if !match(b) {
 			continue
 		}
-		is, err := s.server(b.IDServer)
+		t, err := s.recordedServer(ctx, b)
 		if err != nil {
-			if _, err := s.Store.DeleteBinding(ctx, userID, b.Medium, b.Address, b.IDServer); err != nil {
-				return "", fmt.Errorf("drop binding: %w", err)
-			}
+			return "", err
+		}
+		if t == nil {
 			result = threepid.UnbindNoSupport
 			continue
 		}
-		r, err := s.unbindOne(ctx, userID, b.Medium, b.Address, is, false, false)
+		r, err := s.unbindOne(ctx, userID, b.Medium, b.Address, *t, unbindMode{})
 		if err != nil {
 			return "", err
 		}
@@ -367,11 +446,15 @@ func (s *Service) Worker() *outbox.Worker {
 		Store: s.Store,
 		Kind:  OutboxKind,
 		Do:    s.retry,
-		// One at a time with a short lease: after a crash, due unbinds are
-		// retried within 30 s, and an attempt (bounded by the identity-server
-		// client's timeout) always ends before its lease.
-		Batch: 1,
-		Lease: 25 * time.Second,
+		// One unbind per identity server per pass, the identity servers side
+		// by side, and a failing one deferred whole: an identity server that
+		// is down (or hangs) costs one attempt per backoff and holds up no
+		// other. A pass lasts at most one attempt (bounded by the identity
+		// client's timeout), which always ends before the short lease: after
+		// a crash, due unbinds are retried within 30 s.
+		Grouped: true,
+		Batch:   20,
+		Lease:   25 * time.Second,
 		OnGiveUp: outbox.LogGiveUp("unbind abandoned after the give-up age", func(j unbindJob) []any {
 			return []any{"id_server", j.IDServer, "medium", j.Medium}
 		}),
@@ -383,14 +466,17 @@ func (s *Service) retry(ctx context.Context, item storage.OutboxItem) error {
 	if err := json.Unmarshal(item.Payload, &job); err != nil {
 		return fmt.Errorf("decode unbind job: %w", err)
 	}
-	is, err := s.server(job.IDServer)
+	t, err := s.server(job.IDServer)
 	if err != nil {
-		return fmt.Errorf("identity server %s no longer configured", job.IDServer)
+		return fmt.Errorf("identity server %s out of reach: %w", job.IDServer, err)
 	}
-	r := s.Identity.Unbind(ctx, is, job.UserID, job.Medium, job.Address)
+	r := t.client.Unbind(ctx, t.is, job.UserID, job.Medium, job.Address)
 	switch r.Outcome {
 	case identity.Success, identity.NoSupport:
 		return s.dropOwn(ctx, job.UserID, job.Medium, job.Address, job.IDServer)
+	case identity.Refused:
+		slog.WarnContext(ctx, "queued unbind refused by the outbound guard: binding record dropped", "id_server", job.IDServer, "medium", job.Medium, "detail", r.Detail)
+		return s.forget(ctx, job.UserID, job.Medium, job.Address, job.IDServer)
 	case identity.MatrixError:
 		return fmt.Errorf("identity server %s refused the unbind: %s", job.IDServer, r.Detail)
 	default:

@@ -3,6 +3,7 @@ package bindings_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -18,8 +19,10 @@ import (
 	"github.com/threepidd/threepidd/internal/sydent"
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/policy"
+	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/backend"
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/fakes"
 )
 
 const (
@@ -126,4 +129,77 @@ func TestBindRecordsTheValidatedCanonicalAddress(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUnbindWorkerDeadServer: many unbinds queued for an identity server that
+// hangs do not delay the unbind queued for a live one: the worker's first
+// pass delivers it, while the dead server gets a single attempt, after which
+// its whole queue waits for the backoff.
+func TestUnbindWorkerDeadServer(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, store storage.Store) {
+		ctx := context.Background()
+		hsKey, err := signingkey.Generate("hs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead, live := fakes.NewIdentityServer(t, "dead.test"), fakes.NewIdentityServer(t, "live.test")
+		for _, is := range []*fakes.IdentityServer{dead, live} {
+			is.TrustHomeserver("hs.test", string(hsKey.ID), hsKey.PublicKey())
+		}
+		client := &http.Client{Timeout: 300 * time.Millisecond}
+		s := &bindings.Service{
+			Store:    store,
+			Identity: identity.NewClient("hs.test", hsKey, federation.NewKeyRing(client), client),
+			Servers:  []config.IdentityServer{dead.Config(false), live.Config(false)},
+		}
+		record := func(user, address, idServer string) {
+			t.Helper()
+			if err := store.UpsertBinding(ctx, storage.Binding{UserID: user, Medium: "email", Address: address, IDServer: idServer, BoundAt: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Queue the unbinds while both servers refuse connections (quickly).
+		dead.Stop()
+		live.Stop()
+		const deadQueued = 10
+		for i := range deadQueued {
+			user := fmt.Sprintf("@user%d:hs.test", i)
+			record(user, "dead@example.org", dead.Name())
+			if r, err := s.UnbindAll(ctx, user); err != nil || r != "no-support" {
+				t.Fatalf("UnbindAll = %q, %v", r, err)
+			}
+		}
+		record("@late:hs.test", "live@example.org", live.Name())
+		if r, err := s.UnbindAll(ctx, "@late:hs.test"); err != nil || r != "no-support" {
+			t.Fatalf("UnbindAll = %q, %v", r, err)
+		}
+		if n, _ := store.CountOutbox(ctx, bindings.OutboxKind); n != deadQueued+1 {
+			t.Fatalf("%d unbinds queued, want %d", n, deadQueued+1)
+		}
+		// Now the dead server accepts connections and never answers; the
+		// live one answers.
+		dead.SetMode(fakes.IdentityServerHang)
+		dead.Start()
+		live.Start()
+		w := s.Worker()
+		for pass := 1; ; pass++ {
+			w.RunOnce(ctx)
+			if bs, _ := store.BindingsOf(ctx, "@late:hs.test"); len(bs) == 0 {
+				break
+			}
+			if pass == deadQueued+1 {
+				t.Fatalf("the live server's unbind is still pending after %d passes", pass)
+			}
+		}
+		if n := len(dead.UnbindCalls()); n > 1 {
+			t.Fatalf("the dead server got %d attempts before the live server's unbind was delivered, want at most 1", n)
+		}
+		if calls := live.UnbindCalls(); len(calls) != 1 || !calls[0].Verified {
+			t.Fatalf("live server unbind calls %+v, want one verified", calls)
+		}
+		w.RunOnce(ctx)
+		if n := len(dead.UnbindCalls()); n > 1 {
+			t.Fatalf("the dead server got %d attempts within its backoff, want 1", n)
+		}
+	})
 }

@@ -22,6 +22,9 @@ type Account struct {
 	Auth    *auth.Auth
 	// PerIP and PerAddress limit requestToken (nil: unlimited).
 	PerIP, PerAddress *ratelimit.Limiter
+	// UnbindPerUser limits each user's /3pid/delete, which may dial identity
+	// servers (nil: unlimited); Bindings shares it for /3pid/unbind.
+	UnbindPerUser *ratelimit.Limiter
 }
 
 // Register adds the routes under every client prefix and the submit paths.
@@ -29,7 +32,7 @@ func (a *Account) Register(r *mux.Router) {
 	for _, p := range httpapi.ClientPrefixes {
 		r.Handle(p+"/account/3pid", a.Auth.Require(a.list)).Methods(http.MethodGet)
 		r.Handle(p+"/account/3pid/add", a.Auth.Require(a.add)).Methods(http.MethodPost)
-		r.Handle(p+"/account/3pid/delete", a.Auth.Require(a.delete)).Methods(http.MethodPost)
+		r.Handle(p+"/account/3pid/delete", a.Auth.Require(perUser(a.UnbindPerUser, a.delete))).Methods(http.MethodPost)
 		r.Handle(p+"/account/3pid/email/requestToken", mxerr.Handler(a.requestEmailToken)).Methods(http.MethodPost)
 		r.Handle(p+"/account/3pid/msisdn/requestToken", mxerr.Handler(a.requestMSISDNToken)).Methods(http.MethodPost)
 	}

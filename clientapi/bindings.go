@@ -9,6 +9,7 @@ import (
 	"github.com/threepidd/threepidd/bindings"
 	"github.com/threepidd/threepidd/httpapi"
 	"github.com/threepidd/threepidd/mxerr"
+	"github.com/threepidd/threepidd/ratelimit"
 	"github.com/threepidd/threepidd/threepid"
 )
 
@@ -16,6 +17,9 @@ import (
 type Bindings struct {
 	Service *bindings.Service
 	Auth    *auth.Auth
+	// UnbindPerUser limits each user's /3pid/unbind (nil: unlimited); the
+	// same limiter as Account's, so /delete and /unbind share one bucket.
+	UnbindPerUser *ratelimit.Limiter
 }
 
 // Register adds the routes under every client prefix.
@@ -23,7 +27,7 @@ func (b *Bindings) Register(r *mux.Router) {
 	for _, p := range httpapi.ClientPrefixes {
 		r.Handle(p+"/account/3pid/bind", b.Auth.Require(b.bind)).Methods(http.MethodPost)
 		r.Handle(p+"/account/3pid", b.Auth.Require(b.legacyBind)).Methods(http.MethodPost)
-		r.Handle(p+"/account/3pid/unbind", b.Auth.Require(b.unbind)).Methods(http.MethodPost)
+		r.Handle(p+"/account/3pid/unbind", b.Auth.Require(perUser(b.UnbindPerUser, b.unbind))).Methods(http.MethodPost)
 	}
 }
 

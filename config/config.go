@@ -23,6 +23,8 @@ type Config struct {
 	AdminToken      string           `yaml:"admin_token"`
 	Sync            Sync             `yaml:"sync"`
 	Log             Log              `yaml:"log"`
+	Outbound        Outbound         `yaml:"outbound"`
+	OnUpdate        OnUpdate         `yaml:"onupdate"`
 }
 
 // Database selects the storage backend.
@@ -102,6 +104,9 @@ type RateLimits struct {
 	RequestTokenPerIP      Bucket `yaml:"requesttoken_per_ip"`
 	RequestTokenPerAddress Bucket `yaml:"requesttoken_per_address"`
 	OnUpdatePerServer      Bucket `yaml:"onupdate_per_server"`
+	// UnbindPerUser limits each user's /3pid/unbind and /3pid/delete calls
+	// (one bucket for both: each may dial an identity server).
+	UnbindPerUser Bucket `yaml:"unbind_per_user"`
 }
 
 // Bucket is a token bucket; PerSecond 0 turns the limit off.
@@ -122,4 +127,26 @@ type Sync struct {
 type Log struct {
 	Format string `yaml:"format"` // text | json
 	Level  string `yaml:"level"`  // debug | info | warn | error
+}
+
+// Outbound guards the requests threepidd makes to identity servers that
+// clients name (Discovery with the user's own identity server): every
+// address a name resolves to is checked before a connection is made.
+type Outbound struct {
+	// IPRangeDenylist are the CIDRs never dialled (default: Synapse's
+	// ip_range_blacklist default); 0.0.0.0 and :: are always refused.
+	IPRangeDenylist []string `yaml:"ip_range_denylist"`
+	// IPRangeAllowlist are CIDRs dialled even when the denylist covers them.
+	IPRangeAllowlist []string `yaml:"ip_range_allowlist"`
+	// CAFiles are PEM files of root certificates trusted, besides the
+	// system's, for HTTPS to those identity servers.
+	CAFiles []string `yaml:"ca_files"`
+}
+
+// OnUpdate bounds the optional signed ts of onupdate requests.
+type OnUpdate struct {
+	// MaxAge is how old a ts may be before the update is refused.
+	MaxAge time.Duration `yaml:"max_age"`
+	// ClockSkew is how far in the future a ts may be.
+	ClockSkew time.Duration `yaml:"clock_skew"`
 }

@@ -51,6 +51,10 @@ func TestLoadDefaults(t *testing.T) {
 		cfg.RateLimit.RequestTokenPerIP != Bucket{PerSecond: 0.1, Burst: 10},
 		cfg.RateLimit.RequestTokenPerAddress != Bucket{PerSecond: 0.003, Burst: 5},
 		cfg.RateLimit.OnUpdatePerServer != Bucket{PerSecond: 50, Burst: 200},
+		cfg.RateLimit.UnbindPerUser != Bucket{PerSecond: 0.05, Burst: 10},
+		!reflect.DeepEqual(cfg.Outbound.IPRangeDenylist, DefaultIPRangeDenylist) || len(cfg.Outbound.IPRangeDenylist) != 19,
+		cfg.Outbound.IPRangeAllowlist != nil, cfg.Outbound.CAFiles != nil,
+		cfg.OnUpdate.MaxAge != 10*time.Minute, cfg.OnUpdate.ClockSkew != time.Minute,
 		cfg.Policy.Webhook.Timeout != 2*time.Second, cfg.Sync.Retention != 168*time.Hour,
 		cfg.Sync.SpliceBudgetBytes != 256<<20, cfg.Log != Log{Format: "text", Level: "info"},
 		cfg.Email.SMTPPort != 0, cfg.EmailEnabled(), cfg.MSISDNEnabled():
@@ -111,10 +115,17 @@ func TestLoadFullFile(t *testing.T) {
 			RequestTokenPerIP:      Bucket{PerSecond: 0, Burst: 0}, // an explicit 0 beats the default
 			RequestTokenPerAddress: Bucket{PerSecond: 1.5, Burst: 2},
 			OnUpdatePerServer:      Bucket{PerSecond: 5, Burst: 20},
+			UnbindPerUser:          Bucket{PerSecond: 0.5, Burst: 3},
 		},
 		AdminToken: "adm1n",
 		Sync:       Sync{Retention: 24 * time.Hour, SpliceBudgetBytes: 64 << 20},
 		Log:        Log{Format: "json", Level: "debug"},
+		Outbound: Outbound{
+			IPRangeDenylist:  []string{"10.0.0.0/8", "fc00::/7", "192.0.2.1"},
+			IPRangeAllowlist: []string{"10.1.0.0/16"},
+			CAFiles:          []string{"testdata/ca.pem"},
+		},
+		OnUpdate: OnUpdate{MaxAge: 5 * time.Minute, ClockSkew: 30 * time.Second},
 	}
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("Load = %+v\nwant %+v", *cfg, want)
@@ -321,8 +332,8 @@ func TestLoadMistakes(t *testing.T) {
 		{name: "policy webhook timeout zero", env: []string{"THREEPIDD_POLICY_WEBHOOK_URL=https://p.example", "THREEPIDD_POLICY_WEBHOOK_TIMEOUT=0s"},
 			want: "config: policy.webhook.timeout:"},
 		{name: "events webhook not http", env: []string{"THREEPIDD_POLICY_EVENTS_WEBHOOK_URL=events"}, want: "config: policy.events_webhook.url:"},
-		{name: "bind allowed names an unconfigured server", env: []string{"THREEPIDD_POLICY_BIND_IDENTITY_SERVERS_ALLOWED=[vector.im]"},
-			want: `config: policy.bind_identity_servers_allowed[0]: "vector.im" is not one of identity_servers`},
+		{name: "bind allowed names no server", env: []string{"THREEPIDD_POLICY_BIND_IDENTITY_SERVERS_ALLOWED=[vector.im, \"https://vector.im\"]"},
+			want: `config: policy.bind_identity_servers_allowed[1]: "https://vector.im" is not a server name`},
 		{name: "max threepids negative", env: []string{"THREEPIDD_POLICY_MAX_THREEPIDS_PER_USER=-1"}, want: "config: policy.max_threepids_per_user:"},
 		{name: "rate negative", env: []string{"THREEPIDD_RATELIMIT_REQUESTTOKEN_PER_IP_PER_SECOND=-0.5"}, want: "config: ratelimit.requesttoken_per_ip.per_second:"},
 		{name: "rate NaN", env: []string{"THREEPIDD_RATELIMIT_ONUPDATE_PER_SERVER_PER_SECOND=.nan"}, want: "config: ratelimit.onupdate_per_server.per_second:"},
@@ -333,6 +344,13 @@ func TestLoadMistakes(t *testing.T) {
 		{name: "splice budget zero", env: []string{"THREEPIDD_SYNC_SPLICE_BUDGET_BYTES=0"}, want: "config: sync.splice_budget_bytes:"},
 		{name: "log format unknown", env: []string{"THREEPIDD_LOG_FORMAT=logfmt"}, want: `config: log.format: "logfmt" is not text or json`},
 		{name: "log level unknown", env: []string{"THREEPIDD_LOG_LEVEL=verbose"}, want: `config: log.level: "verbose" is not one of debug, info, warn, error`},
+		{name: "unbind rate negative", env: []string{"THREEPIDD_RATELIMIT_UNBIND_PER_USER_PER_SECOND=-1"}, want: "config: ratelimit.unbind_per_user.per_second:"},
+		{name: "denylist garbage", env: []string{"THREEPIDD_OUTBOUND_IP_RANGE_DENYLIST=[10.0.0.0/8, intranet]"}, want: `config: outbound.ip_range_denylist[1]: "intranet" is neither`},
+		{name: "allowlist garbage", env: []string{"THREEPIDD_OUTBOUND_IP_RANGE_ALLOWLIST=[127.0.0.1/33]"}, want: "config: outbound.ip_range_allowlist[0]:"},
+		{name: "CA file missing", env: []string{"THREEPIDD_OUTBOUND_CA_FILES=[" + missingKey + "]"}, want: "config: outbound.ca_files[0]: open " + missingKey},
+		{name: "CA file without a certificate", env: []string{"THREEPIDD_OUTBOUND_CA_FILES=[" + keyFile + "]"}, want: "config: outbound.ca_files[0]: " + keyFile + " holds no PEM certificate"},
+		{name: "onupdate max_age zero", env: []string{"THREEPIDD_ONUPDATE_MAX_AGE=0s"}, want: "config: onupdate.max_age: must be positive"},
+		{name: "onupdate clock_skew negative", env: []string{"THREEPIDD_ONUPDATE_CLOCK_SKEW=-1s"}, want: "config: onupdate.clock_skew: must not be negative"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,6 +1,12 @@
 package config
 
-import "strings"
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"strings"
+)
 
 // Name is the name the identity server signs with: signing_name, or
 // server_name when that is unset.
@@ -51,3 +57,54 @@ func (c *Config) EmailEnabled() bool { return c.Email.SMTPHost != "" }
 
 // MSISDNEnabled reports whether validation SMS can be sent (msisdn.webhook_url is set).
 func (c *Config) MSISDNEnabled() bool { return c.MSISDN.WebhookURL != "" }
+
+// CertPool returns the system's root certificates plus those of ca_files
+// (nil when ca_files is empty: the system's alone).
+func (o Outbound) CertPool() (*x509.CertPool, error) {
+	if len(o.CAFiles) == 0 {
+		return nil, nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	for _, path := range o.CAFiles {
+		certs, err := loadCertificates(path)
+		if err != nil {
+			return nil, fmt.Errorf("outbound.ca_files: %w", err)
+		}
+		for _, c := range certs {
+			pool.AddCert(c)
+		}
+	}
+	return pool, nil
+}
+
+// loadCertificates reads the PEM certificates of a file; a file without one is
+// an error.
+func loadCertificates(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return certs, nil
+}

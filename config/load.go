@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,7 +39,22 @@ const (
 	// DefaultSpliceBudget bounds the /sync bodies held at once for splicing:
 	// a dozen 20 MB initial syncs, or thousands of ordinary incremental ones.
 	DefaultSpliceBudget = 256 << 20
+	// DefaultOnUpdateMaxAge is how old an onupdate's ts may be.
+	DefaultOnUpdateMaxAge = 10 * time.Minute
+	// DefaultOnUpdateClockSkew is how far in the future an onupdate's ts may be.
+	DefaultOnUpdateClockSkew = time.Minute
 )
+
+// DefaultIPRangeDenylist is Synapse's default ip_range_blacklist: loopback,
+// private, carrier-grade NAT, link-local, documentation, benchmarking,
+// multicast and other non-public ranges (synapse/config/server.py,
+// DEFAULT_IP_RANGE_BLOCKLIST, v1.157).
+var DefaultIPRangeDenylist = []string{
+	"127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+	"192.0.0.0/24", "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24",
+	"198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4",
+	"::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "ff00::/8", "fec0::/10",
+}
 
 // Defaults returns the configuration a file that sets nothing gets. Load
 // decodes the file on top of it, so a key present in the file (even with a
@@ -58,9 +74,12 @@ func Defaults() Config {
 			RequestTokenPerIP:      Bucket{PerSecond: 0.1, Burst: 10},
 			RequestTokenPerAddress: Bucket{PerSecond: 0.003, Burst: 5},
 			OnUpdatePerServer:      Bucket{PerSecond: 50, Burst: 200},
+			UnbindPerUser:          Bucket{PerSecond: 0.05, Burst: 10},
 		},
-		Sync: Sync{Retention: DefaultSyncRetention, SpliceBudgetBytes: DefaultSpliceBudget},
-		Log:  Log{Format: LogText, Level: LogInfo},
+		Sync:     Sync{Retention: DefaultSyncRetention, SpliceBudgetBytes: DefaultSpliceBudget},
+		Log:      Log{Format: LogText, Level: LogInfo},
+		Outbound: Outbound{IPRangeDenylist: slices.Clone(DefaultIPRangeDenylist)},
+		OnUpdate: OnUpdate{MaxAge: DefaultOnUpdateMaxAge, ClockSkew: DefaultOnUpdateClockSkew},
 	}
 }
 

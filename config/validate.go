@@ -71,6 +71,8 @@ func (c *Config) Validate() error {
 		c.validatePolicy,
 		c.validateRateLimits,
 		c.validateLog,
+		c.validateOutbound,
+		c.validateOnUpdate,
 	} {
 		if err := check(); err != nil {
 			return err
@@ -99,19 +101,28 @@ func (c *Config) validateServer() error {
 			return problem("public_baseurl", "%v", err)
 		}
 	}
-	for i, p := range c.TrustedProxies {
-		if _, err := netip.ParsePrefix(p); err == nil {
-			continue
-		}
-		if _, err := netip.ParseAddr(p); err != nil {
-			return problem(fmt.Sprintf("trusted_proxies[%d]", i), "%q is neither a CIDR nor an IP address", p)
-		}
+	if err := checkCIDRs("trusted_proxies", c.TrustedProxies); err != nil {
+		return err
 	}
 	if c.Sync.Retention < 0 {
 		return problem("sync.retention", "must not be negative")
 	}
 	if c.Sync.SpliceBudgetBytes < 1<<20 {
 		return problem("sync.splice_budget_bytes", "%d is less than 1 MiB (1048576)", c.Sync.SpliceBudgetBytes)
+	}
+	return nil
+}
+
+// checkCIDRs checks that each entry of the list at key is a CIDR or a bare
+// IP address.
+func checkCIDRs(key string, list []string) error {
+	for i, p := range list {
+		if _, err := netip.ParsePrefix(p); err == nil {
+			continue
+		}
+		if _, err := netip.ParseAddr(p); err != nil {
+			return problem(fmt.Sprintf("%s[%d]", key, i), "%q is neither a CIDR nor an IP address", p)
+		}
 	}
 	return nil
 }
@@ -359,9 +370,8 @@ func (c *Config) validatePolicy() error {
 		return problem("policy.max_threepids_per_user", "must not be negative")
 	}
 	for i, name := range p.BindIdentityServersAllowed {
-		if !slices.ContainsFunc(c.IdentityServers, func(is IdentityServer) bool { return is.ServerName == name }) {
-			return problem(fmt.Sprintf("policy.bind_identity_servers_allowed[%d]", i),
-				"%q is not one of identity_servers (a bind to it is refused anyway)", name)
+		if !threepid.ValidServerName(name) {
+			return problem(fmt.Sprintf("policy.bind_identity_servers_allowed[%d]", i), "%q is not a server name (host or host:port)", name)
 		}
 	}
 	return nil
@@ -375,6 +385,7 @@ func (c *Config) validateRateLimits() error {
 		{"ratelimit.requesttoken_per_ip", c.RateLimit.RequestTokenPerIP},
 		{"ratelimit.requesttoken_per_address", c.RateLimit.RequestTokenPerAddress},
 		{"ratelimit.onupdate_per_server", c.RateLimit.OnUpdatePerServer},
+		{"ratelimit.unbind_per_user", c.RateLimit.UnbindPerUser},
 	} {
 		switch {
 		case !(b.bucket.PerSecond >= 0) || math.IsInf(b.bucket.PerSecond, 1):
@@ -394,6 +405,31 @@ func (c *Config) validateLog() error {
 	}
 	if !slices.Contains(logLevels, c.Log.Level) {
 		return problem("log.level", "%q is not one of %s", c.Log.Level, strings.Join(logLevels, ", "))
+	}
+	return nil
+}
+
+func (c *Config) validateOutbound() error {
+	if err := checkCIDRs("outbound.ip_range_denylist", c.Outbound.IPRangeDenylist); err != nil {
+		return err
+	}
+	if err := checkCIDRs("outbound.ip_range_allowlist", c.Outbound.IPRangeAllowlist); err != nil {
+		return err
+	}
+	for i, path := range c.Outbound.CAFiles {
+		if _, err := loadCertificates(path); err != nil {
+			return problem(fmt.Sprintf("outbound.ca_files[%d]", i), "%v", err)
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateOnUpdate() error {
+	if c.OnUpdate.MaxAge <= 0 {
+		return problem("onupdate.max_age", "must be positive")
+	}
+	if c.OnUpdate.ClockSkew < 0 {
+		return problem("onupdate.clock_skew", "must not be negative")
 	}
 	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	"github.com/threepidd/threepidd/outbound"
 )
 
 // maxDrain bounds how much of a webhook answer is read (and discarded) so the
@@ -29,12 +31,14 @@ type smsRequest struct {
 }
 
 // NewSMSSender returns a sender posting to webhookURL with client; a nil
-// client means one with a 15-second timeout.
+// client means one with a 15-second timeout. Whichever client, a redirect is
+// the gateway's answer (an error), never followed: the code goes to the
+// configured URL or nowhere.
 func NewSMSSender(webhookURL string, client *http.Client) *SMSSender {
 	if client == nil {
-		client = &http.Client{Timeout: sendTimeout}
+		client = outbound.NewClient(outbound.NewTransport(), sendTimeout)
 	}
-	return &SMSSender{url: webhookURL, client: client}
+	return &SMSSender{url: webhookURL, client: outbound.WithoutRedirects(client)}
 }
 
 // Send asks the gateway to send text, which carries token, to the phone

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -95,5 +97,28 @@ func TestSMSSenderHonoursContext(t *testing.T) {
 	}()
 	if err := NewSMSSender(srv.URL, srv.Client()).Send(ctx, "14155550132", "654321", "code"); err == nil {
 		t.Fatal("Send to a gateway that never answers succeeded")
+	}
+}
+
+// TestSMSSenderNoRedirect: a redirect is the gateway's answer, an error; the
+// code is never posted (or turned into a GET) elsewhere, whatever the client.
+func TestSMSSenderNoRedirect(t *testing.T) {
+	var elsewhere atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { elsewhere.Add(1) }))
+	defer target.Close()
+	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect} {
+		moved := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, target.URL+"/sms", status)
+		}))
+		for name, client := range map[string]*http.Client{"default client": nil, "client following redirects": moved.Client()} {
+			err := NewSMSSender(moved.URL+"/sms", client).Send(context.Background(), "447700900123", "123456", "Your code is 123456")
+			if err == nil || !strings.Contains(err.Error(), strconv.Itoa(status)) {
+				t.Errorf("HTTP %d, %s: Send = %v, want the redirect as an error", status, name, err)
+			}
+		}
+		moved.Close()
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the redirect target got %d requests", n)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/matrix-org/gomatrixserverlib"
 	"golang.org/x/time/rate"
 
@@ -36,11 +38,27 @@ const (
 	// misbehaving identity server is asked at most once per key in that time.
 	negativeTTL = 30 * time.Second
 	// fetchBurst and fetchRate bound the fetches of keys not in the cache per
-	// identity server: the key ID comes from an unauthenticated header, so
-	// without a budget anyone could make threepidd fetch a new key ID from an
-	// identity server on every request.
+	// identity server and source address: the key ID comes from an
+	// unauthenticated header, so without a budget anyone could make threepidd
+	// fetch a new key ID from an identity server on every request. The budget
+	// is per source so that forged requests from one address cannot spend the
+	// fetches the identity server itself needs after a restart or a key
+	// rotation.
 	fetchBurst = 10
 	fetchRate  = rate.Limit(1) // per second
+	// serverFetchBurst and serverFetchRate bound all the fetches from one
+	// identity server, whatever their sources, so that threepidd never
+	// becomes a way to load it: well above what one source may spend, so
+	// that a single forger cannot reach it.
+	serverFetchBurst = 50
+	serverFetchRate  = rate.Limit(5) // per second
+	// maxBudgets bounds the fetch budgets kept (per source and per server);
+	// the least recently used go first, which only ever gives a source a
+	// fresh budget.
+	maxBudgets = 10_000
+	// budgetIdle is how long an unused budget is kept: long enough to refill
+	// it completely, after which forgetting it changes nothing.
+	budgetIdle = time.Minute
 	// fetchTimeout bounds one key fetch, whoever waits for it.
 	fetchTimeout = 10 * time.Second
 	// maxPubkeyBody bounds the pubkey answer we read.
@@ -58,9 +76,12 @@ const (
 // config (verify_keys) are used without HTTP; otherwise a key is fetched from
 // GET <base_url>/_matrix/identity/v2/pubkey/<keyId>. Concurrent misses for one
 // key share one fetch; the caches are bounded; failures are remembered for
-// 30 s in a cache of their own, so they cannot push good keys out; each
-// identity server gets at most fetchBurst fetches at once and fetchRate a
-// second after that. It is safe for concurrent use.
+// 30 s in a cache of their own, so they cannot push good keys out. Fetches of
+// keys not in the cache are budgeted: each source address (the client of the
+// request that needs the key) gets at most fetchBurst fetches at once from
+// one identity server and fetchRate a second after that, and each identity
+// server serves at most serverFetchBurst, then serverFetchRate a second, to
+// all sources together. It is safe for concurrent use.
 type KeyRing struct {
 	client   *http.Client
 	now      func() time.Time
@@ -69,9 +90,9 @@ type KeyRing struct {
 
 	mu       sync.Mutex
 	inflight map[keyRef]*keyFetch
-	// budgets holds one fetch budget per identity server base URL (from the
-	// config, so bounded).
-	budgets map[string]*rate.Limiter
+	// budgets holds the fetch budgets: per identity server base URL and
+	// source (key base URL + "\x00" + source) and per base URL alone.
+	budgets *expirable.LRU[string, *rate.Limiter]
 }
 
 // keyRef names one key of one identity server.
@@ -107,7 +128,7 @@ func NewKeyRing(client *http.Client) *KeyRing {
 		keys:     newKeyCache(),
 		failures: newKeyCache(),
 		inflight: make(map[keyRef]*keyFetch),
-		budgets:  make(map[string]*rate.Limiter),
+		budgets:  expirable.NewLRU[string, *rate.Limiter](maxBudgets, nil, budgetIdle),
 	}
 }
 
@@ -129,20 +150,42 @@ func (k *KeyRing) cached(ref keyRef) (keyEntry, bool) {
 	return keyEntry{}, false
 }
 
-// allowFetch spends one fetch of baseURL's budget; k.mu is held.
-func (k *KeyRing) allowFetch(baseURL string) bool {
-	b, ok := k.budgets[baseURL]
+// budget returns the budget called key, made with limit and burst when it is
+// new; k.mu is held.
+func (k *KeyRing) budget(key string, limit rate.Limit, burst int) *rate.Limiter {
+	b, ok := k.budgets.Get(key)
 	if !ok {
-		b = rate.NewLimiter(fetchRate, fetchBurst)
-		k.budgets[baseURL] = b
+		b = rate.NewLimiter(limit, burst)
+		k.budgets.Add(key, b)
 	}
-	return b.AllowN(k.now(), 1)
+	return b
+}
+
+// allowFetch spends one fetch from baseURL for source, if both source's
+// budget and baseURL's have one left; k.mu is held.
+func (k *KeyRing) allowFetch(baseURL, source string) bool {
+	now := k.now()
+	own := k.budget(baseURL+"\x00"+source, fetchRate, fetchBurst)
+	if own.TokensAt(now) < 1 {
+		return false
+	}
+	if !k.budget(baseURL, serverFetchRate, serverFetchBurst).AllowN(now, 1) {
+		return false
+	}
+	return own.AllowN(now, 1)
 }
 
 // PublicKey returns the public key keyID (e.g. "ed25519:0") of identity server
-// is. When is has verify_keys, only those pinned keys are used and nothing is
-// fetched: a pin that fell back to the network would pin nothing.
+// is, fetched if need be on the budget of threepidd itself (the association of
+// a bind). When is has verify_keys, only those pinned keys are used and
+// nothing is fetched: a pin that fell back to the network would pin nothing.
 func (k *KeyRing) PublicKey(ctx context.Context, is config.IdentityServer, keyID string) (ed25519.PublicKey, error) {
+	return k.PublicKeyFor(ctx, is, keyID, "")
+}
+
+// PublicKeyFor is PublicKey for a request from source (a client address, as
+// SourceOf gives it), whose fetches it spends.
+func (k *KeyRing) PublicKeyFor(ctx context.Context, is config.IdentityServer, keyID, source string) (ed25519.PublicKey, error) {
 	if err := checkKeyID(keyID); err != nil {
 		return nil, err
 	}
@@ -157,7 +200,7 @@ func (k *KeyRing) PublicKey(ctx context.Context, is config.IdentityServer, keyID
 	}
 	f, ok := k.inflight[ref]
 	if !ok {
-		if !k.allowFetch(ref.baseURL) {
+		if !k.allowFetch(ref.baseURL, source) {
 			// Over budget: a key we fetched before is still better than
 			// none, even past its TTL (only a withdrawn key is at stake).
 			e, stale := k.keys.Peek(ref)
@@ -297,4 +340,20 @@ func (k *KeyRing) VerifyJSON(ctx context.Context, is config.IdentityServer, sign
 		errs = append(errs, err)
 	}
 	return fmt.Errorf("verify signature of %s: %w", signingName, errors.Join(errs...))
+}
+
+// SourceOf is the budget source of a client address (an IP, as
+// httpapi.Proxies.ClientIP gives it): the address itself for IPv4, its /64
+// for IPv6 (one host commonly holds a whole /64), the string as is when it
+// does not parse.
+func SourceOf(clientIP string) string {
+	a, err := netip.ParseAddr(clientIP)
+	if err != nil {
+		return clientIP
+	}
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		return netip.PrefixFrom(a, 64).Masked().String()
+	}
+	return a.String()
 }

@@ -332,3 +332,85 @@ func TestKeyRingFetchBudget(t *testing.T) {
 		t.Fatalf("stale key with the budget spent: %v", err)
 	}
 }
+
+// TestKeyRingFetchBudgetPerSource: lookups of made-up keys from one source
+// spend that source's budget only, so another source (the identity server
+// itself, after a key rotation) still gets its key fetched; all sources
+// together stop at the identity server's own ceiling.
+func TestKeyRingFetchBudgetPerSource(t *testing.T) {
+	rotated := mustGenerate(t, "rotated")
+	fake := newFakeIdentityServer(t, rotated)
+	is := config.IdentityServer{ServerName: "id.example", BaseURL: fake.URL}
+	k, clock := newTestKeyRing()
+	ctx := context.Background()
+	const forger, genuine = "192.0.2.66", "198.51.100.7"
+
+	for i := range 10 * fetchBurst {
+		if _, err := k.PublicKeyFor(ctx, is, fmt.Sprintf("ed25519:forged_%d", i), forger); err == nil {
+			t.Fatalf("made-up key %d: no error", i)
+		}
+	}
+	if n := fake.hits.Load(); n != fetchBurst {
+		t.Fatalf("%d lookups from one source made %d fetches, want %d", 10*fetchBurst, n, fetchBurst)
+	}
+	if got, err := k.PublicKeyFor(ctx, is, string(rotated.ID), genuine); err != nil || !got.Equal(rotated.PublicKey()) {
+		t.Fatalf("the rotated key from another source while the forger's budget is spent: %v", err)
+	}
+
+	// Many sources together reach the identity server's ceiling, and then
+	// every source is refused until it refills.
+	hits := fake.hits.Load()
+	for i := range serverFetchBurst {
+		_, _ = k.PublicKeyFor(ctx, is, fmt.Sprintf("ed25519:spread_%d", i), fmt.Sprintf("203.0.113.%d", i))
+	}
+	if n := fake.hits.Load() - hits; n >= serverFetchBurst {
+		t.Fatalf("%d sources made %d fetches, want fewer than the ceiling of %d", serverFetchBurst, n, serverFetchBurst)
+	}
+	if _, err := k.PublicKeyFor(ctx, is, "ed25519:late", "192.0.2.200"); err == nil || !strings.Contains(err.Error(), "too many key fetches") {
+		t.Fatalf("a fresh source over the identity server's ceiling: err = %v", err)
+	}
+	clock.Advance(time.Second)
+	if _, err := k.PublicKeyFor(ctx, is, "ed25519:later", "192.0.2.200"); err == nil || strings.Contains(err.Error(), "too many key fetches") {
+		t.Fatalf("once the ceiling refilled: err = %v, want the identity server's 404", err)
+	}
+}
+
+func TestSourceOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.1":            "192.0.2.1",
+		"::ffff:192.0.2.1":     "192.0.2.1",
+		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::1": "2001:db8:1:2::/64",
+		"fe80::1%eth0":         "fe80::/64",
+		"not an address":       "not an address",
+		"":                     "",
+	} {
+		if got := SourceOf(in); got != want {
+			t.Errorf("SourceOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestKeyRingNoRedirect: a key comes from the identity server's own URL or
+// not at all; a redirect (to an internal URL, say) is not followed, whatever
+// client the KeyRing was given.
+func TestKeyRingNoRedirect(t *testing.T) {
+	key := mustGenerate(t, "0")
+	elsewhere := newFakeIdentityServer(t, key)
+	moved := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusFound)
+	}))
+	t.Cleanup(moved.Close)
+	is := config.IdentityServer{ServerName: "id.example", BaseURL: moved.URL}
+	for name, client := range map[string]*http.Client{"default client": nil, "client following redirects": {Timeout: 5 * time.Second}} {
+		t.Run(name, func(t *testing.T) {
+			k := NewKeyRing(client)
+			if _, err := k.PublicKey(context.Background(), is, "ed25519:0"); err == nil || !strings.Contains(err.Error(), "302") {
+				t.Fatalf("err = %v, want the 302 as the answer", err)
+			}
+		})
+	}
+	if n := elsewhere.hits.Load(); n != 0 {
+		t.Fatalf("the redirect target got %d requests", n)
+	}
+}

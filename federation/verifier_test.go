@@ -50,11 +50,13 @@ func (zeros) Read(p []byte) (int, error) {
 // onUpdateServer is an onupdate endpoint on 127.0.0.1 that runs a Verifier
 // and answers 200 {"server_name", "body"} or the Verifier's error. bodyRead
 // is how many body bytes the last request had read; accepted is the last body
-// the Verifier accepted.
+// the Verifier accepted; refused is the text of its last error (what the
+// handler logs).
 type onUpdateServer struct {
 	*httptest.Server
 	bodyRead atomic.Int64
 	accepted atomic.Pointer[string]
+	refused  atomic.Pointer[string]
 }
 
 func newOnUpdateServer(t *testing.T, v *Verifier) *onUpdateServer {
@@ -66,6 +68,8 @@ func newOnUpdateServer(t *testing.T, v *Verifier) *onUpdateServer {
 		is, content, err := v.Verify(r, testMaxBody)
 		s.bodyRead.Store(body.n.Load())
 		if err != nil {
+			text := err.Error()
+			s.refused.Store(&text)
 			return err
 		}
 		accepted := string(content)
@@ -95,7 +99,7 @@ func newVerifierFixture(t *testing.T) *verifierFixture {
 		{ServerName: "pinned.example", BaseURL: f.fake.URL, OnUpdate: true, VerifyKeys: map[string]string{"ed25519:pin": f.pinnedKey.PublicBase64()}},
 		{ServerName: "quiet.example", BaseURL: f.fake.URL, OnUpdate: false},
 	}
-	f.server = newOnUpdateServer(t, NewVerifier(testServerName, servers, NewKeyRing(nil)))
+	f.server = newOnUpdateServer(t, NewVerifier(testServerName, servers, NewKeyRing(nil), nil))
 	return f
 }
 
@@ -177,8 +181,11 @@ func TestVerifier(t *testing.T) {
 		req        onUpdateRequest
 		wantStatus int
 		wantCode   string // errcode; "" for success
-		wantMsg    string // in the error message, or the server_name on success
-		maxRead    int64  // for M_TOO_LARGE: body bytes the handler may have read
+		// wantMsg is the server_name on success; else it is in the error
+		// message, or for a 401 (whose message is always "Unauthorized") in
+		// the error's text, which the handler logs.
+		wantMsg string
+		maxRead int64 // for M_TOO_LARGE: body bytes the handler may have read
 	}{
 		{"valid", valid(nil), 200, "", "id.example", 0},
 		{"valid, origin is the signing name", valid(func(r *onUpdateRequest) { r.origin = "vector.example" }), 200, "", "matrix.example", 0},
@@ -191,25 +198,26 @@ func TestVerifier(t *testing.T) {
 				return []string{x.String()}
 			}
 		}), 200, "", "id.example", 0},
-		{"no header", valid(func(r *onUpdateRequest) { r.header = func(string) []string { return nil } }), 401, "M_UNAUTHORIZED", "Missing Authorization", 0},
-		{"garbage header", valid(headerOnly(`X-Matrix origin="id.example",,key=="`)), 401, "M_UNAUTHORIZED", "Bad Authorization header", 0},
+		{"no header", valid(func(r *onUpdateRequest) { r.header = func(string) []string { return nil } }), 401, "M_UNAUTHORIZED", "missing Authorization", 0},
+		{"garbage header", valid(headerOnly(`X-Matrix origin="id.example",,key=="`)), 401, "M_UNAUTHORIZED", "bad Authorization header", 0},
 		{"bearer token", valid(headerOnly("Bearer syt_token")), 401, "M_UNAUTHORIZED", "not X-Matrix", 0},
 		{"duplicate parameter", valid(headerOnly(`X-Matrix origin="id.example",origin="id.example",key="ed25519:0",sig="x"`)), 401, "M_UNAUTHORIZED", "repeated", 0},
-		{"two headers", valid(func(r *onUpdateRequest) { r.header = func(a string) []string { return []string{a, a} } }), 401, "M_UNAUTHORIZED", "More than one", 0},
-		{"signature by another key", valid(func(r *onUpdateRequest) { r.key = stranger }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
-		{"unknown key", valid(func(r *onUpdateRequest) { r.key = mustGenerate(t, "gone") }), 401, "M_UNAUTHORIZED", "Cannot get key ed25519:gone", 0},
+		{"two headers", valid(func(r *onUpdateRequest) { r.header = func(a string) []string { return []string{a, a} } }), 401, "M_UNAUTHORIZED", "more than one", 0},
+		{"signature by another key", valid(func(r *onUpdateRequest) { r.key = stranger }), 401, "M_UNAUTHORIZED", "invalid request signature", 0},
+		{"unknown key", valid(func(r *onUpdateRequest) { r.key = mustGenerate(t, "gone") }), 401, "M_UNAUTHORIZED", "cannot get key ed25519:gone", 0},
 		{"pinned server, key not pinned", valid(func(r *onUpdateRequest) { r.origin = "pinned.example" }), 401, "M_UNAUTHORIZED", "not among its pinned", 0},
-		{"origin not configured", valid(func(r *onUpdateRequest) { r.origin = "evil.example" }), 401, "M_UNAUTHORIZED", `Origin "evil.example" is not a configured identity server`, 0},
+		{"origin not configured", valid(func(r *onUpdateRequest) { r.origin = "evil.example" }), 401, "M_UNAUTHORIZED", `origin "evil.example" is not a configured identity server`, 0},
 		{"onupdate: false", valid(func(r *onUpdateRequest) { r.origin = "quiet.example" }), 403, "M_FORBIDDEN", "may not call onupdate", 0},
+		{"onupdate: false, signature by another key", valid(func(r *onUpdateRequest) { r.origin, r.key = "quiet.example", stranger }), 401, "M_UNAUTHORIZED", "invalid request signature", 0},
 		{"body changed after signing", valid(func(r *onUpdateRequest) {
 			r.signBody = body
 			r.body = []byte(`{"threepid":"alice@example.org","deleted":true,"mxid":"@bob:bob.example"}`)
-		}), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
-		{"wrong destination", valid(func(r *onUpdateRequest) { r.destination = "other.example" }), 401, "M_UNAUTHORIZED", `Destination "other.example" is not this server`, 0},
-		{"signed as an unbind (destination_is)", valid(func(r *onUpdateRequest) { r.field = DestinationISField }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
-		{"other method signed", valid(func(r *onUpdateRequest) { r.signMethod = http.MethodPut }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
-		{"other URI signed", valid(func(r *onUpdateRequest) { r.signURI = "/_matrix/federation/v1/send/1" }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
-		{"query string not signed", valid(func(r *onUpdateRequest) { r.signURI, r.uri = onUpdatePath, onUpdatePath+"?x=1" }), 401, "M_UNAUTHORIZED", "Invalid request signature", 0},
+		}), 401, "M_UNAUTHORIZED", "invalid request signature", 0},
+		{"wrong destination", valid(func(r *onUpdateRequest) { r.destination = "other.example" }), 401, "M_UNAUTHORIZED", `destination "other.example" is not this server`, 0},
+		{"signed as an unbind (destination_is)", valid(func(r *onUpdateRequest) { r.field = DestinationISField }), 401, "M_UNAUTHORIZED", "invalid request signature", 0},
+		{"other method signed", valid(func(r *onUpdateRequest) { r.signMethod = http.MethodPut }), 401, "M_UNAUTHORIZED", "invalid request signature", 0},
+		{"other URI signed", valid(func(r *onUpdateRequest) { r.signURI = "/_matrix/federation/v1/send/1" }), 401, "M_UNAUTHORIZED", "invalid request signature", 0},
+		{"query string not signed", valid(func(r *onUpdateRequest) { r.signURI, r.uri = onUpdatePath, onUpdatePath+"?x=1" }), 401, "M_UNAUTHORIZED", "invalid request signature", 0},
 		{"JSON that is not an object", valid(func(r *onUpdateRequest) { r.body = []byte(`["threepid"]`) }), 400, "M_BAD_JSON", "must be a JSON object", 0},
 		{"null body", valid(func(r *onUpdateRequest) { r.body = []byte(`null`) }), 400, "M_BAD_JSON", "must be a JSON object", 0},
 		{"body that is not JSON", valid(func(r *onUpdateRequest) { r.signBody, r.body = body, []byte(`threepid=a`) }), 400, "M_NOT_JSON", "not JSON", 0},
@@ -230,6 +238,16 @@ func TestVerifier(t *testing.T) {
 				}
 				if got, _ := json.Marshal(out["body"]); !jsonEqual(t, got, tt.req.body) {
 					t.Errorf("body = %s, want %s", got, tt.req.body)
+				}
+				return
+			}
+			if tt.wantStatus == http.StatusUnauthorized {
+				// Nothing of the reason reaches the caller: it goes to the log.
+				if len(out) != 2 || out["errcode"] != tt.wantCode || out["error"] != "Unauthorized" {
+					t.Errorf("answer %v, want exactly {errcode: %s, error: Unauthorized}", out, tt.wantCode)
+				}
+				if got := f.server.refused.Load(); got == nil || !strings.Contains(*got, tt.wantMsg) {
+					t.Errorf("error text %v, want one containing %q", got, tt.wantMsg)
 				}
 				return
 			}

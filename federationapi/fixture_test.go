@@ -51,7 +51,7 @@ func newFixture(t testing.TB, store storage.Store, limit config.Bucket) *fixture
 	routes := router.NewRouter()
 	(&federationapi.OnUpdate{
 		Service:   f.service,
-		Verifier:  federation.NewVerifier(hsName, servers, federation.NewKeyRing(nil)),
+		Verifier:  federation.NewVerifier(hsName, servers, federation.NewKeyRing(nil), nil),
 		PerServer: ratelimit.New(limit),
 	}).Register(routes)
 	f.handler = router.Wrap(routes, nil)

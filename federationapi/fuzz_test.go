@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/federation"
@@ -16,14 +17,19 @@ import (
 
 // The seed corpora are in testdata/fuzz/.
 
+// fuzzNow is the fuzzed endpoint's clock: the seeds' ts are around it.
+var fuzzNow = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // FuzzHandler sends each input as a request body, signed by the identity
 // server when it is JSON (else under a signature of "{}"), to the endpoint on
-// a SQLite store holding two bindings. The answer is always 200 {} or a 4xx
-// Matrix error, never a 5xx; it is 200 exactly when the body was signed and
-// Parse accepts it.
+// a SQLite store holding two bindings, at fuzzNow. The answer is always 200 {}
+// or a 4xx Matrix error, never a 5xx; it is 200 exactly when the body was
+// signed, Parse accepts it and its ts, if any, is within the window.
 func FuzzHandler(f *testing.F) {
 	store := storagetest.Open(f, storagetest.Backend{Name: "sqlite", Driver: backend.SQLite, DSN: filepath.Join(f.TempDir(), "fuzz.db")})
 	fx := newFixture(f, store, config.Bucket{})
+	fx.service.Clock = func() time.Time { return fuzzNow }
+	fx.service.MaxAge, fx.service.ClockSkew = config.DefaultOnUpdateMaxAge, config.DefaultOnUpdateClockSkew
 	f.Fuzz(func(t *testing.T, body []byte) {
 		fx.bind(t, "@alice:"+hsName, threepid.MediumEmail, "alice@example.org")
 		fx.bind(t, "@bob:"+hsName, threepid.MediumMSISDN, "447700900123")
@@ -43,8 +49,10 @@ func FuzzHandler(f *testing.F) {
 		}
 		w := fx.postWithHeader(auth, body)
 		checkAnswer(t, body, w)
-		_, parseErr := onupdate.Parse(body)
-		wantOK := signErr == nil && string(signed) == string(body) && parseErr == nil
+		u, parseErr := onupdate.Parse(body)
+		ts := time.UnixMilli(u.TS)
+		inWindow := u.TS == 0 || !ts.Before(fuzzNow.Add(-config.DefaultOnUpdateMaxAge)) && !ts.After(fuzzNow.Add(config.DefaultOnUpdateClockSkew))
+		wantOK := signErr == nil && string(signed) == string(body) && parseErr == nil && inWindow
 		if (w.Code == 200) != wantOK {
 			t.Fatalf("body %q (Parse: %v, signed: %v): answer %d %s", body, parseErr, signErr == nil, w.Code, w.Body)
 		}

@@ -20,7 +20,7 @@ import (
 )
 
 var results = metrics.Factory.NewCounterVec(metrics.CounterOpts("onupdate_requests_total",
-	"onupdate requests by result: applied, no-op, unauthorised, forbidden, invalid, rate_limited, error."), []string{"result"})
+	"onupdate requests by result: applied, no-op, unauthorised, forbidden, invalid, stale, rate_limited, error."), []string{"result"})
 
 func init() {
 	// Every series exists from the start, at zero, for dashboards and rate().
@@ -45,7 +45,10 @@ func (h *OnUpdate) Register(r *mux.Router) {
 func (h *OnUpdate) serve(w http.ResponseWriter, r *http.Request) error {
 	is, body, err := h.Verifier.Verify(r, onupdate.MaxBody)
 	if err != nil {
-		results.WithLabelValues(failureLabel(err)).Inc()
+		label := failureLabel(err)
+		results.WithLabelValues(label).Inc()
+		// The caller gets a generic answer; why it was refused goes here.
+		slog.InfoContext(r.Context(), "onupdate refused", "result", label, "remote", r.RemoteAddr, "err", err)
 		return err
 	}
 	if ok, wait := h.PerServer.Allow(r.Context(), is.ServerName); !ok {
@@ -59,7 +62,12 @@ func (h *OnUpdate) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := h.Service.Apply(r.Context(), is, body, u)
 	if err != nil {
-		results.WithLabelValues("error").Inc()
+		label := "error"
+		if errors.Is(err, onupdate.ErrStale) {
+			label = "stale"
+			slog.InfoContext(r.Context(), "onupdate refused", "result", label, "id_server", is.ServerName, "ts", u.TS, "err", err)
+		}
+		results.WithLabelValues(label).Inc()
 		return err
 	}
 	switch {

@@ -2,16 +2,19 @@ package federationapi_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/events/eventstest"
 	"github.com/threepidd/threepidd/metrics/metricstest"
+	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage"
@@ -129,6 +132,127 @@ func TestApplyReplayIsPerIdentityServer(t *testing.T) {
 			if err != nil || res.Replay {
 				t.Fatalf("%s: Apply = %+v, %v; want a fresh request", is, res, err)
 			}
+		}
+	})
+}
+
+// TestApplyCanonicalReplay: the replay identity is the canonical JSON the
+// signature covers, so the same update with its keys reordered and spaces
+// added is the same request (a replay, which must not drop the binding
+// recorded since), while a body that differs in content is a new one.
+func TestApplyCanonicalReplay(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, store storage.Store) {
+		fx := newFixture(t, store, config.Bucket{})
+		ctx := context.Background()
+		const alice = "@alice:" + hsName
+		u := onupdate.Update{Medium: "email", Address: "canon@example.org", Deleted: true, MXID: alice}
+		is := config.IdentityServer{ServerName: isName}
+		original := []byte(`{"threepid":"canon@example.org","deleted":true,"mxid":"` + alice + `"}`)
+		reformatted := []byte("{ \"mxid\" : \"" + alice + "\",\n\t\"deleted\":true , \"threepid\":\"canon@example.org\" }")
+		escaped := []byte(`{"threepid":"canon@example.org","deleted":true,"mxid":"\u0040alice:` + hsName + `"}`)
+		fx.bind(t, alice, u.Medium, u.Address)
+		if res, err := fx.service.Apply(ctx, is, original, u); err != nil || res.Replay || len(res.Notified) != 1 {
+			t.Fatalf("first: Apply = %+v, %v", res, err)
+		}
+		for name, body := range map[string][]byte{"reformatted": reformatted, "escaped": escaped} {
+			fx.bind(t, alice, u.Medium, u.Address)
+			res, err := fx.service.Apply(ctx, is, body, u)
+			if err != nil || !res.Replay {
+				t.Fatalf("%s replay: Apply = %+v, %v; want a replay", name, res, err)
+			}
+			if !boundOn(t, fx.store, alice, u.Address, isName) {
+				t.Fatalf("the %s replay dropped the binding recorded since", name)
+			}
+		}
+		other := []byte(`{"threepid":"canon@example.org","deleted":true,"mxid":"` + alice + `","n":1}`)
+		if res, err := fx.service.Apply(ctx, is, other, u); err != nil || res.Replay || len(res.Notified) != 1 {
+			t.Fatalf("another body: Apply = %+v, %v; want it applied", res, err)
+		}
+	})
+}
+
+// TestApplyTS: with a signed ts, an update outside [now - max_age, now +
+// clock_skew] is refused, one inside applies only to bindings recorded at or
+// before ts, a repeat with a new ts applies again, and a repeat with the same
+// ts is a replay.
+func TestApplyTS(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, store storage.Store) {
+		fx := newFixture(t, store, config.Bucket{})
+		now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+		fx.service.Clock = func() time.Time { return now }
+		fx.service.MaxAge, fx.service.ClockSkew = 10*time.Minute, time.Minute
+		ctx := context.Background()
+		is := config.IdentityServer{ServerName: isName}
+		const alice, bob, remote = "@alice:" + hsName, "@bob:" + hsName, "@eve:other.tld"
+		bindAt := func(user, address string, at time.Time) {
+			t.Helper()
+			if err := fx.store.UpsertBinding(ctx, storage.Binding{UserID: user, Medium: "email", Address: address, IDServer: isName, BoundAt: at.UnixMilli()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		takeover := func(address string, ts time.Time) ([]byte, onupdate.Update) {
+			u := onupdate.Update{Medium: "email", Address: address, MXID: remote, TS: ts.UnixMilli()}
+			return []byte(fmt.Sprintf(`{"threepid":%q,"deleted":false,"mxid":%q,"ts":%d}`, address, remote, u.TS)), u
+		}
+
+		for _, c := range []struct {
+			name string
+			ts   time.Time
+		}{
+			{"older than max_age", now.Add(-10*time.Minute - time.Millisecond)},
+			{"further ahead than clock_skew", now.Add(time.Minute + time.Millisecond)},
+		} {
+			bindAt(alice, "window@example.org", now.Add(-time.Hour))
+			body, u := takeover("window@example.org", c.ts)
+			res, err := fx.service.Apply(ctx, is, body, u)
+			var me *mxerr.Error
+			if !errors.Is(err, onupdate.ErrStale) || !errors.As(err, &me) || me.Status != 400 || me.ErrCode != "M_INVALID_PARAM" {
+				t.Fatalf("%s: Apply = %+v, %v; want 400 M_INVALID_PARAM (stale)", c.name, res, err)
+			}
+			if !boundOn(t, fx.store, alice, "window@example.org", isName) {
+				t.Fatalf("%s: a refused update dropped the binding", c.name)
+			}
+		}
+		for name, ts := range map[string]time.Time{"max_age old": now.Add(-10 * time.Minute), "clock_skew ahead": now.Add(time.Minute)} {
+			address := strings.ReplaceAll(name, " ", "-") + "@example.org"
+			bindAt(alice, address, now.Add(-time.Hour))
+			body, u := takeover(address, ts)
+			if res, err := fx.service.Apply(ctx, is, body, u); err != nil || len(res.Notified) != 1 {
+				t.Fatalf("%s: Apply = %+v, %v; want alice notified", name, res, err)
+			}
+		}
+
+		// alice bound before ts, bob after it (his bind is newer than what
+		// the identity server reports): only alice loses hers.
+		ts := now.Add(-time.Minute)
+		bindAt(alice, "race@example.org", ts.Add(-time.Second))
+		bindAt(bob, "race@example.org", ts.Add(time.Millisecond))
+		body, u := takeover("race@example.org", ts)
+		if res, err := fx.service.Apply(ctx, is, body, u); err != nil || !sameUsers(res.Notified, []string{alice}) {
+			t.Fatalf("Apply = %+v, %v; want alice alone notified", res, err)
+		}
+		if !boundOn(t, fx.store, bob, "race@example.org", isName) {
+			t.Fatal("bob's binding, recorded after ts, was dropped")
+		}
+
+		// bob takes alice's address, alice binds it again, bob takes it
+		// again: the second update is a genuine repeat with its own ts.
+		bindAt(alice, "again@example.org", now.Add(-5*time.Minute))
+		body, u = takeover("again@example.org", now.Add(-4*time.Minute))
+		if res, err := fx.service.Apply(ctx, is, body, u); err != nil || len(res.Notified) != 1 {
+			t.Fatalf("first takeover: Apply = %+v, %v", res, err)
+		}
+		bindAt(alice, "again@example.org", now.Add(-3*time.Minute))
+		// Replayed within the window, the first update is a no-op.
+		if res, err := fx.service.Apply(ctx, is, body, u); err != nil || !res.Replay {
+			t.Fatalf("replay of the first takeover: Apply = %+v, %v; want a replay", res, err)
+		}
+		body, u = takeover("again@example.org", now.Add(-2*time.Minute))
+		if res, err := fx.service.Apply(ctx, is, body, u); err != nil || res.Replay || len(res.Notified) != 1 {
+			t.Fatalf("second takeover: Apply = %+v, %v; want alice notified again", res, err)
+		}
+		if ns := notificationsOf(t, fx.store, alice, "again@example.org"); len(ns) != 2 {
+			t.Fatalf("alice has %d notifications about again@example.org, want 2", len(ns))
 		}
 	})
 }

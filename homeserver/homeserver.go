@@ -70,7 +70,7 @@ type Client struct {
 	base  *url.URL
 	http  *http.Client
 	relay config.UIARelay
-	cache *expirable.LRU[string, Identity]
+	cache *expirable.LRU[string, cachedIdentity]
 	// callTimeout bounds each call; CallTimeout except in tests.
 	callTimeout time.Duration
 }
@@ -106,7 +106,7 @@ func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 		callTimeout: CallTimeout,
 	}
 	if ttl > 0 {
-		c.cache = expirable.NewLRU[string, Identity](tokenCacheSize, nil, ttl)
+		c.cache = expirable.NewLRU[string, cachedIdentity](tokenCacheSize, nil, ttl)
 	}
 	return c, nil
 }
@@ -137,17 +137,32 @@ func (caller Caller) query() string {
 	return "?user_id=" + url.QueryEscape(caller.AsUserID)
 }
 
+// cachedIdentity is a whoami answer in the cache.
+type cachedIdentity struct {
+	Identity
+	// ignoresUserID: the homeserver answered this token's own user to a
+	// ?user_id= naming someone else, so the token is not an appservice's and
+	// (as Synapse and Dendrite do for such tokens) any user_id is ignored.
+	ignoresUserID bool
+}
+
 // WhoAmI returns the identity of the caller's token, from the cache when it was
 // checked less than token_cache_ttl ago. A 401 from the homeserver is passed back
 // as is (its body may say soft_logout); an unreachable homeserver is a 502/504
 // Matrix error, never a hang beyond ctx.
+//
+// The cache is keyed on the token alone, and on the token and the user_id
+// only for an appservice masquerading as a user: a token's own identity is
+// cached under the token, and once the homeserver has shown that it ignores
+// ?user_id= for that token (it answered the token's own user to another
+// user_id), every user_id is served from that entry, so varying user_id
+// cannot force a whoami per request.
 func (c *Client) WhoAmI(ctx context.Context, caller Caller) (Identity, error) {
-	key := caller.AccessToken + "\x00" + caller.AsUserID
+	if id, ok := c.cached(caller); ok {
+		whoamiCache.WithLabelValues("hit").Inc()
+		return id, nil
+	}
 	if c.cache != nil {
-		if id, ok := c.cache.Get(key); ok {
-			whoamiCache.WithLabelValues("hit").Inc()
-			return id, nil
-		}
 		whoamiCache.WithLabelValues("miss").Inc()
 	}
 	status, body, err := c.do(ctx, caller, http.MethodGet, "/_matrix/client/v3/account/whoami"+caller.query(), nil)
@@ -173,9 +188,7 @@ func (c *Client) WhoAmI(ctx context.Context, caller Caller) (Identity, error) {
 		return Identity{}, mxerr.Unavailable.WithMessage("The homeserver gave an unreadable whoami answer")
 	}
 	id := Identity{UserID: who.UserID, DeviceID: who.DeviceID, IsGuest: who.IsGuest}
-	if c.cache != nil {
-		c.cache.Add(key, id)
-	}
+	c.remember(caller, id)
 	return id, nil
 }
 
@@ -192,6 +205,40 @@ func (c *Client) CheckReachable(ctx context.Context) error {
 	}
 	up.Set(1)
 	return nil
+}
+
+// masqueradeKey is the cache key of an appservice token acting as asUserID.
+func masqueradeKey(token, asUserID string) string { return token + "\x00" + asUserID }
+
+// cached returns the caller's identity from the cache.
+func (c *Client) cached(caller Caller) (Identity, bool) {
+	if c.cache == nil {
+		return Identity{}, false
+	}
+	if own, ok := c.cache.Get(caller.AccessToken); ok &&
+		(caller.AsUserID == "" || caller.AsUserID == own.UserID || own.ignoresUserID) {
+		return own.Identity, true
+	}
+	if caller.AsUserID == "" {
+		return Identity{}, false
+	}
+	as, ok := c.cache.Get(masqueradeKey(caller.AccessToken, caller.AsUserID))
+	return as.Identity, ok
+}
+
+// remember caches the homeserver's answer id to caller's whoami.
+func (c *Client) remember(caller Caller, id Identity) {
+	switch {
+	case c.cache == nil:
+	case caller.AsUserID == "":
+		c.cache.Add(caller.AccessToken, cachedIdentity{Identity: id})
+	case id.UserID == caller.AsUserID:
+		// An appservice acting as that user (or a user naming themselves).
+		c.cache.Add(masqueradeKey(caller.AccessToken, caller.AsUserID), cachedIdentity{Identity: id})
+	default:
+		// The token's own user, whatever user_id said: not an appservice.
+		c.cache.Add(caller.AccessToken, cachedIdentity{Identity: id, ignoresUserID: true})
+	}
 }
 
 // RelayUIA relays the client's auth dict to the homeserver's user-interactive

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/threepidd/threepidd/outbound"
 )
 
 // Proxies are the reverse proxies whose X-Forwarded-For is believed
@@ -13,19 +15,8 @@ type Proxies []netip.Prefix
 
 // ParseProxies parses CIDRs or bare IPs (as trusted_proxies holds them).
 func ParseProxies(list []string) (Proxies, error) {
-	out := make(Proxies, 0, len(list))
-	for _, s := range list {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-	}
-	return out, nil
+	ps, err := outbound.ParsePrefixes(list)
+	return Proxies(ps), err
 }
 
 func (ps Proxies) trusted(addr netip.Addr) bool {

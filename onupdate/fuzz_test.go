@@ -15,8 +15,9 @@ import (
 // FuzzParse checks that Parse never panics, refuses with a 400 Matrix error,
 // and accepts only canonical updates: a non-empty address that is a fixed
 // point of canonicalisation, medium email or msisdn, a valid mxid whenever
-// one is set (always for an update). An accepted update survives a round trip
-// through the wire form, with and without medium.
+// one is set (always for an update), a ts that is absent (0) or positive. An
+// accepted update survives a round trip through the wire form, with and
+// without medium.
 func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		u, err := onupdate.Parse(data)
@@ -39,8 +40,11 @@ func FuzzParse(f *testing.F) {
 		if (!u.Deleted || u.MXID != "") && !threepid.ValidUserID(u.MXID) {
 			t.Fatalf("Parse(%q): mxid %q with deleted=%v", data, u.MXID, u.Deleted)
 		}
+		if u.TS < 0 {
+			t.Fatalf("Parse(%q): ts %d", data, u.TS)
+		}
 		for _, medium := range []string{u.Medium, ""} {
-			wire, err := json.Marshal(onupdate.Body{Threepid: u.Address, Medium: medium, Deleted: u.Deleted, MXID: u.MXID})
+			wire, err := json.Marshal(onupdate.Body{Threepid: u.Address, Medium: medium, Deleted: u.Deleted, MXID: u.MXID, TS: u.TS})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,8 +12,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/threepidd/threepidd/bindings"
 	"github.com/threepidd/threepidd/config"
@@ -35,6 +39,9 @@ type Body struct {
 	Medium   string `json:"medium,omitempty"`
 	Deleted  bool   `json:"deleted"`
 	MXID     string `json:"mxid,omitempty"`
+	// TS is when the identity server made the update, in milliseconds since
+	// the epoch; 0 leaves it out (docs/onupdate-ts.md).
+	TS int64 `json:"ts,omitempty"`
 }
 
 // Update is a parsed, canonical onupdate body.
@@ -44,6 +51,8 @@ type Update struct {
 	Deleted bool
 	// MXID is empty for a deletion that names nobody.
 	MXID string
+	// TS is the update's signed ts (ms since the epoch), 0 when it has none.
+	TS int64
 }
 
 // Service applies updates to the store.
@@ -51,7 +60,13 @@ type Service struct {
 	Store storage.Store
 	// Bindings applies each loss (record, notification, after-events).
 	Bindings *bindings.Service
-	Clock    clock.Func
+	// MaxAge is how old an update's ts may be (onupdate.max_age; 0: the
+	// default, 10 minutes).
+	MaxAge time.Duration
+	// ClockSkew is how far in the future an update's ts may be
+	// (onupdate.clock_skew; 0: none).
+	ClockSkew time.Duration
+	Clock     clock.Func
 }
 
 // Result says what an update did.
@@ -63,12 +78,25 @@ type Result struct {
 }
 
 // Apply applies u, sent by identity server is with the given raw body, in one
-// transaction: replays (same origin, same body) change nothing.
+// transaction. The replay identity is the identity server and the canonical
+// JSON of the body, which is what its signature covers: the same signed update
+// reformatted (keys reordered, spaces added) is the same request, and a replay
+// changes nothing. An update with a ts is refused (400 M_INVALID_PARAM) when
+// that ts is older than MaxAge or further in the future than ClockSkew, and
+// it only applies to the bindings recorded at or before ts; a genuine repeat
+// carries a new ts and so is a new request.
 func (s *Service) Apply(ctx context.Context, is config.IdentityServer, body []byte, u Update) (Result, error) {
 	now := s.Clock.Now()
-	sum := sha256.Sum256(append([]byte(is.ServerName+"\x00"), body...))
+	if err := s.checkTS(u.TS, now); err != nil {
+		return Result{}, err
+	}
+	canonical, err := gomatrixserverlib.CanonicalJSON(body)
+	if err != nil {
+		return Result{}, mxerr.BadJSON.WithMessage("Content is not canonical JSON")
+	}
+	sum := sha256.Sum256(append([]byte(is.ServerName+"\x00"), canonical...))
 	var res Result
-	err := s.Store.WithTx(ctx, func(q storage.Querier) error {
+	err = s.Store.WithTx(ctx, func(q storage.Querier) error {
 		res = Result{}
 		fresh, err := q.RememberRequest(ctx, hex.EncodeToString(sum[:]), now.UnixMilli())
 		if err != nil {
@@ -83,7 +111,7 @@ func (s *Service) Apply(ctx context.Context, is config.IdentityServer, body []by
 			return fmt.Errorf("load bindings: %w", err)
 		}
 		for _, b := range recorded {
-			if !lost(u, b.UserID) {
+			if !lost(u, b) {
 				continue
 			}
 			lost, err := s.Bindings.Lose(ctx, q, bindings.Loss{Binding: b, Deleted: u.Deleted, MXID: u.MXID, Origin: is.ServerName, At: now.UnixMilli()})
@@ -99,13 +127,41 @@ func (s *Service) Apply(ctx context.Context, is config.IdentityServer, body []by
 	return res, err
 }
 
-// lost reports whether the local user holding a binding lost it by u: a
-// deletion naming them (or naming nobody), or a takeover by someone else.
-func lost(u Update, holder string) bool {
-	if u.Deleted {
-		return u.MXID == "" || u.MXID == holder
+// ErrStale is in the error of an update whose ts is outside the accepted
+// window (with a 400 M_INVALID_PARAM for the identity server).
+var ErrStale = errors.New("onupdate: ts outside the accepted window")
+
+// checkTS refuses a ts outside [now - MaxAge, now + ClockSkew]; 0 (no ts)
+// passes.
+func (s *Service) checkTS(ts int64, now time.Time) error {
+	if ts == 0 {
+		return nil
 	}
-	return u.MXID != holder
+	maxAge := s.MaxAge
+	if maxAge <= 0 {
+		maxAge = config.DefaultOnUpdateMaxAge
+	}
+	at := time.UnixMilli(ts)
+	switch {
+	case at.Before(now.Add(-maxAge)):
+		return fmt.Errorf("%w: %w", ErrStale, mxerr.InvalidParam.WithMessage("ts is more than %v old", maxAge))
+	case at.After(now.Add(s.ClockSkew)):
+		return fmt.Errorf("%w: %w", ErrStale, mxerr.InvalidParam.WithMessage("ts is in the future"))
+	}
+	return nil
+}
+
+// lost reports whether the local user holding binding b lost it by u: a
+// deletion naming them (or naming nobody), or a takeover by someone else;
+// when u says when it was made (ts), only a binding recorded at or before then.
+func lost(u Update, b storage.Binding) bool {
+	if u.TS != 0 && b.BoundAt > u.TS {
+		return false
+	}
+	if u.Deleted {
+		return u.MXID == "" || u.MXID == b.UserID
+	}
+	return u.MXID != b.UserID
 }
 
 // wireBody is Body as read: pointers tell absent from zero.
@@ -114,13 +170,15 @@ type wireBody struct {
 	Medium   *string `json:"medium"`
 	Deleted  *bool   `json:"deleted"`
 	MXID     *string `json:"mxid"`
+	TS       *int64  `json:"ts"`
 }
 
 // Parse checks an onupdate body: threepid and deleted present (400
 // M_MISSING_PARAM otherwise), deleted a boolean, mxid a valid user ID (400
 // M_INVALID_PARAM) and required for updates, medium optional: "email" or
-// "msisdn", inferred when absent (contains "@": email; digits: msisdn). The
-// address is canonical.
+// "msisdn", inferred when absent (contains "@": email; digits: msisdn), ts
+// optional: a positive integer (M_BAD_JSON for another type, M_INVALID_PARAM
+// for 0 or less; null is absent). The address is canonical.
 func Parse(data []byte) (Update, error) {
 	var b wireBody
 	if err := mxerr.UnmarshalObject(data, &b); err != nil {
@@ -130,6 +188,12 @@ func Parse(data []byte) (Update, error) {
 		return Update{}, err
 	}
 	u := Update{Deleted: *b.Deleted}
+	if b.TS != nil {
+		if *b.TS <= 0 {
+			return Update{}, mxerr.InvalidParam.WithMessage("ts must be a positive number of milliseconds since the epoch")
+		}
+		u.TS = *b.TS
+	}
 	if b.MXID != nil && (*b.MXID != "" || !u.Deleted) {
 		if !threepid.ValidUserID(*b.MXID) {
 			return Update{}, mxerr.InvalidParam.WithMessage("mxid is not a valid user ID")

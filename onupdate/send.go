@@ -28,11 +28,13 @@ const (
 // homeserver destination, signed by origin (the identity server) with key, as
 // an identity server adopting the proposal would (threepidd notify). A
 // non-2xx answer is an *mxerr.Remote. client nil means a client with a 10 s
-// timeout.
+// timeout; whichever client, a redirect is the answer, never followed (a
+// signed request goes to the URL it was signed for or nowhere).
 func Send(ctx context.Context, client *http.Client, key *signingkey.Key, origin, destination, baseURL string, b Body) error {
 	if client == nil {
 		client = outbound.NewClient(outbound.NewTransport(), sendTimeout)
 	}
+	client = outbound.WithoutRedirects(client)
 	body, err := json.Marshal(b)
 	if err != nil {
 		return fmt.Errorf("send onupdate: %w", err)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,11 +39,16 @@ var ErrRetry = errors.New("outbox: retry later")
 // non-empty key makes it unique: if an item of that kind and key is already
 // pending, nothing is added.
 func Enqueue(ctx context.Context, q storage.Querier, kind, key string, payload any, now time.Time) error {
+	return EnqueueGrouped(ctx, q, kind, "", key, payload, now)
+}
+
+// EnqueueGrouped is Enqueue for an item of a group (see Worker.Grouped).
+func EnqueueGrouped(ctx context.Context, q storage.Querier, kind, group, key string, payload any, now time.Time) error {
 	data, err := json.Marshal(payload)
 	if err != nil {
 		return fmt.Errorf("encode %s outbox item: %w", kind, err)
 	}
-	_, err = q.EnqueueOutbox(ctx, storage.OutboxItem{Kind: kind, Key: key, Payload: data, NextAttempt: now.UnixMilli(), CreatedAt: now.UnixMilli()})
+	_, err = q.EnqueueOutbox(ctx, storage.OutboxItem{Kind: kind, Key: key, Group: group, Payload: data, NextAttempt: now.UnixMilli(), CreatedAt: now.UnixMilli()})
 	if errors.Is(err, storage.ErrConflict) {
 		return nil // the same work is already pending
 	}
@@ -74,7 +80,14 @@ type Worker struct {
 	Batch int
 	// Lease is how long a claimed item is hidden from other workers (default 2m).
 	Lease time.Duration
-	Clock clock.Func
+	// Grouped makes each pass claim at most one item per group
+	// (storage.OutboxItem.Group) and handle the items of a pass side by side;
+	// an item asking for a retry defers its whole group until its backoff
+	// ends. One group that keeps failing (an identity server that is down)
+	// then costs one attempt per backoff and never holds up another group.
+	// Do must be safe for concurrent use.
+	Grouped bool
+	Clock   clock.Func
 }
 
 func (w *Worker) defaults() {
@@ -107,8 +120,8 @@ func (w *Worker) Run(ctx context.Context) {
 	t := time.NewTicker(w.Poll)
 	defer t.Stop()
 	for {
-		for w.RunOnce(ctx) == w.Batch && ctx.Err() == nil {
-			// A full batch: more may be due.
+		for w.more(w.RunOnce(ctx)) && ctx.Err() == nil {
+			// More may be due.
 		}
 		select {
 		case <-ctx.Done():
@@ -118,19 +131,41 @@ func (w *Worker) Run(ctx context.Context) {
 	}
 }
 
+// more reports whether, after a pass that claimed n items, another pass may
+// find due items at once: after a full batch, or (grouped) after any item,
+// since a group's next item is only claimed by the next pass.
+func (w *Worker) more(n int) bool {
+	if w.Grouped {
+		return n > 0
+	}
+	return n == w.Batch
+}
+
 // RunOnce handles one batch of due items and returns how many it claimed.
 func (w *Worker) RunOnce(ctx context.Context) int {
 	w.defaults()
 	now := w.Clock.Now()
-	items, err := w.Store.ClaimOutbox(ctx, w.Kind, now.UnixMilli(), now.Add(w.Lease).UnixMilli(), w.Batch)
+	claim := w.Store.ClaimOutbox
+	if w.Grouped {
+		claim = w.Store.ClaimOutboxGroups
+	}
+	items, err := claim(ctx, w.Kind, now.UnixMilli(), now.Add(w.Lease).UnixMilli(), w.Batch)
 	if err != nil {
 		if ctx.Err() == nil {
 			slog.WarnContext(ctx, "outbox: claim failed", "kind", w.Kind, "err", err)
 		}
 		return 0
 	}
-	for _, item := range items {
-		w.handle(ctx, item)
+	if w.Grouped {
+		var wg sync.WaitGroup
+		for _, item := range items {
+			wg.Go(func() { w.handle(ctx, item) })
+		}
+		wg.Wait()
+	} else {
+		for _, item := range items {
+			w.handle(ctx, item)
+		}
 	}
 	if n, err := w.Store.CountOutbox(ctx, w.Kind); err == nil {
 		pending.WithLabelValues(w.Kind).Set(float64(n))
@@ -161,8 +196,14 @@ func (w *Worker) handle(ctx context.Context, item storage.OutboxItem) {
 		if delay <= 0 || delay > w.MaxBackoff {
 			delay = w.MaxBackoff
 		}
-		if rerr := w.Store.RescheduleOutbox(ctx, item.ID, now.Add(delay).UnixMilli(), err.Error()); rerr != nil {
+		next := now.Add(delay).UnixMilli()
+		if rerr := w.Store.RescheduleOutbox(ctx, item.ID, next, err.Error()); rerr != nil {
 			slog.WarnContext(ctx, "outbox: reschedule failed", "kind", w.Kind, "id", item.ID, "err", rerr)
+		}
+		if w.Grouped && item.Group != "" {
+			if _, derr := w.Store.DeferOutboxGroup(ctx, w.Kind, item.Group, next); derr != nil {
+				slog.WarnContext(ctx, "outbox: defer group failed", "kind", w.Kind, "group", item.Group, "err", derr)
+			}
 		}
 	default:
 		givenUp.WithLabelValues(w.Kind).Inc()

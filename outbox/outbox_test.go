@@ -115,3 +115,62 @@ func TestEnqueueInTransaction(t *testing.T) {
 		}
 	})
 }
+
+// TestWorkerGrouped: a grouped worker takes one item per group per pass and
+// handles them side by side, so a group whose items hang (an identity server
+// that does not answer) holds up no other group; a retry defers its whole
+// group until the backoff ends.
+func TestWorkerGrouped(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		now := time.UnixMilli(1_000_000)
+		const dead, live = "dead.example", "live.example"
+		for i := range 10 {
+			if err := outbox.EnqueueGrouped(ctx, s, "grouped", dead, fmt.Sprint("d", i), i, now.Add(time.Duration(i)*time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := outbox.EnqueueGrouped(ctx, s, "grouped", live, "l", 0, now.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		liveDone := make(chan struct{})
+		var deadCalls, liveCalls atomic.Int32
+		w := &outbox.Worker{Store: s, Kind: "grouped", Grouped: true, BaseBackoff: time.Minute,
+			Clock: func() time.Time { return now.Add(2 * time.Second) },
+			Do: func(_ context.Context, item storage.OutboxItem) error {
+				if item.Group == live {
+					liveCalls.Add(1)
+					close(liveDone)
+					return nil
+				}
+				deadCalls.Add(1)
+				// The dead server answers only once the live one has been
+				// served: a worker that handled groups one after the other
+				// would never get there (bounded: the test fails instead).
+				select {
+				case <-liveDone:
+				case <-time.After(10 * time.Second):
+					t.Error("the live group was not handled while the dead one hung")
+				}
+				return fmt.Errorf("no answer: %w", outbox.ErrRetry)
+			}}
+		if n := w.RunOnce(ctx); n != 2 {
+			t.Fatalf("first pass claimed %d items, want one per group", n)
+		}
+		if liveCalls.Load() != 1 || deadCalls.Load() != 1 {
+			t.Fatalf("first pass: %d live and %d dead attempts, want 1 and 1", liveCalls.Load(), deadCalls.Load())
+		}
+		if n, _ := s.CountOutbox(ctx, "grouped"); n != 10 {
+			t.Fatalf("%d items left, want the 10 of the dead group", n)
+		}
+		// The failure deferred the whole dead group: nothing is due until the
+		// backoff ends.
+		if n := w.RunOnce(ctx); n != 0 || deadCalls.Load() != 1 {
+			t.Fatalf("second pass claimed %d items (%d dead attempts), want none before the backoff ends", n, deadCalls.Load())
+		}
+		w.Clock = func() time.Time { return now.Add(2*time.Second + time.Minute) }
+		if n := w.RunOnce(ctx); n != 1 || deadCalls.Load() != 2 {
+			t.Fatalf("after the backoff: claimed %d, %d dead attempts; want one probe of the dead group", n, deadCalls.Load())
+		}
+	})
+}

@@ -33,8 +33,9 @@ const (
 // (xn--) and Unicode spellings of one domain are not equated. Phone rules match
 // the country calling code of the number ("44", "1"). A denied entry wins over
 // an allowed one; an empty allowed list allows everything not denied.
-// Identity servers are compared by their configured server_name; an empty list
-// allows every configured one.
+// Identity servers are compared by the id_server clients send (a configured
+// one's server_name, or the name of one a client names); an empty list allows
+// any.
 type Rules struct {
 	emailAllowed, emailDenied         []string
 	countriesAllowed, countriesDenied []int32

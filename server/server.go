@@ -166,6 +166,14 @@ func (s *Server) build() (http.Handler, error) {
 		Policy:   checker,
 		Events:   sinks,
 	}
+	if key != nil {
+		// Identity servers clients name (Discovery): only through the
+		// guard, with a key ring of their own so that they cannot push the
+		// configured servers' keys out of the cache. Unbinds need our key.
+		if s.Bindings.Named, err = namedIdentityServers(cfg, key); err != nil {
+			return nil, err
+		}
+	}
 	s.Account = &account.Service{
 		Store:               s.Store,
 		PublicBaseURL:       cfg.PublicBaseURL,
@@ -182,28 +190,30 @@ func (s *Server) build() (http.Handler, error) {
 	if cfg.MSISDNEnabled() {
 		s.Account.SMS = delivery.NewSMSSender(cfg.MSISDN.WebhookURL, out)
 	}
-	s.OnUpdate = &onupdate.Service{Store: s.Store, Bindings: s.Bindings}
+	s.OnUpdate = &onupdate.Service{Store: s.Store, Bindings: s.Bindings, MaxAge: cfg.OnUpdate.MaxAge, ClockSkew: cfg.OnUpdate.ClockSkew}
 	stream := tpsync.New(s.Store, tpsync.Options{Retention: cfg.Sync.Retention})
 
 	// The routes.
 	authn := &auth.Auth{Homeserver: hs, Proxies: proxies}
+	unbindPerUser := ratelimit.New(cfg.RateLimit.UnbindPerUser) // /3pid/unbind and /3pid/delete together
 	routes := router.NewRouter()
 	ready := &readiness{store: s.Store, hs: hs}
 	routes.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
 	routes.Handle("/ready", mxerr.Handler(ready.serve)).Methods(http.MethodGet)
 	for _, h := range []interface{ Register(*mux.Router) }{
 		&clientapi.Account{
-			Service:    s.Account,
-			Auth:       authn,
-			PerIP:      ratelimit.New(cfg.RateLimit.RequestTokenPerIP),
-			PerAddress: ratelimit.New(cfg.RateLimit.RequestTokenPerAddress),
+			Service:       s.Account,
+			Auth:          authn,
+			PerIP:         ratelimit.New(cfg.RateLimit.RequestTokenPerIP),
+			PerAddress:    ratelimit.New(cfg.RateLimit.RequestTokenPerAddress),
+			UnbindPerUser: unbindPerUser,
 		},
-		&clientapi.Bindings{Service: s.Bindings, Auth: authn},
+		&clientapi.Bindings{Service: s.Bindings, Auth: authn, UnbindPerUser: unbindPerUser},
 		&clientapi.Deactivate{Service: s.Account, Auth: authn},
 		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs, Budget: proxy.NewBudget(cfg.Sync.SpliceBudgetBytes)},
 		&federationapi.OnUpdate{
 			Service:   s.OnUpdate,
-			Verifier:  federation.NewVerifier(cfg.ServerName, cfg.IdentityServers, keys),
+			Verifier:  federation.NewVerifier(cfg.ServerName, cfg.IdentityServers, keys, proxies),
 			PerServer: ratelimit.New(cfg.RateLimit.OnUpdatePerServer),
 		},
 		&adminapi.Handler{Account: s.Account, Bindings: s.Bindings, Token: cfg.AdminToken, ServerName: cfg.ServerName},
@@ -223,6 +233,23 @@ func (s *Server) build() (http.Handler, error) {
 }
 
 // health is the liveness check: the process answers and its database too.
+// namedIdentityServers returns the client of the identity servers clients
+// name: a transport that connects only to addresses outbound.ip_range_denylist
+// and _allowlist let through (checked after DNS resolution), with the roots of
+// outbound.ca_files, no redirects, every call bounded by outboundTimeout.
+func namedIdentityServers(cfg *config.Config, key *signingkey.Key) (*identity.Client, error) {
+	guard, err := outbound.NewGuard(cfg.Outbound.IPRangeDenylist, cfg.Outbound.IPRangeAllowlist)
+	if err != nil {
+		return nil, fmt.Errorf("outbound: %w", err)
+	}
+	roots, err := cfg.Outbound.CertPool()
+	if err != nil {
+		return nil, err
+	}
+	guarded := outbound.NewClient(outbound.NewGuardedTransport(guard, roots), outboundTimeout)
+	return identity.NewClient(cfg.ServerName, key, federation.NewKeyRing(guarded), guarded), nil
+}
+
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 	if err := ping(r.Context(), s.Store); err != nil {
 		return err

@@ -97,6 +97,10 @@ type OutboxItem struct {
 	NextAttempt int64
 	CreatedAt   int64
 	LastError   string
+	// Group names what the item needs (for unbinds, the identity server):
+	// ClaimOutboxGroups claims at most one item per non-empty group, and
+	// DeferOutboxGroup postpones a whole group. Empty for ungrouped items.
+	Group string
 }
 
 // Querier is every query the service layer can make, inside or outside a transaction.
@@ -209,6 +213,14 @@ type Outbox interface {
 	// OldestOutbox returns the CreatedAt of the oldest pending item of kind,
 	// 0 when none is pending.
 	OldestOutbox(ctx context.Context, kind string) (int64, error)
+	// ClaimOutboxGroups is ClaimOutbox taking at most one item of each
+	// non-empty Group: the due item of the group with the oldest NextAttempt
+	// (then the lowest ID). Items without a group are each a group of their own.
+	ClaimOutboxGroups(ctx context.Context, kind string, now, leaseUntil int64, limit int) ([]OutboxItem, error)
+	// DeferOutboxGroup pushes the NextAttempt of every pending item of kind in
+	// group to at least until (later ones keep theirs) and returns how many
+	// moved; group must not be empty.
+	DeferOutboxGroup(ctx context.Context, kind, group string, until int64) (int64, error)
 }
 
 // Replays remembers the requests already applied, so a replay is a no-op.

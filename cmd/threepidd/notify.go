@@ -5,14 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/threepidd/threepidd/federation/signingkey"
 	"github.com/threepidd/threepidd/onupdate"
 )
 
 // notify sends one signed POST /_matrix/federation/v1/3pid/onupdate as an
-// identity server would: to try a deployment, or to tell a homeserver by hand
-// that a binding was taken over or deleted. A non-2xx answer is an error that
+// identity server would, with the signed ts of now: to try a deployment, or
+// to tell a homeserver by hand that a binding was taken over or deleted. A non-2xx answer is an error that
 // carries the Matrix errcode and message (exit status 1).
 func notify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("notify", flag.ContinueOnError)
@@ -54,7 +55,8 @@ func notify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("load -key: %w", err)
 	}
-	u := onupdate.Body{Threepid: *address, Medium: *medium, Deleted: *deleted, MXID: *mxid}
+	// ts tells a genuine repeat from a replay (docs/onupdate-ts.md).
+	u := onupdate.Body{Threepid: *address, Medium: *medium, Deleted: *deleted, MXID: *mxid, TS: time.Now().UnixMilli()}
 	if err := onupdate.Send(ctx, nil, key, *origin, *destination, *to, u); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -57,6 +58,7 @@ func TestNotify(t *testing.T) {
 			{"deletion with medium", notify("-threepid", "+447700900123", "-medium", "msisdn", "-deleted", "-mxid", bob.ID), 0, "accepted: +447700900123 deleted", "",
 				bob, &lost{"447700900123", bob.ID, true}},
 		}
+
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				var stdout, stderr bytes.Buffer
@@ -81,5 +83,24 @@ func TestNotify(t *testing.T) {
 				}
 			})
 		}
+		// The same takeover again after alice bound the address anew is a
+		// genuine repeat (each call signs its own ts), not a replay: applied.
+		t.Run("repeated takeover", func(t *testing.T) {
+			harness.Expect(t, e.Bind(t, alice, 0, "email", "alice@example.org"), 200, "")
+			// notify's ts has millisecond resolution: make sure this call's
+			// is not the first's.
+			time.Sleep(2 * time.Millisecond)
+			var stdout, stderr bytes.Buffer
+			args := notify("-threepid", "Alice@Example.org", "-mxid", "@bob:other.tld")
+			if exit := run(context.Background(), args, &stdout, &stderr); exit != 0 {
+				t.Fatalf("exit %d; stdout %q, stderr %q", exit, stdout.String(), stderr.String())
+			}
+			if ns := e.Notifications(t, alice); len(ns) != 2 {
+				t.Fatalf("after a repeated takeover alice has %d notifications, want 2: %+v", len(ns), ns)
+			}
+			if got := e.BindingsOf(t, alice, "alice@example.org"); len(got) != 0 {
+				t.Fatalf("the repeated takeover left alice bound on %v", got)
+			}
+		})
 	})
 }

@@ -30,7 +30,9 @@ const (
 	maxAnswer = 64 << 10
 )
 
-// Client talks to the configured identity servers on behalf of the homeserver.
+// Client talks to identity servers on behalf of the homeserver: the
+// configured ones, or (with a client on a guarded transport) those clients
+// name.
 type Client struct {
 	serverName string
 	key        *signingkey.Key
@@ -114,10 +116,20 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
+// refusedByGuard reports whether err is the outbound guard's refusal of the
+// identity server's address: nothing was sent.
+func refusedByGuard(err error) bool {
+	var denied *outbound.DeniedError
+	return errors.As(err, &denied)
+}
+
 // transportError maps a failure to get an answer to the error the client sees:
-// 504 for a timeout, 502 for anything else (refused connection, reset, DNS).
+// 400 M_SERVER_NOT_TRUSTED when the outbound guard refused the address, 504
+// for a timeout, 502 for anything else (refused connection, reset, DNS).
 func transportError(is config.IdentityServer, err error) *mxerr.Error {
 	switch {
+	case refusedByGuard(err):
+		return mxerr.ServerNotTrusted.WithMessage("Identity server %s is at an address this homeserver does not connect to", is.ServerName)
 	case isTimeout(err):
 		return mxerr.Timeout.WithMessage("identity server %s did not answer in time", is.ServerName)
 	case errors.Is(err, syscall.ECONNREFUSED):

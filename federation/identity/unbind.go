@@ -26,6 +26,9 @@ const (
 	// Transient: no usable answer (timeout, refused connection, 5xx other than
 	// 501, 429, or an unexpected status); keep the record and retry later.
 	Transient
+	// Refused: the outbound guard refused the identity server's address;
+	// nothing was sent, and retrying would not help.
+	Refused
 )
 
 // String names the outcome for logs and metrics.
@@ -39,6 +42,8 @@ func (o UnbindOutcome) String() string {
 		return "matrix-error"
 	case Transient:
 		return "transient"
+	case Refused:
+		return "refused"
 	}
 	return fmt.Sprintf("UnbindOutcome(%d)", int(o))
 }
@@ -46,8 +51,9 @@ func (o UnbindOutcome) String() string {
 // UnbindResult is the outcome of one unbind attempt.
 type UnbindResult struct {
 	Outcome UnbindOutcome
-	// Err is the identity server's error to pass on, for MatrixError only; a
-	// 401 or token error is already mapped to 403 M_FORBIDDEN.
+	// Err is the identity server's error to pass on, for MatrixError (a 401
+	// or token error is already mapped to 403 M_FORBIDDEN), or 400
+	// M_SERVER_NOT_TRUSTED for Refused.
 	Err *mxerr.Error
 	// Detail says what happened, for logs: the HTTP status (and errcode) or the
 	// network error. It never contains the 3PID address.
@@ -81,6 +87,9 @@ func (c *Client) Unbind(ctx context.Context, is config.IdentityServer, mxid, med
 	}
 	a, err := c.do(ctx, http.MethodPost, is, unbindPath, content, authorization)
 	if err != nil {
+		if refusedByGuard(err) {
+			return UnbindResult{Outcome: Refused, Err: transportError(is, err), Detail: err.Error()}
+		}
 		return UnbindResult{Outcome: Transient, Detail: err.Error()}
 	}
 	return classifyUnbind(is, a)

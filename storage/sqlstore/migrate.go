@@ -95,6 +95,10 @@ var migrations = []migration{
 		`DROP INDEX outbox_by_key`,
 		`CREATE UNIQUE INDEX outbox_unique_key ON outbox (kind, item_key) WHERE item_key <> ''`,
 	}},
+	{3, "outbox items grouped by the resource they need", []string{
+		`ALTER TABLE outbox ADD COLUMN item_group TEXT NOT NULL DEFAULT ''`,
+		`CREATE INDEX outbox_by_group ON outbox (kind, item_group, next_attempt)`,
+	}},
 }
 
 var (

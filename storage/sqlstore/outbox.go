@@ -8,12 +8,12 @@ import (
 	"github.com/threepidd/threepidd/storage"
 )
 
-const outboxColumns = `id, kind, item_key, payload, attempts, next_attempt, created_at, last_error`
+const outboxColumns = `id, kind, item_key, payload, attempts, next_attempt, created_at, last_error, item_group`
 
 var (
 	qEnqueueOutbox = defineQuery(`INSERT INTO outbox
-		(kind, item_key, payload, attempts, next_attempt, created_at, last_error)
-		VALUES (?, ?, ?, 0, ?, ?, ?)
+		(kind, item_key, payload, attempts, next_attempt, created_at, last_error, item_group)
+		VALUES (?, ?, ?, 0, ?, ?, ?, ?)
 		ON CONFLICT (kind, item_key) WHERE item_key <> '' DO NOTHING RETURNING id`)
 	qDueOutbox = defineQuery(`SELECT ` + outboxColumns + ` FROM outbox
 		WHERE kind = ? AND next_attempt <= ? ORDER BY next_attempt, id LIMIT ?{{skiplocked}}`)
@@ -24,6 +24,19 @@ var (
 		WHERE kind = ? AND item_key = ? ORDER BY id`)
 	qCountOutbox  = defineQuery(`SELECT COUNT(*) FROM outbox WHERE kind = ?`)
 	qOldestOutbox = defineQuery(`SELECT COALESCE(MIN(created_at), 0) FROM outbox WHERE kind = ?`)
+	// The due head of each group; an item without a group is a group of its
+	// own. FOR UPDATE SKIP LOCKED applies to the outer select (Postgres
+	// refuses it next to a window function).
+	qDueOutboxGroups = defineQuery(`SELECT ` + outboxColumns + ` FROM outbox WHERE id IN (
+			SELECT id FROM (
+				SELECT id, ROW_NUMBER() OVER (
+					PARTITION BY CASE WHEN item_group = '' THEN CAST(id AS TEXT) ELSE item_group END
+					ORDER BY next_attempt, id) AS rank
+				FROM outbox WHERE kind = ? AND next_attempt <= ?
+			) heads WHERE rank = 1
+		) ORDER BY next_attempt, id LIMIT ?{{skiplocked}}`)
+	qDeferOutboxGroup = defineQuery(`UPDATE outbox SET next_attempt = ?
+		WHERE kind = ? AND item_group = ? AND next_attempt < ?`)
 )
 
 // leaseOutboxSQL is the UPDATE that leases claimed rows; Rebind runs on it
@@ -31,7 +44,7 @@ var (
 const leaseOutboxSQL = `UPDATE outbox SET next_attempt = ? WHERE id IN (`
 
 func scanOutbox(r scanner) (it storage.OutboxItem, err error) {
-	err = r.Scan(&it.ID, &it.Kind, &it.Key, &it.Payload, &it.Attempts, &it.NextAttempt, &it.CreatedAt, &it.LastError)
+	err = r.Scan(&it.ID, &it.Kind, &it.Key, &it.Payload, &it.Attempts, &it.NextAttempt, &it.CreatedAt, &it.LastError, &it.Group)
 	return it, err
 }
 
@@ -42,7 +55,7 @@ func (q *querier) EnqueueOutbox(ctx context.Context, item storage.OutboxItem) (i
 		payload = []byte{}
 	}
 	id, err := scalar[int64](ctx, q, q.write, qEnqueueOutbox,
-		item.Kind, item.Key, payload, item.NextAttempt, item.CreatedAt, item.LastError)
+		item.Kind, item.Key, payload, item.NextAttempt, item.CreatedAt, item.LastError, item.Group)
 	if errors.Is(err, storage.ErrNotFound) {
 		// No row came back: an item with that key is already pending.
 		return 0, fmt.Errorf("enqueue %s item: key already pending: %w", item.Kind, storage.ErrConflict)
@@ -58,13 +71,24 @@ func (q *querier) EnqueueOutbox(ctx context.Context, item storage.OutboxItem) (i
 // one transaction. On Postgres the rows are selected FOR UPDATE SKIP LOCKED, so
 // concurrent claimers never wait for or share an item.
 func (q *querier) ClaimOutbox(ctx context.Context, kind string, now, leaseUntil int64, limit int) ([]storage.OutboxItem, error) {
+	return q.claim(ctx, qDueOutbox, kind, now, leaseUntil, limit)
+}
+
+// ClaimOutboxGroups is ClaimOutbox taking the due head of each group only.
+func (q *querier) ClaimOutboxGroups(ctx context.Context, kind string, now, leaseUntil int64, limit int) ([]storage.OutboxItem, error) {
+	return q.claim(ctx, qDueOutboxGroups, kind, now, leaseUntil, limit)
+}
+
+// claim selects the items of due (a query taking kind, now and limit) and
+// leases them until leaseUntil, in one transaction.
+func (q *querier) claim(ctx context.Context, due query, kind string, now, leaseUntil int64, limit int) ([]storage.OutboxItem, error) {
 	if limit <= 0 {
 		return []storage.OutboxItem{}, nil
 	}
 	var items []storage.OutboxItem
 	err := q.inTx(ctx, func(q *querier) error {
 		var err error
-		items, err = list(ctx, q, qDueOutbox, scanOutbox, kind, now, limit)
+		items, err = list(ctx, q, due, scanOutbox, kind, now, limit)
 		if err != nil || len(items) == 0 {
 			return err
 		}
@@ -128,4 +152,17 @@ func (q *querier) OldestOutbox(ctx context.Context, kind string) (int64, error) 
 		return 0, fmt.Errorf("oldest %s item: %w", kind, err)
 	}
 	return at, nil
+}
+
+// DeferOutboxGroup pushes the pending items of kind in group to until at the
+// earliest.
+func (q *querier) DeferOutboxGroup(ctx context.Context, kind, group string, until int64) (int64, error) {
+	if group == "" {
+		return 0, fmt.Errorf("defer %s items: no group", kind)
+	}
+	n, err := q.exec(ctx, qDeferOutboxGroup, until, kind, group, until)
+	if err != nil {
+		return 0, fmt.Errorf("defer %s items of %s: %w", kind, group, err)
+	}
+	return n, nil
 }

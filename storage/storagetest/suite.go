@@ -34,6 +34,7 @@ func TestSuite(t *testing.T) {
 		{"Subscribe", testSubscribe},
 		{"Outbox", testOutbox},
 		{"OutboxConcurrentClaims", testOutboxConcurrentClaims},
+		{"OutboxGroups", testOutboxGroups},
 		{"WithTx", testWithTx},
 		{"Reopen", testReopen},
 		{"NewerSchemaRefused", testNewerSchemaRefused},

@@ -8,6 +8,16 @@ import (
 	"github.com/threepidd/threepidd/storage"
 )
 
+// leased returns items as a claim leasing them until until returns them.
+func leased(until int64, items ...storage.OutboxItem) []storage.OutboxItem {
+	out := []storage.OutboxItem{}
+	for _, it := range items {
+		it.NextAttempt = until
+		out = append(out, it)
+	}
+	return out
+}
+
 // samePayloads makes empty payloads compare equal however the driver returns them.
 func samePayloads(items []storage.OutboxItem) []storage.OutboxItem {
 	out := make([]storage.OutboxItem, len(items))
@@ -36,14 +46,6 @@ func testOutbox(t *testing.T, _ Backend, s storage.Store) {
 	event := enqueue(storage.OutboxItem{Kind: "event", NextAttempt: 10, CreatedAt: 4})
 	if !(late.ID < early.ID && early.ID < future.ID && future.ID < event.ID) {
 		t.Fatalf("ids not increasing: %d %d %d %d", late.ID, early.ID, future.ID, event.ID)
-	}
-	leased := func(until int64, items ...storage.OutboxItem) []storage.OutboxItem {
-		out := []storage.OutboxItem{}
-		for _, it := range items {
-			it.NextAttempt = until
-			out = append(out, it)
-		}
-		return out
 	}
 
 	// A claim rolled back with its transaction leaves the items due.
@@ -159,4 +161,60 @@ func testOutboxConcurrentClaims(t *testing.T, _ Backend, s storage.Store) {
 			t.Errorf("item %d claimed %d times", id, n)
 		}
 	}
+}
+
+// testOutboxGroups: ClaimOutboxGroups takes the due head of each group (an
+// item without a group being a group of its own), DeferOutboxGroup postpones
+// a whole group.
+func testOutboxGroups(t *testing.T, _ Backend, s storage.Store) {
+	ctx := t.Context()
+	enqueue := func(key, group string, next int64) storage.OutboxItem {
+		t.Helper()
+		it := storage.OutboxItem{Kind: "grouped", Key: key, Group: group, Payload: []byte(key), NextAttempt: next, CreatedAt: next}
+		id, err := s.EnqueueOutbox(ctx, it)
+		check(t, err, "enqueue")
+		it.ID = id
+		return it
+	}
+	a1, a2, a3 := enqueue("a1", "id-a.example", 10), enqueue("a2", "id-a.example", 20), enqueue("a3", "id-a.example", 900)
+	b1, b2 := enqueue("b1", "id-b.example", 15), enqueue("b2", "id-b.example", 15)
+	u1, u2 := enqueue("u1", "", 5), enqueue("u2", "", 30)
+	_, err := s.EnqueueOutbox(ctx, storage.OutboxItem{Kind: "other", Group: "id-a.example", NextAttempt: 1})
+	check(t, err, "enqueue another kind")
+	for _, c := range []struct {
+		name            string
+		now, leaseUntil int64
+		limit           int
+		want            []storage.OutboxItem
+	}{
+		{"the head of each group, oldest first", 100, 1000, 10, leased(1000, u1, a1, b1, u2)},
+		{"the next heads, the leased ones not due", 100, 1000, 10, leased(1000, b2, a2)},
+		{"limited", 1000, 2000, 1, leased(2000, a3)},
+		{"expired leases: by next attempt, then id", 1000, 3000, 10, leased(3000, a1, b1, u1, u2)},
+	} {
+		got, err := s.ClaimOutboxGroups(ctx, "grouped", c.now, c.leaseUntil, c.limit)
+		check(t, err, c.name)
+		equal(t, got, c.want, c.name)
+	}
+
+	n, err := s.DeferOutboxGroup(ctx, "grouped", "id-a.example", 2500)
+	check(t, err, "defer")
+	equal(t, n, int64(2), "items deferred")
+	_, err = s.DeferOutboxGroup(ctx, "grouped", "", 2500)
+	if err == nil {
+		t.Error("DeferOutboxGroup of the empty group succeeded")
+	}
+	pending := func(key string) int64 {
+		t.Helper()
+		got, err := s.PendingOutbox(ctx, "grouped", key)
+		check(t, err, "pending "+key)
+		equal(t, len(got), 1, "pending "+key)
+		equal(t, got[0].Group, map[byte]string{'a': "id-a.example", 'b': "id-b.example", 'u': ""}[key[0]], "group of "+key)
+		return got[0].NextAttempt
+	}
+	// a2 (1000) and a3 (2000) moved to 2500; a1 (3000) and the other group kept theirs.
+	equal(t, []int64{pending("a1"), pending("a2"), pending("a3"), pending("b2"), pending("u1")}, []int64{3000, 2500, 2500, 1000, 3000}, "next attempts after the deferral")
+	got, err := s.ClaimOutboxGroups(ctx, "grouped", 2499, 4000, 10)
+	check(t, err, "claim before the deferral ends")
+	equal(t, got, leased(4000, b2), "claimed before the deferral ends")
 }

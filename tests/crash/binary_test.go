@@ -105,7 +105,7 @@ func (f *fixture) writeConfig() string {
 	fmt.Fprintf(&y, "database: {driver: %s, dsn: %q}\n", f.Backend.Driver, f.Backend.DSN)
 	fmt.Fprintf(&y, "homeserver: {url: %q, kind: synapse, token_cache_ttl: 2s}\n", f.HS.URL())
 	fmt.Fprintf(&y, "email: {smtp_host: 127.0.0.1, smtp_port: %d, from: \"threepidd@hs.test\"}\n", f.SMTP.Port())
-	y.WriteString("ratelimit: {requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}}\n")
+	y.WriteString("ratelimit: {requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}, unbind_per_user: {per_second: 0}}\n")
 	fmt.Fprintf(&y, "identity_servers:\n  - {server_name: %s, base_url: %q, onupdate: true}\n", isName, f.IS.URL())
 	path := filepath.Join(f.dir, "threepidd.yaml")
 	if err := os.WriteFile(path, []byte(y.String()), 0o600); err != nil {

@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/bindings"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -149,7 +152,9 @@ func TestBindRefused(t *testing.T) {
 				probe{"sid " + s.name, withField(base, "sid", s.value), 400, "M_INVALID_PARAM"})
 		}
 		probes = append(probes, probe{"id_access_token huge", withField(base, "id_access_token", strings.Repeat("t", 5000)), 400, "M_INVALID_PARAM"})
-		for _, v := range []string{"", "evil.example", "127.0.0.1:1", strings.ToUpper(is.Name()), is.Name() + ":443", is.URL()} {
+		// Not server names, or (unconfigured, so reached by name through the
+		// outbound guard) at addresses the guard refuses before dialling.
+		for _, v := range append(append(notServerNames(is), ""), guardRefused...) {
 			probes = append(probes, probe{"id_server " + strconv.Quote(v), withField(base, "id_server", v), 400, "M_SERVER_NOT_TRUSTED"})
 		}
 		legacy := []probe{
@@ -159,7 +164,7 @@ func TestBindRefused(t *testing.T) {
 			{"three_pid_creds array", map[string]any{"three_pid_creds": []any{base}}, 400, "M_BAD_JSON"},
 			{"inner sid number", map[string]any{"three_pid_creds": withField(base, "sid", 5)}, 400, "M_BAD_JSON"},
 			{"inner id_access_token null", map[string]any{"three_pid_creds": withField(base, "id_access_token", nil)}, 400, "M_MISSING_PARAM"},
-			{"inner untrusted", map[string]any{"three_pid_creds": withField(base, "id_server", "evil.example")}, 400, "M_SERVER_NOT_TRUSTED"},
+			{"inner untrusted", map[string]any{"three_pid_creds": withField(base, "id_server", "10.0.0.1")}, 400, "M_SERVER_NOT_TRUSTED"},
 		}
 		for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
 			t.Run(prefix, func(t *testing.T) {
@@ -282,13 +287,10 @@ func TestDeleteUnbindRefused(t *testing.T) {
 		for _, v := range []jsonValue{{"letters", "call me"}, {"e-mail", "kept@example.org"}, {"too long", strings.Repeat("4", 21)}, {"plus only", "+"}} {
 			probes = append(probes, probe{"msisdn " + v.name, withField(msisdn, "address", v.value), 400, "M_INVALID_PARAM"})
 		}
-		for _, v := range []jsonValue{{"unconfigured", "evil.example"}, {"loopback", "127.0.0.1:1"}, {"case variant", strings.ToUpper(e.IS[0].Name())}, {"too long", strings.Repeat("a", 300)}} {
-			code := "M_SERVER_NOT_TRUSTED"
-			if v.name == "too long" {
-				code = "M_INVALID_PARAM"
-			}
-			probes = append(probes, probe{"id_server " + v.name, withField(base, "id_server", v.value), 400, code})
+		for _, v := range append(notServerNames(e.IS[0]), guardRefused...) {
+			probes = append(probes, probe{"id_server " + strconv.Quote(v), withField(base, "id_server", v), 400, "M_SERVER_NOT_TRUSTED"})
 		}
+		probes = append(probes, probe{"id_server too long", withField(base, "id_server", strings.Repeat("a", 300)), 400, "M_INVALID_PARAM"})
 		for _, ep := range []string{"delete", "unbind"} {
 			for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
 				t.Run(ep+prefix, func(t *testing.T) {
@@ -373,7 +375,7 @@ func TestUnbindAnswers(t *testing.T) {
 				t.Fatalf("501 kept the record: %v", got)
 			}
 			before := len(e.IS[0].UnbindCalls())
-			r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": "evil.example"})
+			r = e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": "10.0.0.1"})
 			harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
 			r = e.Do("POST", deletePath, u.Token, map[string]any{"medium": "email", "address": "a1@example.org", "id_server": "127.0.0.1:1"})
 			harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
@@ -381,7 +383,7 @@ func TestUnbindAnswers(t *testing.T) {
 			r = e.Bind(t, u, 0, "email", "x@example.org")
 			harness.Expect(t, r, 200, "")
 			r = e.Do("POST", "/_matrix/client/v3/account/3pid/bind", u.Token, map[string]any{
-				"client_secret": "x", "id_server": "evil.example", "id_access_token": "t", "sid": "s"})
+				"client_secret": "x", "id_server": "192.168.0.1", "id_access_token": "t", "sid": "s"})
 			harness.Expect(t, r, 400, "M_SERVER_NOT_TRUSTED")
 			if n := len(e.IS[0].UnbindCalls()); n != before {
 				t.Fatalf("untrusted id_server caused %d calls", n-before)
@@ -442,5 +444,72 @@ func TestUnbindAnswers(t *testing.T) {
 				expectListed(t, e, u)
 			})
 		}
+	})
+}
+
+// TestUnbindOutboxOnlyForHeld: with the identity server down, an unbind of a
+// binding the user holds is queued for retry, but an unbind (or a delete)
+// naming it for an address the user never bound through threepidd is tried
+// once and answers no-support without queueing anything, so nobody can fill
+// the outbox with other people's addresses.
+func TestUnbindOutboxOnlyForHeld(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
+		u := e.NewUser("outboxer")
+		harness.Expect(t, e.Bind(t, u, 0, "email", "held@example.org"), 200, "")
+		e.IS[0].Stop()
+		queued := func() int64 {
+			t.Helper()
+			n, err := e.Server.Store.CountOutbox(context.Background(), bindings.OutboxKind)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		for i := range 20 {
+			for _, path := range []string{unbindPath, deletePath} {
+				r := e.Do("POST", path, u.Token, map[string]any{"medium": "email", "address": fmt.Sprintf("stranger%d@example.org", i), "id_server": e.IS[0].Name()})
+				if got := unbindResult(t, r); got != "no-support" {
+					t.Fatalf("%s of a stranger's address: %q, want no-support", path, got)
+				}
+			}
+		}
+		if n := queued(); n != 0 {
+			t.Fatalf("%d unbinds queued for addresses the user never bound, want 0", n)
+		}
+		r := e.Do("POST", unbindPath, u.Token, map[string]any{"medium": "email", "address": "held@example.org", "id_server": e.IS[0].Name()})
+		if got := unbindResult(t, r); got != "no-support" {
+			t.Fatalf("unbind of the held binding: %q, want no-support", got)
+		}
+		if n := queued(); n != 1 {
+			t.Fatalf("%d unbinds queued for the held binding, want 1", n)
+		}
+	})
+}
+
+// TestUnbindRateLimit: /3pid/unbind and /3pid/delete share a bucket per user
+// (ratelimit.unbind_per_user): over it, 429 M_LIMIT_EXCEEDED with Retry-After
+// and nothing sent; another user has a bucket of their own.
+func TestUnbindRateLimit(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1,
+			RateLimitYAML: "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, unbind_per_user: {per_second: 0.001, burst: 3}}"})
+		u, other := e.NewUser("scripted"), e.NewUser("patient")
+		body := map[string]any{"medium": "email", "address": "target@example.org", "id_server": e.IS[0].Name()}
+		for _, path := range []string{unbindPath, deletePath, unbindPath} {
+			expectAnswer(t, e.Do("POST", path, u.Token, body), 200, "")
+		}
+		calls := len(e.IS[0].UnbindCalls())
+		for _, path := range []string{unbindPath, deletePath} {
+			r := e.Do("POST", path, u.Token, body)
+			expectAnswer(t, r, 429, "M_LIMIT_EXCEEDED")
+			if secs, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || secs < 1 {
+				t.Fatalf("Retry-After = %q", r.Header.Get("Retry-After"))
+			}
+		}
+		if n := len(e.IS[0].UnbindCalls()) - calls; n != 0 {
+			t.Fatalf("limited requests sent %d unbinds", n)
+		}
+		expectAnswer(t, e.Do("POST", unbindPath, other.Token, body), 200, "")
 	})
 }

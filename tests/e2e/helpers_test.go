@@ -5,6 +5,7 @@ package e2e
 import (
 	"testing"
 
+	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
 )
 
@@ -35,4 +36,17 @@ func unbindResult(t *testing.T, r harness.Response) string {
 	expectAnswer(t, r, 200, "")
 	got, _ := r.JSON(t)["id_server_unbind_result"].(string)
 	return got
+}
+
+// guardRefused are id_server values a client may name that are no configured
+// identity server and that the outbound guard refuses without dialling (no
+// allowlist in the harness): loopback, private and link-local addresses, and
+// a name that resolves to loopback (from /etc/hosts: no DNS query leaves).
+var guardRefused = []string{"127.0.0.1:1", "localhost:1", "[::1]:1", "10.0.0.1", "192.168.0.1:8090", "169.254.169.254", "[fe80::1]:443"}
+
+// notServerNames are id_server values that are not server names, so nothing
+// can be dialled for them: a URL (here the configured server's), a space, a
+// path.
+func notServerNames(is *fakes.IdentityServer) []string {
+	return []string{is.URL(), "id server.example", is.Name() + "/x"}
 }

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,6 +212,59 @@ func TestOnUpdate(t *testing.T) {
 			}
 			if got := e.BindingsOf(t, alice, "replay@example.org"); len(got) != 1 {
 				t.Fatalf("the replay dropped the new binding: %v", got)
+			}
+		})
+
+		t.Run("a reformatted replay is still a replay", func(t *testing.T) {
+			alice := e.NewUser("reformat-alice")
+			harness.Expect(t, e.Bind(t, alice, 0, "email", "reformat@example.org"), 200, "")
+			body := onUpdateBody(t, "reformat@example.org", true, alice.ID, "")
+			auth := signOnUpdate(t, e.IS[0].Key(), is0, harness.ServerName, body)
+			expectApplied(t, postOnUpdate(t, e, auth, body))
+			harness.Expect(t, e.Bind(t, alice, 0, "email", "reformat@example.org"), 200, "")
+			// The captured request with its keys reordered and spaces added:
+			// the signature (over canonical JSON) still verifies.
+			reformatted := []byte("{ \"mxid\": \"" + alice.ID + "\",\n  \"deleted\": true,\n  \"threepid\": \"reformat@example.org\" }")
+			expectApplied(t, postOnUpdate(t, e, auth, reformatted))
+			if ns := e.Notifications(t, alice); len(ns) != 1 {
+				t.Fatalf("%d notifications after the reformatted replay, want 1: %+v", len(ns), ns)
+			}
+			if got := e.BindingsOf(t, alice, "reformat@example.org"); len(got) != 1 {
+				t.Fatalf("the reformatted replay dropped the new binding: %v", got)
+			}
+		})
+
+		t.Run("ts: a genuine repeat applies, stale or future ts refused", func(t *testing.T) {
+			alice := e.NewUser("ts-alice")
+			const address = "ts@example.org"
+			takeover := func(ts time.Time) []byte {
+				body, err := json.Marshal(onupdate.Body{Threepid: address, MXID: "@bob:other.tld", TS: ts.UnixMilli()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return body
+			}
+			// bob takes alice's address, alice binds it again, bob takes it
+			// again: the same update but for its ts, applied twice.
+			var last int64
+			for i := range 2 {
+				harness.Expect(t, e.Bind(t, alice, 0, "email", address), 200, "")
+				// A new ts for each, even within one millisecond (the
+				// two rounds can be that fast): same content and ts is a replay.
+				ts := max(time.Now().UnixMilli(), last+1)
+				last = ts
+				expectApplied(t, onUpdateFrom(t, e, 0, takeover(time.UnixMilli(ts))))
+				if ns := e.Notifications(t, alice); len(ns) != i+1 {
+					t.Fatalf("after takeover %d alice has %d notifications", i+1, len(ns))
+				}
+			}
+			harness.Expect(t, e.Bind(t, alice, 0, "email", address), 200, "")
+			before := snapshot(t, e, alice)
+			for name, ts := range map[string]time.Time{"stale": time.Now().Add(-11 * time.Minute), "future": time.Now().Add(5 * time.Minute)} {
+				harness.Expect(t, onUpdateFrom(t, e, 0, takeover(ts)), 400, "M_INVALID_PARAM")
+				if after := snapshot(t, e, alice); after != before {
+					t.Fatalf("a %s update changed the state:\n%s\nto\n%s", name, before, after)
+				}
 			}
 		})
 
@@ -452,7 +507,7 @@ func TestOnUpdateBodies(t *testing.T) {
 		})
 
 		t.Run("non-canonical phone number, extra fields ignored", func(t *testing.T) {
-			body := `{"threepid":" +447700900999 ","deleted":false,"mxid":"@eve:other.tld","medium":"msisdn","ts":1,"signatures":{},"extra":{"x":[1]}}`
+			body := fmt.Sprintf(`{"threepid":" +447700900999 ","deleted":false,"mxid":"@eve:other.tld","medium":"msisdn","ts":%d,"signatures":{},"extra":{"x":[1]}}`, time.Now().UnixMilli())
 			expectApplied(t, sendOnUpdateRequest(t, e, signed([]byte(body))))
 			expectLost(t, e, bob, 0, "msisdn", "447700900999", false, "@eve:other.tld")
 		})
@@ -814,4 +869,128 @@ func keyIDHeader(id string) func(x federation.XMatrix) []string {
 		x.KeyID = id
 		return []string{x.String()}
 	}
+}
+
+// TestOnUpdateKeyFetchFlood: forged requests naming a configured identity
+// server with random key IDs, 100 a second from one address (127.0.0.2),
+// cannot spend the key fetches the identity server itself needs: in the
+// middle of the flood, a genuine update signed with a key threepidd never
+// fetched (the identity server rotated it) still applies.
+func TestOnUpdateKeyFetchFlood(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
+		is := e.IS[0]
+		alice := e.NewUser("flood-alice")
+		const address = "flood-alice@example.org"
+		harness.Expect(t, e.Bind(t, alice, 0, "email", address), 200, "") // fetches ed25519:0
+		rotated := is.RotateKey("rotated")
+		body := onUpdateBody(t, address, true, alice.ID, "")
+
+		forger := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext,
+		}}
+		const perSecond, seconds = 100, 3
+		var (
+			wg       sync.WaitGroup
+			sent     atomic.Int32
+			accepted atomic.Int32
+		)
+		tick := time.NewTicker(time.Second / perSecond)
+		defer tick.Stop()
+		flood := make(chan struct{})
+		go func() {
+			defer close(flood)
+			for i := range perSecond * seconds {
+				<-tick.C
+				wg.Go(func() {
+					defer sent.Add(1)
+					x := federation.XMatrix{Origin: is.Name(), Destination: harness.ServerName,
+						KeyID: fmt.Sprintf("ed25519:forged%d", i), Signature: strings.Repeat("A", 86)}
+					req, err := http.NewRequest(http.MethodPost, e.URL+onupdate.Path, bytes.NewReader(body))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					req.Header.Set("Authorization", x.String())
+					resp, err := forger.Do(req)
+					if err != nil {
+						t.Errorf("forged request %d: %v", i, err)
+						return
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusUnauthorized {
+						accepted.Add(1)
+					}
+				})
+			}
+		}()
+		// Well into the flood, the budget a single per-server budget would
+		// have had (10 fetches, then one a second) is long spent.
+		for sent.Load() < perSecond*seconds/2 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		r := postOnUpdate(t, e, signOnUpdate(t, rotated, is.Name(), harness.ServerName, body), body)
+		<-flood
+		wg.Wait()
+		expectApplied(t, r)
+		expectLost(t, e, alice, 0, "email", address, true, alice.ID)
+		if n := accepted.Load(); n != 0 {
+			t.Fatalf("%d forged requests were not refused with 401", n)
+		}
+	})
+}
+
+// TestOnUpdateErrorsSayNothing: an unauthenticated caller learns nothing from
+// a refusal: not whether the origin is configured (or allowed to call), not
+// the identity server's URL, not what its key endpoint answered. Every
+// refusal is the same 401 body; the reason is in threepidd's log.
+func TestOnUpdateErrorsSayNothing(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		const secretText = "keystore-7.corp.internal is read-only"
+		keys := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, `{"errcode":"M_FORBIDDEN","error":%q}`, secretText)
+		}))
+		t.Cleanup(keys.Close)
+		internal := keys.URL + "/internal-keys"
+		key, err := signingkey.Generate("0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		const open, quiet = "open.test", "quiet.test"
+		e := harness.Start(t, b, harness.Options{ExtraYAML: fmt.Sprintf("identity_servers:\n"+
+			"  - {server_name: %s, base_url: %q, onupdate: true}\n"+
+			"  - {server_name: %s, base_url: %q, onupdate: false}\n", open, internal, quiet, internal)})
+		logs := support.CaptureLogs(t)
+		body := onUpdateBody(t, "someone@example.org", true, "", "")
+		for _, c := range []struct {
+			name, auth string
+			logged     []string // in the log line of the refusal
+		}{
+			{"no header", "", []string{"missing Authorization"}},
+			{"origin not configured", signOnUpdate(t, key, "stranger.test", harness.ServerName, body), []string{`origin \"stranger.test\" is not a configured identity server`}},
+			{"key endpoint refuses", signOnUpdate(t, key, open, harness.ServerName, body), []string{internal, secretText}},
+			{"origin configured without onupdate, not proven", signOnUpdate(t, key, quiet, harness.ServerName, body), []string{quiet, internal}},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				r := postOnUpdate(t, e, c.auth, body)
+				harness.Expect(t, r, 401, "M_UNAUTHORIZED")
+				if string(r.Body) != `{"errcode":"M_UNAUTHORIZED","error":"Unauthorized"}` {
+					t.Fatalf("answer %s, want the generic 401", r.Body)
+				}
+				var line string
+				for _, l := range strings.Split(logs.String(), "\n") {
+					if strings.Contains(l, "onupdate refused") {
+						line = l
+					}
+				}
+				for _, want := range c.logged {
+					if !strings.Contains(line, want) {
+						t.Errorf("log line %q lacks %q", line, want)
+					}
+				}
+			})
+		}
+	})
 }

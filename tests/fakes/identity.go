@@ -3,6 +3,7 @@ package fakes
 import (
 	"crypto/ed25519"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -93,17 +94,22 @@ type IdentityServer struct {
 	wrongKey *signingkey.Key
 	handler  http.Handler
 
-	mu        sync.Mutex
-	srv       *httptest.Server
-	addr      string
-	stopping  chan struct{}
-	closed    bool
-	mode      IdentityServerMode
-	nextSID   int
-	sessions  map[string]isSession
-	bindings  map[string]isBinding
-	hsKeys    map[string]map[string]ed25519.PublicKey
-	bindCalls int
+	// tls makes the server answer HTTPS (NewIdentityServerTLS).
+	tls bool
+
+	mu   sync.Mutex
+	srv  *httptest.Server
+	addr string
+	// connections counts the TCP connections accepted, across restarts.
+	connections int
+	stopping    chan struct{}
+	closed      bool
+	mode        IdentityServerMode
+	nextSID     int
+	sessions    map[string]isSession
+	bindings    map[string]isBinding
+	hsKeys      map[string]map[string]ed25519.PublicKey
+	bindCalls   int
 	// validatedCalls counts getValidated3pid requests.
 	validatedCalls int
 	unbindCalls    []IdentityServerUnbindCall
@@ -125,6 +131,28 @@ type isBinding struct {
 // server_name are name, with a fresh ed25519 key "ed25519:0" (Sydent's key
 // ID). It is closed when the test ends.
 func NewIdentityServer(t testing.TB, name string) *IdentityServer {
+	t.Helper()
+	is := newIdentityServer(t, name)
+	is.Start()
+	t.Cleanup(is.Close)
+	return is
+}
+
+// NewIdentityServerTLS starts a fake identity server that answers HTTPS with
+// httptest's certificate (for 127.0.0.1, see CertificatePEM), as an identity
+// server a client names is reached: https://<id_server>. Its name (its
+// id_server and signing name) is its host:port, 127.0.0.1:<port>.
+func NewIdentityServerTLS(t testing.TB) *IdentityServer {
+	t.Helper()
+	is := newIdentityServer(t, "")
+	is.tls = true
+	is.Start()
+	is.name = is.addr
+	t.Cleanup(is.Close)
+	return is
+}
+
+func newIdentityServer(t testing.TB, name string) *IdentityServer {
 	t.Helper()
 	key, err := signingkey.Generate("0")
 	if err != nil {
@@ -155,30 +183,75 @@ func NewIdentityServer(t testing.TB, name string) *IdentityServer {
 		is.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	})
-	is.Start()
-	t.Cleanup(is.Close)
 	return is
 }
 
-// URL is the server's base URL (http://127.0.0.1:port); it stays the same
-// across Stop and Start.
+// URL is the server's base URL (http://127.0.0.1:port, or https:// for
+// NewIdentityServerTLS); it stays the same across Stop and Start.
 func (is *IdentityServer) URL() string {
 	is.mu.Lock()
 	defer is.mu.Unlock()
+	if is.tls {
+		return "https://" + is.addr
+	}
 	return "http://" + is.addr
+}
+
+// CertificatePEM is the PEM of the certificate a NewIdentityServerTLS server
+// answers with (self-signed, for 127.0.0.1 and ::1): a root to trust.
+func (is *IdentityServer) CertificatePEM() []byte {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: is.srv.Certificate().Raw})
+}
+
+// Connections is how many TCP connections the server accepted so far (across
+// restarts): 0 proves nothing ever reached it.
+func (is *IdentityServer) Connections() int {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return is.connections
+}
+
+func (is *IdentityServer) connState(_ net.Conn, state http.ConnState) {
+	if state == http.StateNew {
+		is.mu.Lock()
+		is.connections++
+		is.mu.Unlock()
+	}
 }
 
 // Name is the server's name: its server_name and the name it signs with.
 func (is *IdentityServer) Name() string { return is.name }
 
 // KeyID is the ID of the server's signing key ("ed25519:0").
-func (is *IdentityServer) KeyID() string { return string(is.key.ID) }
+func (is *IdentityServer) KeyID() string { return string(is.Key().ID) }
 
 // PublicKeyBase64 is the server's public key in unpadded base64.
-func (is *IdentityServer) PublicKeyBase64() string { return is.key.PublicBase64() }
+func (is *IdentityServer) PublicKeyBase64() string { return is.Key().PublicBase64() }
 
 // Key is the server's signing key, e.g. to sign an onupdate request from it.
-func (is *IdentityServer) Key() *signingkey.Key { return is.key }
+func (is *IdentityServer) Key() *signingkey.Key {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return is.key
+}
+
+// RotateKey replaces the server's signing key by a new one with key ID
+// "ed25519:"+id, as an identity server rotating its key: the pubkey endpoint
+// serves the new key only, and associations are signed with it. It returns
+// the new key.
+func (is *IdentityServer) RotateKey(id string) *signingkey.Key {
+	is.t.Helper()
+	key, err := signingkey.Generate(id)
+	if err != nil {
+		is.t.Fatalf("fake identity server %s: %v", is.name, err)
+	}
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.key = key
+	return key
+}
 
 // Config is the identity_servers entry for this server: server_name is Name,
 // base_url is URL, no pinned keys.
@@ -255,6 +328,7 @@ func (is *IdentityServer) Start() {
 		return
 	}
 	srv := httptest.NewUnstartedServer(is.handler)
+	srv.Config.ConnState = is.connState
 	if is.addr != "" {
 		_ = srv.Listener.Close()
 		ln, err := net.Listen("tcp", is.addr)
@@ -263,7 +337,11 @@ func (is *IdentityServer) Start() {
 		}
 		srv.Listener = ln
 	}
-	srv.Start()
+	if is.tls {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	is.srv = srv
 	is.addr = srv.Listener.Addr().String()
 	is.stopping = make(chan struct{})
@@ -293,7 +371,7 @@ func (is *IdentityServer) Close() {
 }
 
 func (is *IdentityServer) servePubkey(w http.ResponseWriter, r *http.Request) {
-	sydent.ServePubkey(w, r, is.key)
+	sydent.ServePubkey(w, r, is.Key())
 }
 
 func (is *IdentityServer) serveIsValid(w http.ResponseWriter, r *http.Request) {
@@ -302,7 +380,7 @@ func (is *IdentityServer) serveIsValid(w http.ResponseWriter, r *http.Request) {
 		isWriteError(w, http.StatusBadRequest, "M_MISSING_PARAMS", "Missing parameters: public_key")
 		return
 	}
-	mxerr.WriteJSON(w, http.StatusOK, map[string]bool{"valid": pub == is.key.PublicBase64()})
+	mxerr.WriteJSON(w, http.StatusOK, map[string]bool{"valid": pub == is.PublicKeyBase64()})
 }
 
 // fault answers r as the current fault mode asks, reporting whether it did.
@@ -452,7 +530,7 @@ func (is *IdentityServer) association(mode IdentityServerMode, medium, address, 
 	case IdentityServerBadSignature:
 		return a.Sign(is.name, is.wrongKey)
 	}
-	return a.Sign(is.name, is.key)
+	return a.Sign(is.name, is.Key())
 }
 
 // serveUnbind is Sydent's ThreePidUnbindServlet for homeserver-signed

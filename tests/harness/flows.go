@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/storage"
+	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/threepid"
 )
 
@@ -106,7 +107,13 @@ func (e *Env) Threepids(t testing.TB, u User) []map[string]any {
 // through POST /3pid/bind; it returns the response.
 func (e *Env) Bind(t testing.TB, u User, i int, medium, address string) Response {
 	t.Helper()
-	is := e.IS[i]
+	return e.BindOn(t, u, e.IS[i], medium, address)
+}
+
+// BindOn is Bind on any fake identity server, configured or one a client
+// names (its id_server is its Name).
+func (e *Env) BindOn(t testing.TB, u User, is *fakes.IdentityServer, medium, address string) Response {
+	t.Helper()
 	secret, idToken := "bind-"+threepid.NewSID()[:8], "idtok-"+threepid.NewSID()[:8]
 	sid := is.AddValidatedSession(medium, address, secret, idToken)
 	return e.Do("POST", "/_matrix/client/v3/account/3pid/bind", u.Token, map[string]any{

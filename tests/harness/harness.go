@@ -39,8 +39,8 @@ type Options struct {
 	NoOnUpdate []int
 	// NoEmail and NoMSISDN leave that medium unconfigured.
 	NoEmail, NoMSISDN bool
-	// RateLimitYAML replaces the default (off) ratelimit section, e.g.
-	// "{requesttoken_per_ip: {per_second: 0.1, burst: 2}}".
+	// RateLimitYAML replaces the default ratelimit section (requestToken and
+	// unbind limits off), e.g. "{requesttoken_per_ip: {per_second: 0.1, burst: 2}}".
 	RateLimitYAML string
 	// ExtraYAML is appended to the generated configuration (top-level keys).
 	ExtraYAML string
@@ -123,7 +123,7 @@ func Start(t testing.TB, b storagetest.Backend, opts Options) *Env {
 		fmt.Fprintf(&y, "msisdn: {webhook_url: %q}\n", e.SMS.URL())
 	}
 	if opts.RateLimitYAML == "" {
-		opts.RateLimitYAML = "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}}"
+		opts.RateLimitYAML = "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, unbind_per_user: {per_second: 0}}"
 	}
 	fmt.Fprintf(&y, "ratelimit: %s\n", opts.RateLimitYAML)
 	if opts.IdentityServers > 0 {

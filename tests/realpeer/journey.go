@@ -51,6 +51,9 @@ type JourneyOptions struct {
 	// ControlURL is the test's control endpoint (the protocol is at the top
 	// of journey.mjs).
 	ControlURL string
+	// Steps picks the journey: "" or "journey" (STEPS), "discovery"
+	// (DISCOVERY_STEPS).
+	Steps string
 }
 
 // RunJourney runs js/journey.mjs with node (the password goes in the
@@ -62,6 +65,9 @@ func RunJourney(ctx context.Context, env Env, opts JourneyOptions) ([]JourneySte
 		"--base-url", opts.BaseURL, "--user", opts.User, "--email", opts.Email,
 		"--phone-country", opts.PhoneCountry, "--phone-number", opts.PhoneNumber,
 		"--identity-server", opts.IdentityServerURL, "--control", opts.ControlURL)
+	if opts.Steps != "" {
+		cmd.Args = append(cmd.Args, "--steps", opts.Steps)
+	}
 	cmd.Dir = env.JSDir
 	cmd.Env = append(os.Environ(), "JOURNEY_PASSWORD="+opts.Password)
 	cmd.Stdout = &stdout

@@ -412,6 +412,7 @@ func (c *journeyControl) handler() http.Handler {
 	mux.HandleFunc("GET /mail", c.serve(c.mail))
 	mux.HandleFunc("GET /sms", c.serve(c.readSMS))
 	mux.HandleFunc("GET /identity-session", c.serve(c.identitySession))
+	mux.HandleFunc("GET /identity-binding", c.serve(c.identityBinding))
 	mux.HandleFunc("POST /takeover", c.serve(c.takeover))
 	return mux
 }
@@ -482,6 +483,12 @@ func (c *journeyControl) identitySession(context.Context, *http.Request) (any, e
 	}
 	sid := c.is.AddValidatedSession("email", c.email, secret, token)
 	return map[string]string{"sid": sid, "client_secret": secret, "id_access_token": token}, nil
+}
+
+// identityBinding answers whom the identity server binds the journey's
+// address to now ("" for nobody).
+func (c *journeyControl) identityBinding(context.Context, *http.Request) (any, error) {
+	return map[string]string{"mxid": c.is.Bindings()[c.email]}, nil
 }
 
 // takeover waits until a long-polling /sync is parked in threepidd, binds the

@@ -52,6 +52,9 @@ type ThreepiddOptions struct {
 	SMSWebhookURL string
 	// IdentityServers are the identity servers it trusts.
 	IdentityServers []config.IdentityServer
+	// Outbound, when set, is its outbound section (the guard of the
+	// identity servers clients name).
+	Outbound *config.Outbound
 }
 
 // ReserveAddr returns a free 127.0.0.1:<port> for a threepidd that nginx must
@@ -101,6 +104,9 @@ func startThreepidd(ctx context.Context, t testing.TB, opts ThreepiddOptions) (*
 	}
 	if len(opts.IdentityServers) > 0 {
 		doc["identity_servers"] = opts.IdentityServers
+	}
+	if opts.Outbound != nil {
+		doc["outbound"] = opts.Outbound
 	}
 	data, err := yaml.Marshal(doc)
 	if err != nil {

@@ -1,8 +1,15 @@
 package security
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/threepidd/threepidd/storage"
 
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -52,5 +59,76 @@ func TestRevokedTokenWithinTTL(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	})
+}
+
+// TestWhoamiCacheUserID: a user's token with ?user_id= naming anyone (which
+// the homeserver ignores for tokens that are not an appservice's) is served
+// from the whoami cache: varying user_id cannot force a whoami per request,
+// and the user only ever sees their own 3PIDs. An appservice still acts as
+// each user it names, each cached on its own.
+func TestWhoamiCacheUserID(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{})
+		alice, bob := e.NewUser("cache-alice"), e.NewUser("cache-bob")
+		for _, u := range []harness.User{alice, bob} {
+			if err := e.Server.Store.InsertAssociation(context.Background(), storage.Association{
+				UserID: u.ID, Medium: "email", Address: u.ID[1:strings.Index(u.ID, ":")] + "@example.org", ValidatedAt: 1, AddedAt: 1,
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		listed := func(t *testing.T, token, userID string) string {
+			t.Helper()
+			path := threepidPath
+			if userID != "" {
+				path += "?user_id=" + url.QueryEscape(userID)
+			}
+			r := e.Do("GET", path, token, nil)
+			harness.Expect(t, r, 200, "")
+			var body struct {
+				Threepids []struct {
+					Address string `json:"address"`
+				} `json:"threepids"`
+			}
+			if err := json.Unmarshal(r.Body, &body); err != nil || len(body.Threepids) != 1 {
+				t.Fatalf("GET /account/3pid: %s", r.Body)
+			}
+			return body.Threepids[0].Address
+		}
+
+		t.Run("a user's token", func(t *testing.T) {
+			before := e.HS.WhoamiCalls()
+			for i := range 20 {
+				userID := fmt.Sprintf("@someone%d:%s", i, harness.ServerName)
+				if i%10 == 0 {
+					userID = bob.ID
+				}
+				if got := listed(t, alice.Token, userID); got != "cache-alice@example.org" {
+					t.Fatalf("alice's token with user_id %s listed %s", userID, got)
+				}
+			}
+			if n := e.HS.WhoamiCalls() - before; n != 1 {
+				t.Fatalf("20 requests with varying user_id made %d whoami calls, want 1", n)
+			}
+		})
+
+		t.Run("an appservice", func(t *testing.T) {
+			e.HS.AddAppservice("as_token_cache", "cache-bridge")
+			before := e.HS.WhoamiCalls()
+			for range 3 {
+				if got := listed(t, "as_token_cache", alice.ID); got != "cache-alice@example.org" {
+					t.Fatalf("the appservice as alice listed %s", got)
+				}
+				if got := listed(t, "as_token_cache", bob.ID); got != "cache-bob@example.org" {
+					t.Fatalf("the appservice as bob listed %s", got)
+				}
+			}
+			if n := e.HS.WhoamiCalls() - before; n != 2 {
+				t.Fatalf("the appservice acting as two users made %d whoami calls, want 2 (one per user)", n)
+			}
+			r := e.Do("GET", threepidPath+"?user_id="+url.QueryEscape("@ghost:"+harness.ServerName), "as_token_cache", nil)
+			harness.Expect(t, r, 403, "M_FORBIDDEN")
+		})
 	})
 }

@@ -26,7 +26,7 @@ const (
 	// mailWait bounds the wait for a validation e-mail once requestToken answered.
 	mailWait = 10 * time.Second
 	// noRateLimits turns every limit off: the run measures throughput, not limits.
-	noRateLimits = "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}}"
+	noRateLimits = "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}, unbind_per_user: {per_second: 0}}"
 	// tokenCacheTTL is the production default of homeserver.token_cache_ttl.
 	tokenCacheTTL = 10 * time.Second
 )

@@ -11,6 +11,8 @@
 // JOURNEY_USER, JOURNEY_PASSWORD, JOURNEY_EMAIL, JOURNEY_PHONE_COUNTRY,
 // JOURNEY_PHONE_NUMBER, JOURNEY_IDENTITY_SERVER, JOURNEY_CONTROL. The phone
 // number is given as a user types it, in the national format of its country.
+// --steps discovery (JOURNEY_STEPS) runs DISCOVERY_STEPS instead of STEPS:
+// Element's Discovery settings with the user's own identity server.
 //
 // The steps a client cannot make alone are asked of the test that runs the
 // script, through its control endpoint (--control, 127.0.0.1 only):
@@ -20,6 +22,8 @@
 //                            answers {"to","token","text"} as the gateway got it
 //   GET  /identity-session   a session validated on the identity server,
 //                            answers {"sid","client_secret","id_access_token"}
+//   GET  /identity-binding   whom the identity server binds the journey's
+//                            address to now: {"mxid"} ("" for nobody)
 //   POST /takeover           once a long-polling /sync is parked in threepidd,
 //                            another user binds the address on the identity
 //                            server, which sends threepidd a signed onupdate;
@@ -141,15 +145,7 @@ const STEPS = [
     },
     {
         name: "bindThreePid",
-        async run(state) {
-            const session = await control(state, "GET", "/identity-session");
-            return state.client.bindThreePid({
-                sid: session.sid,
-                client_secret: session.client_secret,
-                id_server: state.client.getIdentityServerUrl(true),
-                id_access_token: session.id_access_token,
-            });
-        },
+        run: (state) => bindOnIdentityServer(state),
     },
     {
         name: "createRoom",
@@ -304,6 +300,49 @@ const STEPS = [
 ];
 
 /**
+ * The Discovery journey, as Element's Discovery settings make it with the
+ * identity server the user chose (one the homeserver does not know): the
+ * address is added to the account as in STEPS, then shared (bound on the
+ * identity server through the homeserver), revoked (unbindThreePid, which
+ * always names the identity server), shared again and deleted from the
+ * account (deleteThreePid, which names none). Each step after the add also
+ * reports whom the identity server binds the address to afterwards.
+ */
+const DISCOVERY_STEPS = [
+    ...["login", "requestAdd3pidEmailToken", "readMail", "openLink", "addThreePidOnly"].map(
+        (name) => STEPS.find((step) => step.name === name),
+    ),
+    { name: "share", run: (state) => withBinding(state, bindOnIdentityServer(state)) },
+    { name: "revoke", run: (state) => withBinding(state, state.client.unbindThreePid("email", state.email)) },
+    { name: "shareAgain", run: (state) => withBinding(state, bindOnIdentityServer(state)) },
+    { name: "deleteShared", run: (state) => withBinding(state, state.client.deleteThreePid("email", state.email)) },
+    { name: "getThreePidsAfterDelete", run: (state) => state.client.getThreePids() },
+];
+
+/**
+ * bindOnIdentityServer binds the journey's address on the client's identity
+ * server through the homeserver (bindThreePid), with a session the test
+ * validated there, as a client does once the user clicked the identity
+ * server's mail.
+ */
+async function bindOnIdentityServer(state) {
+    const session = await control(state, "GET", "/identity-session");
+    return state.client.bindThreePid({
+        sid: session.sid,
+        client_secret: session.client_secret,
+        id_server: state.client.getIdentityServerUrl(true),
+        id_access_token: session.id_access_token,
+    });
+}
+
+/** withBinding answers {answer, bound}: what pending resolved to, then whom the identity server binds the address to. */
+async function withBinding(state, pending) {
+    const answer = await pending;
+    const { mxid } = await control(state, "GET", "/identity-binding");
+    return { answer, bound: mxid };
+}
+
+/**
  * addWithUIA adds a validated 3PID with the spec's user-interactive auth, as
  * a client does it: the first call without auth gets 401 with flows and a
  * session, the second sends the password within that session.
@@ -367,13 +406,19 @@ function options() {
     for (const name of OPTIONS) {
         spec[name] = { type: "string", default: process.env["JOURNEY_" + name.toUpperCase().replaceAll("-", "_")] };
     }
+    spec.steps = { type: "string", default: process.env.JOURNEY_STEPS ?? "journey" };
     const { values } = parseArgs({ options: spec });
     for (const name of OPTIONS) {
         if (!values[name]) {
             throw new Error(`missing --${name} (or its JOURNEY_* environment variable)`);
         }
     }
+    const steps = { journey: STEPS, discovery: DISCOVERY_STEPS }[values.steps];
+    if (!steps) {
+        throw new Error(`--steps ${values.steps}: want journey or discovery`);
+    }
     return {
+        steps,
         baseUrl: values["base-url"],
         user: values.user,
         password: values.password,
@@ -408,7 +453,7 @@ async function main() {
         return 1;
     }
     try {
-        for (const step of STEPS) {
+        for (const step of state.steps) {
             const started = Date.now();
             try {
                 const result = await step.run(state);
