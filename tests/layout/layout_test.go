@@ -29,10 +29,10 @@ var layers = map[string]int{
 	"storage": 0, "federation/signingkey": 0, "internal/mailsink": 0,
 	// 1: configuration, shared SQL, request plumbing, outbound clients, fakes
 	// of peers for the demo.
-	"config": 1, "storage/sqlstore": 1, "httpapi": 1, "router": 1, "internal/sydent": 1, "outbound": 1,
+	"config": 1, "storage/sqlstore": 1, "router": 1, "internal/sydent": 1, "outbound": 1,
 	// 2: backends, and the clients and libraries built on the config: the
 	// homeserver client, outbox, policy, delivery, rate limits, the sync library.
-	"storage/sqlite": 2, "storage/postgres": 2, "homeserver": 2, "outbox": 2, "policy": 2,
+	"storage/sqlite": 2, "storage/postgres": 2, "homeserver": 2, "httpapi": 2, "outbox": 2, "policy": 2,
 	"delivery": 2, "ratelimit": 2, "sync": 2,
 	// 3: what builds on those: federation (X-Matrix, keys), after-change sinks,
 	// access-token auth, the importer, opening a backend.
