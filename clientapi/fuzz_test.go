@@ -16,6 +16,7 @@ import (
 	"github.com/threepidd/threepidd/bindings"
 	"github.com/threepidd/threepidd/clientapi"
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/delivery"
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/identity"
 	"github.com/threepidd/threepidd/federation/signingkey"
@@ -83,10 +84,14 @@ func fakeIdentityServer(r *http.Request) (int, string) {
 	return 404, `{"errcode":"M_UNRECOGNIZED","error":"not here"}`
 }
 
-// discard is an e-mail and SMS sender that sends nothing.
-type discard struct{}
+// discard is an SMS sender that sends nothing, discardMail an e-mail sender.
+type (
+	discard     struct{}
+	discardMail struct{}
+)
 
 func (discard) Send(context.Context, string, string, string) error { return nil }
+func (discardMail) Send(context.Context, delivery.Message) error   { return nil }
 
 // newFuzzHandler returns the client-server API as the server wires it.
 func newFuzzHandler(f *testing.F) http.Handler {
@@ -107,7 +112,7 @@ func newFuzzHandler(f *testing.F) http.Handler {
 		Identity: identity.NewClient("hs.test", key, federation.NewKeyRing(idClient), idClient),
 		Servers:  []config.IdentityServer{{ServerName: fuzzIDServer, BaseURL: "http://" + fuzzIDServer}},
 	}
-	accounts := &account.Service{Store: store, Email: discard{}, SMS: discard{}, PublicBaseURL: "http://threepidd.test", Unbinder: binds}
+	accounts := &account.Service{Store: store, Email: discardMail{}, SMS: discard{}, PublicBaseURL: "http://threepidd.test", Unbinder: binds}
 	routes := router.NewRouter()
 	(&clientapi.Account{Service: accounts, Auth: authn}).Register(routes)
 	(&clientapi.Bindings{Service: binds, Auth: authn}).Register(routes)
@@ -155,6 +160,34 @@ func FuzzTokenBody(f *testing.F) {
 // FuzzSubmitBody: submitBody, at both submit_token endpoints.
 func FuzzSubmitBody(f *testing.F) {
 	fuzzEndpoints(f, account.EmailSubmitPath, account.MSISDNSubmitPath)
+}
+
+// FuzzSubmitForm: the form of a validation link's page (POSTed
+// form-encoded) and the link itself (its query), at both submit_token
+// endpoints. Whatever the input, the answer is an HTML page with a 200 or a
+// 4xx, under a Content-Security-Policy, holding no markup from the input.
+func FuzzSubmitForm(f *testing.F) {
+	h := newFuzzHandler(f)
+	f.Fuzz(func(t *testing.T, input string) {
+		for _, path := range []string{account.EmailSubmitPath, account.MSISDNSubmitPath} {
+			post := httptest.NewRequest(http.MethodPost, path, strings.NewReader(input))
+			post.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			get := httptest.NewRequest(http.MethodGet, path, nil)
+			get.URL.RawQuery = input
+			for _, req := range []*http.Request{post, get} {
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				if w.Code != http.StatusOK && (w.Code < 400 || w.Code > 499) ||
+					!strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") ||
+					!strings.Contains(w.Header().Get("Content-Security-Policy"), "default-src 'none'") {
+					t.Fatalf("%s %s %q: answer %d %v: %s", req.Method, path, input, w.Code, w.Header(), w.Body)
+				}
+				if strings.Contains(input, "<") && strings.Contains(w.Body.String(), input) {
+					t.Fatalf("%s %s %q: the page repeats the input unescaped: %s", req.Method, path, input, w.Body)
+				}
+			}
+		}
+	})
 }
 
 // FuzzAddBody: addBody, at /3pid/add (UIA relayed to the fake homeserver).

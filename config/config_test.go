@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,8 +53,79 @@ func TestLoadDefaults(t *testing.T) {
 		cfg.RateLimit.RequestTokenPerAddress != Bucket{PerSecond: 0.003, Burst: 5},
 		cfg.RateLimit.OnUpdatePerServer != Bucket{PerSecond: 50, Burst: 200},
 		cfg.Policy.Webhook.Timeout != 2*time.Second, cfg.Sync.Retention != 168*time.Hour,
-		cfg.Email.SMTPPort != 0, cfg.EmailEnabled(), cfg.MSISDNEnabled():
+		cfg.Email.SMTPPort != 0, cfg.EmailEnabled(), cfg.MSISDNEnabled(),
+		cfg.Email.TokenLifetime != time.Hour, cfg.MSISDN.TokenLifetime != 15*time.Minute,
+		cfg.ValidatedSessionLifetime != 24*time.Hour, cfg.Email.NextLinkDomainsAllowed != nil,
+		cfg.Email.Subject != "[{{.ServerName}}] Confirm your e-mail address", cfg.Email.TemplateDir != "",
+		cfg.Policy.RequestTokenInhibit3PIDErrors,
+		cfg.RateLimit.TokenAttemptsPerLifetime != 5, cfg.RateLimit.TokenAttemptsPerDay != 10:
 		t.Fatalf("defaults differ from the contract: %+v", *cfg)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestRequireTLSDefault: STARTTLS is required unless the SMTP server is a
+// loopback host (or require_tls says otherwise).
+func TestRequireTLSDefault(t *testing.T) {
+	for _, tt := range []struct {
+		host, requireTLS string // requireTLS "" leaves the key out
+		want             bool
+	}{
+		{"smtp.example.org", "", true},
+		{"192.0.2.25", "", true},
+		{"2001:db8::25", "", true},
+		{"localhost.example.org", "", true},
+		{"127.0.0.1", "", false},
+		{"127.8.9.10", "", false},
+		{"::1", "", false},
+		{"[::1]", "", false},
+		{"localhost", "", false},
+		{"LocalHost.", "", false},
+		{"mail.localhost", "", false},
+		{"smtp.example.org", "false", false},
+		{"127.0.0.1", "true", true},
+	} {
+		t.Run(tt.host+" "+tt.requireTLS, func(t *testing.T) {
+			env := []string{"THREEPIDD_EMAIL_SMTP_HOST=" + tt.host, "THREEPIDD_EMAIL_FROM=threepidd@example.org"}
+			if tt.requireTLS != "" {
+				env = append(env, "THREEPIDD_EMAIL_REQUIRE_TLS="+tt.requireTLS)
+			}
+			cfg, err := Load(writeConfig(t, minimal(t)), env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Email.RequireTLS == nil || *cfg.Email.RequireTLS != tt.want || cfg.Email.TLSRequired() != tt.want {
+				t.Fatalf("require_tls = %v (TLSRequired %v), want %v", cfg.Email.RequireTLS, cfg.Email.TLSRequired(), tt.want)
+			}
+		})
+	}
+}
+
+// TestNextLinkDomainsAllowed: unset allows any host (nil), an empty list none.
+func TestNextLinkDomainsAllowed(t *testing.T) {
+	for _, tt := range []struct {
+		name, extra string
+		env         []string
+		want        []string
+	}{
+		{"unset", "", nil, nil},
+		{"empty list", "email: {next_link_domains_allowed: []}\n", nil, []string{}},
+		{"empty list from the environment", "", []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[]"}, []string{}},
+		{"unset again by the environment", "email: {next_link_domains_allowed: []}\n", []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED="}, nil},
+		{"hosts", "email: {next_link_domains_allowed: [app.example.org, 192.0.2.1, \"2001:db8::1\"]}\n", nil,
+			[]string{"app.example.org", "192.0.2.1", "2001:db8::1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Load(writeConfig(t, minimal(t)+tt.extra), tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := cfg.Email.NextLinkDomainsAllowed
+			if (got == nil) != (tt.want == nil) || !slices.Equal(got, tt.want) {
+				t.Fatalf("next_link_domains_allowed = %#v, want %#v", got, tt.want)
+			}
+		})
 	}
 }
 
@@ -93,26 +165,32 @@ func TestLoadFullFile(t *testing.T) {
 		},
 		Email: Email{
 			SMTPHost: "smtp.example.org", SMTPPort: 587, SMTPUsername: "threepidd",
-			SMTPPassword: "#not a comment", RequireTLS: true, From: "Example <noreply@example.org>",
+			SMTPPassword: "#not a comment", RequireTLS: ptr(false), From: "Example <noreply@example.org>",
+			TokenLifetime: 2 * time.Hour, Subject: "Confirm {{.Address}}", TemplateDir: "testdata",
+			NextLinkDomainsAllowed: []string{"app.example.org", "::1"},
 		},
-		MSISDN: MSISDN{WebhookURL: "https://sms.example.org/send"},
+		MSISDN: MSISDN{WebhookURL: "https://sms.example.org/send", TokenLifetime: 10 * time.Minute},
 		Policy: Policy{
-			EmailDomainsAllowed:        []string{"example.org"},
-			EmailDomainsDenied:         []string{"spam.example"},
-			MSISDNCountriesAllowed:     []string{"44"},
-			MSISDNCountriesDenied:      []string{"1"},
-			BindIdentityServersAllowed: []string{"id.example.org"},
-			MaxThreepidsPerUser:        3,
-			Webhook:                    PolicyWebhook{URL: "https://policy.example/check", Secret: "s3cret", Timeout: 500 * time.Millisecond, FailOpen: true},
-			EventsWebhook:              EventsWebhook{URL: "https://policy.example/events", Secret: "ev3nts"},
+			EmailDomainsAllowed:           []string{"example.org"},
+			EmailDomainsDenied:            []string{"spam.example"},
+			MSISDNCountriesAllowed:        []string{"44"},
+			MSISDNCountriesDenied:         []string{"1"},
+			BindIdentityServersAllowed:    []string{"id.example.org"},
+			MaxThreepidsPerUser:           3,
+			Webhook:                       PolicyWebhook{URL: "https://policy.example/check", Secret: "s3cret", Timeout: 500 * time.Millisecond, FailOpen: true},
+			EventsWebhook:                 EventsWebhook{URL: "https://policy.example/events", Secret: "ev3nts"},
+			RequestTokenInhibit3PIDErrors: true,
 		},
 		RateLimit: RateLimits{
-			RequestTokenPerIP:      Bucket{PerSecond: 0, Burst: 0}, // an explicit 0 beats the default
-			RequestTokenPerAddress: Bucket{PerSecond: 1.5, Burst: 2},
-			OnUpdatePerServer:      Bucket{PerSecond: 5, Burst: 20},
+			RequestTokenPerIP:        Bucket{PerSecond: 0, Burst: 0}, // an explicit 0 beats the default
+			RequestTokenPerAddress:   Bucket{PerSecond: 1.5, Burst: 2},
+			OnUpdatePerServer:        Bucket{PerSecond: 5, Burst: 20},
+			TokenAttemptsPerLifetime: 3,
+			TokenAttemptsPerDay:      6,
 		},
-		AdminToken: "adm1n",
-		Sync:       Sync{Retention: 24 * time.Hour},
+		AdminToken:               "adm1n",
+		Sync:                     Sync{Retention: 24 * time.Hour},
+		ValidatedSessionLifetime: time.Hour,
 	}
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("Load = %+v\nwant %+v", *cfg, want)
@@ -182,7 +260,7 @@ func TestEnvOverrides(t *testing.T) {
 		{"token_cache_ttl", cfg.Homeserver.TokenCacheTTL, time.Minute},
 		{"burst", cfg.RateLimit.RequestTokenPerIP, Bucket{PerSecond: 0.1, Burst: 3}},
 		{"uia_relay", cfg.Homeserver.UIARelay, &UIARelay{Method: "DELETE", Path: "/_matrix/client/v3/devices/x"}},
-		{"require_tls", cfg.Email.RequireTLS, true},
+		{"require_tls", cfg.Email.RequireTLS, ptr(true)},
 		{"smtp_port default follows an env smtp_host", cfg.Email.SMTPPort, DefaultSMTPPort},
 		{"admin_token", cfg.AdminToken, "#secret: *not yaml"},
 		{"database", cfg.Database, Database{Driver: "sqlite", DSN: otherDB}},
@@ -327,6 +405,25 @@ func TestLoadMistakes(t *testing.T) {
 		{name: "burst negative", env: []string{"THREEPIDD_RATELIMIT_REQUESTTOKEN_PER_ADDRESS_BURST=-1"}, want: "config: ratelimit.requesttoken_per_address.burst:"},
 		{name: "burst zero with a rate", env: []string{"THREEPIDD_RATELIMIT_ONUPDATE_PER_SERVER_BURST=0"}, want: "config: ratelimit.onupdate_per_server.burst:"},
 		{name: "retention negative", env: []string{"THREEPIDD_SYNC_RETENTION=-1h"}, want: "config: sync.retention:"},
+		{name: "email token lifetime zero", env: []string{"THREEPIDD_EMAIL_TOKEN_LIFETIME=0s"}, want: "config: email.token_lifetime: must be at least 1s"},
+		{name: "msisdn token lifetime negative", env: []string{"THREEPIDD_MSISDN_TOKEN_LIFETIME=-15m"}, want: "config: msisdn.token_lifetime:"},
+		{name: "validated session lifetime zero", env: []string{"THREEPIDD_VALIDATED_SESSION_LIFETIME=0s"}, want: "config: validated_session_lifetime:"},
+		{name: "email subject empty", env: []string{"THREEPIDD_EMAIL_SUBJECT= "}, want: "config: email.subject: must not be empty"},
+		{name: "email template dir missing", env: []string{"THREEPIDD_EMAIL_TEMPLATE_DIR=" + filepath.Join(aDir, "nope")}, want: "config: email.template_dir:"},
+		{name: "email template dir is a file", env: []string{"THREEPIDD_EMAIL_TEMPLATE_DIR=" + keyFile}, want: "config: email.template_dir: " + keyFile + " is not a directory"},
+		{name: "next_link host with a scheme", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[a.org, https://app.example.org]"},
+			want: "config: email.next_link_domains_allowed[1]:"},
+		{name: "next_link host with a port", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[app.example.org:443]"},
+			want: "config: email.next_link_domains_allowed[0]:"},
+		{name: "next_link host in brackets", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[\"[::1]\"]"},
+			want: "config: email.next_link_domains_allowed[0]:"},
+		{name: "next_link host in upper case", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[App.Example.org]"},
+			want: "config: email.next_link_domains_allowed[0]: \"App.Example.org\" must be written in lower case"},
+		{name: "next_link host empty", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[\"\"]"},
+			want: "config: email.next_link_domains_allowed[0]:"},
+		{name: "token attempts zero", env: []string{"THREEPIDD_RATELIMIT_TOKEN_ATTEMPTS_PER_LIFETIME=0"}, want: "config: ratelimit.token_attempts_per_lifetime: must be at least 1"},
+		{name: "token attempts per day below the lifetime's", env: []string{"THREEPIDD_RATELIMIT_TOKEN_ATTEMPTS_PER_DAY=4"},
+			want: "config: ratelimit.token_attempts_per_day: must be at least ratelimit.token_attempts_per_lifetime (5)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

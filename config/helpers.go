@@ -1,6 +1,9 @@
 package config
 
-import "strings"
+import (
+	"net/netip"
+	"strings"
+)
 
 // Name is the name the identity server signs with: signing_name, or
 // server_name when that is unset.
@@ -51,3 +54,24 @@ func (c *Config) EmailEnabled() bool { return c.Email.SMTPHost != "" }
 
 // MSISDNEnabled reports whether validation SMS can be sent (msisdn.webhook_url is set).
 func (c *Config) MSISDNEnabled() bool { return c.MSISDN.WebhookURL != "" }
+
+// TLSRequired reports whether mail may only be sent over TLS (STARTTLS):
+// require_tls, or when unset, whether smtp_host is not a loopback host.
+func (e Email) TLSRequired() bool {
+	if e.RequireTLS != nil {
+		return *e.RequireTLS
+	}
+	return !loopbackHost(e.SMTPHost)
+}
+
+// loopbackHost reports whether host is "localhost" (or a name under
+// .localhost) or a loopback IP address: mail to it never leaves the machine.
+// Names are not resolved.
+func loopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	addr, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && addr.Unmap().IsLoopback()
+}

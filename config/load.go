@@ -35,6 +35,21 @@ const (
 	DefaultPolicyTimeout = 2 * time.Second
 	// DefaultSyncRetention is how far back a first /sync shows notifications.
 	DefaultSyncRetention = 168 * time.Hour
+	// DefaultTokenAttemptsPerLifetime is how many tokens one 3PID may have
+	// submitted within one token lifetime of its medium, across its sessions
+	// and their resends (ratelimit.token_attempts_per_lifetime).
+	DefaultTokenAttemptsPerLifetime = 5
+	// DefaultTokenAttemptsPerDay is how many tokens one 3PID may have
+	// submitted within 24 hours (ratelimit.token_attempts_per_day).
+	DefaultTokenAttemptsPerDay = 10
+	// DefaultEmailTokenLifetime is how long the link of a validation mail works.
+	DefaultEmailTokenLifetime = time.Hour
+	// DefaultMSISDNTokenLifetime is how long the code of a validation SMS works.
+	DefaultMSISDNTokenLifetime = 15 * time.Minute
+	// DefaultValidatedSessionLifetime is how long a validated session can be spent by /3pid/add.
+	DefaultValidatedSessionLifetime = 24 * time.Hour
+	// DefaultEmailSubject is the subject of validation mails (a text/template).
+	DefaultEmailSubject = "[{{.ServerName}}] Confirm your e-mail address"
 )
 
 // Defaults returns the configuration a file that sets nothing gets. Load
@@ -52,11 +67,16 @@ func Defaults() Config {
 		TrustedProxies: []string{"127.0.0.1/32", "::1/128"},
 		Policy:         Policy{Webhook: PolicyWebhook{Timeout: DefaultPolicyTimeout}},
 		RateLimit: RateLimits{
-			RequestTokenPerIP:      Bucket{PerSecond: 0.1, Burst: 10},
-			RequestTokenPerAddress: Bucket{PerSecond: 0.003, Burst: 5},
-			OnUpdatePerServer:      Bucket{PerSecond: 50, Burst: 200},
+			RequestTokenPerIP:        Bucket{PerSecond: 0.1, Burst: 10},
+			RequestTokenPerAddress:   Bucket{PerSecond: 0.003, Burst: 5},
+			OnUpdatePerServer:        Bucket{PerSecond: 50, Burst: 200},
+			TokenAttemptsPerLifetime: DefaultTokenAttemptsPerLifetime,
+			TokenAttemptsPerDay:      DefaultTokenAttemptsPerDay,
 		},
-		Sync: Sync{Retention: DefaultSyncRetention},
+		Sync:                     Sync{Retention: DefaultSyncRetention},
+		Email:                    Email{TokenLifetime: DefaultEmailTokenLifetime, Subject: DefaultEmailSubject},
+		MSISDN:                   MSISDN{TokenLifetime: DefaultMSISDNTokenLifetime},
+		ValidatedSessionLifetime: DefaultValidatedSessionLifetime,
 	}
 }
 
@@ -112,6 +132,10 @@ func (c *Config) applyDerivedDefaults() {
 	}
 	if c.Email.SMTPHost != "" && c.Email.SMTPPort == 0 {
 		c.Email.SMTPPort = DefaultSMTPPort
+	}
+	if c.Email.SMTPHost != "" && c.Email.RequireTLS == nil {
+		required := !loopbackHost(c.Email.SMTPHost)
+		c.Email.RequireTLS = &required
 	}
 }
 
