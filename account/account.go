@@ -306,7 +306,7 @@ func (s *Service) sendMail(ctx context.Context, req TokenRequest, sid, token str
 	m, err := templates.Validation(delivery.ValidationMail{
 		ServerName: s.ServerName, Address: req.Address,
 		Link:     s.PublicBaseURL + EmailSubmitPath + "?" + q.Encode(),
-		ValidFor: delivery.Duration(s.Limits.TokenLifetime(req.Medium)),
+		ValidFor: delivery.DurationInWords(s.Limits.TokenLifetime(req.Medium)),
 	})
 	if err != nil {
 		return err

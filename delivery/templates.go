@@ -131,8 +131,8 @@ func (t *Templates) Validation(data ValidationMail) (Message, error) {
 	}, nil
 }
 
-// Duration says d in words, as ValidFor does: "1 hour", "15 minutes", "90 seconds".
-func Duration(d time.Duration) string {
+// DurationInWords says d in words, as ValidFor does: "1 hour", "15 minutes", "90 seconds".
+func DurationInWords(d time.Duration) string {
 	unit := func(n int64, name string) string {
 		if n == 1 {
 			return "1 " + name

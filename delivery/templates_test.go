@@ -87,7 +87,7 @@ func TestTemplateOverrides(t *testing.T) {
 	}
 }
 
-func TestDuration(t *testing.T) {
+func TestDurationInWords(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		time.Hour:        "1 hour",
 		2 * time.Hour:    "2 hours",
@@ -97,8 +97,8 @@ func TestDuration(t *testing.T) {
 		90 * time.Second: "90 seconds",
 		time.Second:      "1 second",
 	} {
-		if got := Duration(d); got != want {
-			t.Errorf("Duration(%v) = %q, want %q", d, got, want)
+		if got := DurationInWords(d); got != want {
+			t.Errorf("DurationInWords(%v) = %q, want %q", d, got, want)
 		}
 	}
 }
