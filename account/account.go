@@ -11,10 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/delivery"
 	"github.com/threepidd/threepidd/events"
 	"github.com/threepidd/threepidd/homeserver"
 	"github.com/threepidd/threepidd/internal/clock"
@@ -25,15 +28,59 @@ import (
 	"github.com/threepidd/threepidd/threepid"
 )
 
-// Lifetimes and limits of validation sessions (DESIGN.md, "Validation").
-const (
-	EmailTokenLifetime = time.Hour
-	SMSTokenLifetime   = 15 * time.Minute
+// MaxLiveTokens is how many tokens of one session are accepted at once: a
+// resend adds a token and keeps the earlier ones until each expires, up to
+// the newest MaxLiveTokens. It bounds what one guess of an SMS code is
+// compared with (see Limits).
+const MaxLiveTokens = 3
+
+// Limits are the lifetimes of validation sessions and the limits on
+// guessing their tokens (DESIGN.md, "Validation"; config keys
+// email.token_lifetime, msisdn.token_lifetime, validated_session_lifetime,
+// ratelimit.token_attempts_per_lifetime and ratelimit.token_attempts_per_day).
+// A zero field takes the config default.
+type Limits struct {
+	EmailTokenLifetime  time.Duration
+	MSISDNTokenLifetime time.Duration
 	// ValidatedSessionLifetime is how long a validated session can still be spent by /add.
-	ValidatedSessionLifetime = 24 * time.Hour
-	// MaxTokenAttempts is how many wrong tokens a session survives.
-	MaxTokenAttempts = 5
-)
+	ValidatedSessionLifetime time.Duration
+	// AttemptsPerLifetime bounds the tokens submitted for one 3PID, across
+	// its sessions and their resends, within one token lifetime of its
+	// medium; AttemptsPerDay within 24 hours.
+	AttemptsPerLifetime, AttemptsPerDay int
+}
+
+// withDefaults fills the zero fields of l with the config defaults.
+func (l Limits) withDefaults() Limits {
+	set := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	set(&l.EmailTokenLifetime, config.DefaultEmailTokenLifetime)
+	set(&l.MSISDNTokenLifetime, config.DefaultMSISDNTokenLifetime)
+	set(&l.ValidatedSessionLifetime, config.DefaultValidatedSessionLifetime)
+	if l.AttemptsPerLifetime == 0 {
+		l.AttemptsPerLifetime = config.DefaultTokenAttemptsPerLifetime
+	}
+	if l.AttemptsPerDay == 0 {
+		l.AttemptsPerDay = config.DefaultTokenAttemptsPerDay
+	}
+	return l
+}
+
+// TokenLifetime is how long a token of medium works.
+func (l Limits) TokenLifetime(medium string) time.Duration {
+	l = l.withDefaults()
+	if medium == threepid.MediumEmail {
+		return l.EmailTokenLifetime
+	}
+	return l.MSISDNTokenLifetime
+}
+
+// AttemptWindow is the window of Limits.AttemptsPerDay; attempts older than
+// it count for nothing.
+const AttemptWindow = 24 * time.Hour
 
 // Submit paths (Synapse's), relative to public_baseurl.
 const (
@@ -41,9 +88,9 @@ const (
 	MSISDNSubmitPath = "/_matrix/client/unstable/add_threepid/msisdn/submit_token"
 )
 
-// EmailSender sends a validation e-mail (a text/plain body).
+// EmailSender sends a validation e-mail (delivery.Mailer).
 type EmailSender interface {
-	Send(ctx context.Context, to, subject, text string) error
+	Send(ctx context.Context, m delivery.Message) error
 }
 
 // SMSSender sends a validation SMS through the gateway webhook.
@@ -68,7 +115,18 @@ type Service struct {
 	Email         EmailSender // nil: e-mail not supported
 	SMS           SMSSender   // nil: msisdn not supported
 	PublicBaseURL string
-	Policy        policy.Checker
+	// ServerName is the homeserver's, named in validation mails.
+	ServerName string
+	// Templates render validation mails (nil: the built-in ones).
+	Templates *delivery.Templates
+	// Limits are the lifetimes and attempt limits of validation sessions.
+	Limits Limits
+	// NextLinkDomains are the hosts next_link may name (nil: any).
+	NextLinkDomains []string
+	// InhibitThreepidErrors makes requestToken for an address an account
+	// holds answer as for a free one, sending nothing.
+	InhibitThreepidErrors bool
+	Policy                policy.Checker
 	// MaxThreepidsPerUser limits /add (0: no limit).
 	MaxThreepidsPerUser int
 	Unbinder            Unbinder    // nil: nothing is unbound, delete answers no-support
@@ -121,7 +179,10 @@ type TokenResponse struct {
 
 // RequestToken starts (or continues) a validation session and sends a token.
 // A send_attempt not above the session's last one returns the same sid and
-// sends nothing; a higher one sends a new token for the same sid.
+// sends nothing; a higher one sends a new token for the same sid, and the
+// earlier tokens stay valid until they expire. With InhibitThreepidErrors,
+// an address an account holds gets a session like any other, whose token
+// is never sent (as Synapse's request_token_inhibit_3pid_errors).
 func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResponse, error) {
 	if err := s.mediumSupported(req.Medium); err != nil {
 		return TokenResponse{}, err
@@ -129,8 +190,15 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 	if err := s.checkUserThreepid(ctx, "", req.Medium, req.Address, policy.OpAdd); err != nil {
 		return TokenResponse{}, err
 	}
+	if req.NextLink != "" && !threepid.NextLinkAllowed(req.NextLink, s.NextLinkDomains) {
+		return TokenResponse{}, mxerr.InvalidParam.WithMessage("next_link's domain is not allowed (email.next_link_domains_allowed), or it is not http(s)")
+	}
+	held := false
 	if _, err := s.Store.AssociationByAddress(ctx, req.Medium, req.Address); err == nil {
-		return TokenResponse{}, mxerr.ThreepidInUse
+		if !s.InhibitThreepidErrors {
+			return TokenResponse{}, mxerr.ThreepidInUse
+		}
+		held = true
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return TokenResponse{}, fmt.Errorf("look up 3PID owner: %w", err)
 	}
@@ -147,12 +215,12 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 		if req.SendAttempt <= existing.SendAttempt {
 			return resp, nil
 		}
-		token, expires := s.newToken(req.Medium, now)
-		if err := s.send(ctx, req, existing.SID, token); err != nil {
+		token, err := s.sendToken(ctx, req, existing.SID, held, now)
+		if err != nil {
 			return TokenResponse{}, err
 		}
-		if err := s.Store.UpdateSessionToken(ctx, existing.SID, threepid.HashToken(token), req.SendAttempt, expires.UnixMilli()); err != nil {
-			return TokenResponse{}, fmt.Errorf("update session token: %w", err)
+		if err := s.Store.AddSessionToken(ctx, token, MaxLiveTokens); err != nil {
+			return TokenResponse{}, fmt.Errorf("add session token: %w", err)
 		}
 		return resp, nil
 	case errors.Is(err, storage.ErrNotFound):
@@ -160,17 +228,16 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 		return TokenResponse{}, fmt.Errorf("load session: %w", err)
 	}
 	sid := threepid.NewSID()
-	token, expires := s.newToken(req.Medium, now)
 	// Send first: a session whose message never left must not swallow the
 	// client's retry with the same send_attempt.
-	if err := s.send(ctx, req, sid, token); err != nil {
+	token, err := s.sendToken(ctx, req, sid, held, now)
+	if err != nil {
 		return TokenResponse{}, err
 	}
 	err = s.Store.CreateSession(ctx, storage.Session{
 		SID: sid, ClientSecret: req.ClientSecret, Medium: req.Medium, Address: req.Address,
-		TokenHash: threepid.HashToken(token), SendAttempt: req.SendAttempt, NextLink: req.NextLink,
-		ExpiresAt: expires.UnixMilli(), CreatedAt: now.UnixMilli(),
-	})
+		SendAttempt: req.SendAttempt, NextLink: req.NextLink, ExpiresAt: token.ExpiresAt, CreatedAt: now.UnixMilli(),
+	}, token)
 	if errors.Is(err, storage.ErrConflict) {
 		// A concurrent identical request created the session first.
 		if s2, err2 := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address); err2 == nil {
@@ -185,6 +252,30 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 	return resp, nil
 }
 
+// sendToken makes a token for session sid and sends it, or, for an address
+// an account holds (held), only takes about as long as sending does, so
+// that neither the answer nor its timing tells the address is held.
+func (s *Service) sendToken(ctx context.Context, req TokenRequest, sid string, held bool, now time.Time) (storage.SessionToken, error) {
+	token := threepid.NewSMSCode()
+	if req.Medium == threepid.MediumEmail {
+		token = threepid.NewEmailToken()
+	}
+	t := storage.SessionToken{SID: sid, TokenHash: threepid.HashToken(token), SendAttempt: req.SendAttempt,
+		ExpiresAt: now.Add(s.Limits.TokenLifetime(req.Medium)).UnixMilli()}
+	if held {
+		// Synapse waits 100 ms to 1 s.
+		pause := time.NewTimer(100*time.Millisecond + time.Duration(mathrand.Int64N(int64(900*time.Millisecond))))
+		defer pause.Stop()
+		select {
+		case <-pause.C:
+		case <-ctx.Done():
+			return t, ctx.Err()
+		}
+		return t, nil
+	}
+	return t, s.send(ctx, req, sid, token)
+}
+
 func (s *Service) mediumSupported(medium string) error {
 	switch {
 	case medium == threepid.MediumEmail && s.Email != nil, medium == threepid.MediumMSISDN && s.SMS != nil:
@@ -196,22 +287,10 @@ func (s *Service) mediumSupported(medium string) error {
 	}
 }
 
-func (s *Service) newToken(medium string, now time.Time) (string, time.Time) {
-	if medium == threepid.MediumEmail {
-		return threepid.NewEmailToken(), now.Add(EmailTokenLifetime)
-	}
-	return threepid.NewSMSCode(), now.Add(SMSTokenLifetime)
-}
-
 func (s *Service) send(ctx context.Context, req TokenRequest, sid, token string) error {
 	var err error
 	if req.Medium == threepid.MediumEmail {
-		q := url.Values{"token": {token}, "client_secret": {req.ClientSecret}, "sid": {sid}}
-		link := s.PublicBaseURL + EmailSubmitPath + "?" + q.Encode()
-		text := "A request was made to add this e-mail address to a Matrix account.\n\n" +
-			"To confirm, open this link:\n\n" + link + "\n\n" +
-			"If you did not ask for this, ignore this message: nothing will change.\n"
-		err = s.Email.Send(ctx, req.Address, "Confirm your e-mail address", text)
+		err = s.sendMail(ctx, req, sid, token)
 	} else {
 		text := "Your Matrix validation code is " + token
 		err = s.SMS.Send(ctx, req.Address, token, text)
@@ -225,45 +304,116 @@ func (s *Service) send(ctx context.Context, req TokenRequest, sid, token string)
 	return nil
 }
 
-// SubmitToken checks a token for a session. On success the session is validated
-// and the session's next_link (possibly empty) is returned.
-func (s *Service) SubmitToken(ctx context.Context, medium, sid, clientSecret, token string) (string, error) {
-	sess, err := s.Store.SessionByID(ctx, sid)
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && (!threepid.TokenMatches(threepid.HashToken(sess.ClientSecret), clientSecret) || sess.Medium != medium)) {
-		return "", mxerr.InvalidParam.WithMessage("Unknown validation session")
+// sendMail sends the validation mail of token.
+func (s *Service) sendMail(ctx context.Context, req TokenRequest, sid, token string) error {
+	q := url.Values{"token": {token}, "client_secret": {req.ClientSecret}, "sid": {sid}}
+	templates := s.Templates
+	if templates == nil {
+		templates = delivery.DefaultTemplates()
 	}
+	m, err := templates.Validation(delivery.ValidationMail{
+		ServerName: s.ServerName, Address: req.Address,
+		Link:     s.PublicBaseURL + EmailSubmitPath + "?" + q.Encode(),
+		ValidFor: delivery.DurationInWords(s.Limits.TokenLifetime(req.Medium)),
+	})
 	if err != nil {
-		return "", fmt.Errorf("load session: %w", err)
+		return err
 	}
-	now := s.Clock.Now().UnixMilli()
-	if sess.ValidatedAt != 0 && threepid.TokenMatches(sess.TokenHash, token) {
-		return sess.NextLink, nil // the link opened again
+	return s.Email.Send(ctx, m)
+}
+
+// SubmitToken checks a token for a session. On success the session is validated
+// and the session's next_link is returned when next_link_domains_allowed
+// allows it ("" otherwise).
+func (s *Service) SubmitToken(ctx context.Context, medium, sid, clientSecret, token string) (string, error) {
+	sess, err := s.session(ctx, medium, sid, clientSecret)
+	if err != nil {
+		return "", err
 	}
-	// Every attempt is counted before the token is compared: the count is
-	// incremented atomically, so a burst of concurrent guesses cannot all pass
-	// a check of the count read with the session. The successful attempt is
-	// counted too; once the session is validated the count no longer matters.
-	tooMany := mxerr.TokenIncorrect.WithMessage("Too many wrong tokens; request a new one")
-	if sess.FailedAttempts >= MaxTokenAttempts {
-		return "", tooMany
+	tokens, err := s.Store.SessionTokens(ctx, sid)
+	if err != nil {
+		return "", fmt.Errorf("load session tokens: %w", err)
 	}
-	attempts, err := s.Store.IncrementSessionFailures(ctx, sid)
+	var match *storage.SessionToken
+	for i := range tokens {
+		if threepid.TokenMatches(tokens[i].TokenHash, token) {
+			match = &tokens[i]
+		}
+	}
+	if sess.ValidatedAt != 0 && match != nil {
+		return s.nextLink(sess), nil // a link opened again
+	}
+	// Every attempt is counted, per 3PID, before the token is compared: a
+	// resend or a new session does not start the count again, and the store
+	// serialises concurrent attempts, so that a burst cannot pass the limit
+	// either. The right token counts too. A store failure refuses the
+	// attempt.
+	now := s.Clock.Now()
+	limits := s.Limits.withDefaults()
+	counted, err := s.Store.RecordTokenAttempt(ctx, sess.Medium, sess.Address, now.UnixMilli(),
+		storage.AttemptLimit{Since: now.Add(-limits.TokenLifetime(sess.Medium)).UnixMilli(), Max: limits.AttemptsPerLifetime},
+		storage.AttemptLimit{Since: now.Add(-AttemptWindow).UnixMilli(), Max: limits.AttemptsPerDay})
 	if err != nil {
 		return "", fmt.Errorf("count token attempt: %w", err)
 	}
-	if attempts > MaxTokenAttempts {
-		return "", tooMany
+	if !counted {
+		return "", mxerr.TokenIncorrect.WithMessage("Too many attempts for this address; try again later")
 	}
-	if !threepid.TokenMatches(sess.TokenHash, token) {
+	if match == nil {
 		return "", mxerr.TokenIncorrect
 	}
-	if now > sess.ExpiresAt {
+	if now.UnixMilli() > match.ExpiresAt {
 		return "", mxerr.SessionExpired
 	}
-	if err := s.Store.MarkSessionValidated(ctx, sid, now); err != nil {
+	if err := s.Store.ValidateSession(ctx, sid, match.TokenHash, now.UnixMilli()); err != nil {
 		return "", fmt.Errorf("validate session: %w", err)
 	}
-	return sess.NextLink, nil
+	return s.nextLink(sess), nil
+}
+
+// session returns the validation session sid of medium whose client secret
+// is clientSecret; anything else is M_INVALID_PARAM, one answer for every
+// case, so that a wrong secret learns nothing about the session.
+func (s *Service) session(ctx context.Context, medium, sid, clientSecret string) (storage.Session, error) {
+	sess, err := s.Store.SessionByID(ctx, sid)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && (!threepid.TokenMatches(threepid.HashToken(sess.ClientSecret), clientSecret) || sess.Medium != medium)) {
+		return storage.Session{}, mxerr.InvalidParam.WithMessage("Unknown validation session")
+	}
+	if err != nil {
+		return storage.Session{}, fmt.Errorf("load session: %w", err)
+	}
+	return sess, nil
+}
+
+// nextLink is sess's next_link when next_link_domains_allowed allows it now
+// (it may have changed since requestToken), else "".
+func (s *Service) nextLink(sess storage.Session) string {
+	if sess.NextLink == "" || !threepid.NextLinkAllowed(sess.NextLink, s.NextLinkDomains) {
+		return ""
+	}
+	return sess.NextLink
+}
+
+// LinkSession is what the page of a validation link shows before the
+// person confirms.
+type LinkSession struct {
+	Medium, Address string
+	// Validated: a token of the session was submitted already.
+	Validated bool
+	// NextLink is where the page goes once confirmed ("" for nowhere).
+	NextLink string
+}
+
+// OpenLink looks up the session a validation link names, without checking
+// its token (that is SubmitToken's, and counted): the page a link opens
+// validates nothing. An unknown sid, or a client secret or medium that is
+// not the session's, is M_INVALID_PARAM as in SubmitToken.
+func (s *Service) OpenLink(ctx context.Context, medium, sid, clientSecret string) (LinkSession, error) {
+	sess, err := s.session(ctx, medium, sid, clientSecret)
+	if err != nil {
+		return LinkSession{}, err
+	}
+	return LinkSession{Medium: sess.Medium, Address: sess.Address, Validated: sess.ValidatedAt != 0, NextLink: s.nextLink(sess)}, nil
 }
 
 // List returns a user's 3PIDs.
@@ -290,7 +440,7 @@ func (s *Service) Add(ctx context.Context, userID, sid, clientSecret string) err
 	if sess.ValidatedAt == 0 {
 		return mxerr.ThreepidAuthFailed.WithMessage("The 3PID has not been validated yet")
 	}
-	if now > sess.ValidatedAt+ValidatedSessionLifetime.Milliseconds() {
+	if now > sess.ValidatedAt+s.Limits.withDefaults().ValidatedSessionLifetime.Milliseconds() {
 		return mxerr.ThreepidAuthFailed.WithMessage("The validation session has expired")
 	}
 	if err := s.checkUserThreepid(ctx, userID, sess.Medium, sess.Address, policy.OpAdd); err != nil {

@@ -10,10 +10,13 @@ import (
 	"time"
 
 	"github.com/threepidd/threepidd/account"
+	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/delivery"
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/threepid"
 )
 
 // outbox records what would be sent.
@@ -23,18 +26,32 @@ type outbox struct {
 	fail error
 }
 
-func (o *outbox) Send(_ context.Context, _, _, text string) error {
+func (o *outbox) Send(_ context.Context, m delivery.Message) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.fail != nil {
 		return o.fail
 	}
+	text := m.Text
 	i := strings.Index(text, "token=")
 	if i < 0 {
 		return errors.New("no link in the mail")
 	}
 	u, _ := url.Parse("http://x/?" + strings.Fields(text[i:])[0])
 	o.sent = append(o.sent, u.Query().Get("token"))
+	return nil
+}
+
+// smsOutbox counts the SMS that would be sent.
+type smsOutbox struct {
+	mu   sync.Mutex
+	sent int
+}
+
+func (o *smsOutbox) Send(context.Context, string, string, string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.sent++
 	return nil
 }
 
@@ -85,8 +102,11 @@ func TestRequestTokenAndAdd(t *testing.T) {
 			t.Fatalf("e-mail sessions carry no submit_url: %q", r1.SubmitURL)
 		}
 		wantErr(t, svc.Add(ctx, "@u:hs", r1.SID, "sec"), mxerr.ThreepidAuthFailed) // not validated
-		_, err = svc.SubmitToken(ctx, "email", r1.SID, "sec", mail.sent[0])
-		wantErr(t, err, mxerr.TokenIncorrect) // replaced by the second
+		// The first token still works after the resend.
+		if _, err := svc.SubmitToken(ctx, "email", r1.SID, "sec", mail.sent[0]); err != nil {
+			t.Fatal(err)
+		}
+		// And so does the second, as a link opened again.
 		if _, err := svc.SubmitToken(ctx, "email", r1.SID, "sec", mail.last()); err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +123,7 @@ func TestRequestTokenAndAdd(t *testing.T) {
 		if _, err := svc.SubmitToken(ctx, "email", r4.SID, "s4", mail.last()); err != nil {
 			t.Fatal(err)
 		}
-		*now = now.Add(account.ValidatedSessionLifetime + time.Minute)
+		*now = now.Add(config.DefaultValidatedSessionLifetime + time.Minute)
 		wantErr(t, svc.Add(ctx, "@u:hs", r4.SID, "s4"), mxerr.ThreepidAuthFailed)
 	})
 }
@@ -139,7 +159,7 @@ func TestSubmitToken(t *testing.T) {
 		}
 
 		r2, _ := svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "sec", Medium: "email", Address: "d@example.org", SendAttempt: 1})
-		*now = now.Add(account.EmailTokenLifetime + time.Second)
+		*now = now.Add(config.DefaultEmailTokenLifetime + time.Second)
 		_, err = svc.SubmitToken(ctx, "email", r2.SID, "sec", mail.last())
 		wantErr(t, err, mxerr.SessionExpired)
 	})
@@ -189,5 +209,223 @@ func TestPolicyAndLimits(t *testing.T) {
 		// No SMS sender: msisdn not supported.
 		_, err = svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "sec", Medium: "msisdn", Address: "447700900001", SendAttempt: 1})
 		wantErr(t, err, mxerr.ThreepidMediumNotSupported)
+	})
+}
+
+// TestLiveTokens: every token sent for a session works until it expires,
+// the newest MaxLiveTokens of them.
+func TestLiveTokens(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		svc, mail, now := newService(t, s)
+		svc.Limits = account.Limits{AttemptsPerLifetime: 100, AttemptsPerDay: 100}
+		req := account.TokenRequest{ClientSecret: "sec", Medium: "email", Address: "live@example.org"}
+		var sid string
+		for attempt := range account.MaxLiveTokens + 1 {
+			req.SendAttempt = int64(attempt + 1)
+			r, err := svc.RequestToken(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sid = r.SID
+			*now = now.Add(time.Minute)
+		}
+		_, err := svc.SubmitToken(ctx, "email", sid, "sec", mail.sent[0])
+		wantErr(t, err, mxerr.TokenIncorrect) // the oldest of MaxLiveTokens+1
+		// The second token expires first of the live ones: a minute after the
+		// first would have.
+		*now = now.Add(config.DefaultEmailTokenLifetime - time.Duration(account.MaxLiveTokens)*time.Minute + time.Second)
+		_, err = svc.SubmitToken(ctx, "email", sid, "sec", mail.sent[1])
+		wantErr(t, err, mxerr.SessionExpired)
+		if _, err := svc.SubmitToken(ctx, "email", sid, "sec", mail.sent[2]); err != nil {
+			t.Fatalf("a live token: %v", err)
+		}
+	})
+}
+
+// TestTokenAttempts: attempts are counted per 3PID, across resends and
+// sessions: at most AttemptsPerLifetime within a token lifetime, and
+// AttemptsPerDay within 24 hours; both windows slide.
+func TestTokenAttempts(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		svc, mail, now := newService(t, s)
+		svc.Limits = account.Limits{AttemptsPerLifetime: 2, AttemptsPerDay: 3}
+		session := func(secret string, attempt int64) (string, string) {
+			t.Helper()
+			r, err := svc.RequestToken(ctx, account.TokenRequest{ClientSecret: secret, Medium: "email", Address: "guess@example.org", SendAttempt: attempt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r.SID, mail.last()
+		}
+		tooMany := func(err error) {
+			t.Helper()
+			wantErr(t, err, mxerr.TokenIncorrect)
+			if !strings.Contains(err.Error(), "Too many attempts") {
+				t.Fatalf("%v: want the answer of a spent budget", err)
+			}
+		}
+		sid, _ := session("one", 1)
+		for range 2 {
+			_, err := svc.SubmitToken(ctx, "email", sid, "one", "wrong")
+			wantErr(t, err, mxerr.TokenIncorrect)
+		}
+		_, token := session("one", 2) // a resend
+		_, err := svc.SubmitToken(ctx, "email", sid, "one", token)
+		tooMany(err)
+		other, otherToken := session("two", 1) // another session
+		_, err = svc.SubmitToken(ctx, "email", other, "two", otherToken)
+		tooMany(err)
+		// Another address has a budget of its own.
+		r, err := svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "one", Medium: "email", Address: "else@example.org", SendAttempt: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.SubmitToken(ctx, "email", r.SID, "one", mail.last()); err != nil {
+			t.Fatal(err)
+		}
+		// A token lifetime later the lifetime's budget is back, but the day
+		// has one attempt left.
+		*now = now.Add(config.DefaultEmailTokenLifetime + time.Second)
+		sid3, token3 := session("three", 1)
+		_, err = svc.SubmitToken(ctx, "email", sid3, "three", "wrong")
+		wantErr(t, err, mxerr.TokenIncorrect)
+		_, err = svc.SubmitToken(ctx, "email", sid3, "three", token3)
+		tooMany(err)
+		*now = now.Add(24*time.Hour - config.DefaultEmailTokenLifetime)
+		sid4, token4 := session("four", 1)
+		if _, err := svc.SubmitToken(ctx, "email", sid4, "four", token4); err != nil {
+			t.Fatalf("a day later: %v", err)
+		}
+	})
+}
+
+// failingAttempts is a store whose attempt count cannot be reached.
+type failingAttempts struct{ storage.Store }
+
+func (failingAttempts) RecordTokenAttempt(context.Context, string, string, int64, ...storage.AttemptLimit) (bool, error) {
+	return false, errors.New("connection refused")
+}
+
+// TestTokenAttemptsFailClosed: when attempts cannot be counted, no token is
+// checked.
+func TestTokenAttemptsFailClosed(t *testing.T) {
+	ctx := context.Background()
+	svc, mail, _ := newService(t, storagetest.SQLite(t))
+	r, err := svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "sec", Medium: "email", Address: "closed@example.org", SendAttempt: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Store = failingAttempts{svc.Store}
+	if _, err := svc.SubmitToken(ctx, "email", r.SID, "sec", mail.last()); err == nil || errors.Is(err, &mxerr.Error{}) {
+		t.Fatalf("submit with attempts uncounted: %v, want a server error", err)
+	}
+	if l, err := svc.OpenLink(ctx, "email", r.SID, "sec"); err != nil || l.Validated {
+		t.Fatalf("the session after an uncounted attempt: %+v %v", l, err)
+	}
+}
+
+// TestInhibitThreepidErrors: with the option, an address an account holds
+// gets an answer of the same shape as a free one, and a session that
+// behaves as one whose token was sent elsewhere: same sid on a repeat, its
+// token refused; nothing is sent. Policy and next_link rules still answer.
+func TestInhibitThreepidErrors(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		svc, mail, _ := newService(t, s)
+		sms := &smsOutbox{}
+		svc.SMS = sms
+		svc.InhibitThreepidErrors = true
+		svc.NextLinkDomains = []string{"app.example"}
+		for _, a := range []storage.Association{
+			{UserID: "@holder:hs", Medium: "email", Address: "held@example.org"},
+			{UserID: "@holder:hs", Medium: "msisdn", Address: "447700900001"},
+		} {
+			if err := s.InsertAssociation(ctx, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, medium := range []string{"email", "msisdn"} {
+			held, free := "held@example.org", "free@example.org"
+			if medium == "msisdn" {
+				held, free = "447700900001", "447700900002"
+			}
+			got, err := svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "sec", Medium: medium, Address: held, SendAttempt: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "sec", Medium: medium, Address: free, SendAttempt: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !threepid.ValidSID(got.SID) || len(got.SID) != len(want.SID) || got.SID == want.SID {
+				t.Fatalf("%s: sid %q of a held address, %q of a free one", medium, got.SID, want.SID)
+			}
+			got.SID, want.SID = "", ""
+			if medium == "msisdn" {
+				want.MSISDN, want.IntlFmt = got.MSISDN, got.IntlFmt
+			}
+			if got != want {
+				t.Fatalf("%s: answer %+v for a held address, %+v for a free one", medium, got, want)
+			}
+		}
+		if len(mail.sent) != 1 || sms.sent != 1 {
+			t.Fatalf("%d mails, %d SMS: want one of each (to the free addresses)", len(mail.sent), sms.sent)
+		}
+		req := account.TokenRequest{ClientSecret: "s2", Medium: "email", Address: "held@example.org", SendAttempt: 1}
+		r1, _ := svc.RequestToken(ctx, req)
+		if r2, err := svc.RequestToken(ctx, req); err != nil || r2.SID != r1.SID {
+			t.Fatalf("repeat: %v %v, want sid %s", r2, err, r1.SID)
+		}
+		_, err := svc.SubmitToken(ctx, "email", r1.SID, "s2", "a guess")
+		wantErr(t, err, mxerr.TokenIncorrect)
+		if len(mail.sent) != 1 {
+			t.Fatalf("%d mails", len(mail.sent))
+		}
+		// The rules before it still answer.
+		req.NextLink = "https://elsewhere.example/"
+		_, err = svc.RequestToken(ctx, req)
+		wantErr(t, err, mxerr.InvalidParam)
+		svc.Policy = denyAll{}
+		_, err = svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "s3", Medium: "email", Address: "held@example.org", SendAttempt: 1})
+		wantErr(t, err, mxerr.ThreepidDenied)
+		// Without the option, the address is in use.
+		svc.Policy, svc.InhibitThreepidErrors = nil, false
+		_, err = svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "s4", Medium: "email", Address: "held@example.org", SendAttempt: 1})
+		wantErr(t, err, mxerr.ThreepidInUse)
+	})
+}
+
+// TestNextLinkDomains: next_link_domains_allowed is checked at requestToken,
+// and again before the redirect (the list may have changed since).
+func TestNextLinkDomains(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		svc, mail, _ := newService(t, s)
+		svc.NextLinkDomains = []string{"app.example"}
+		req := account.TokenRequest{ClientSecret: "sec", Medium: "email", Address: "n@example.org", SendAttempt: 1, NextLink: "https://evil.example/"}
+		_, err := svc.RequestToken(ctx, req)
+		wantErr(t, err, mxerr.InvalidParam)
+		req.NextLink = "https://APP.example:8443/done"
+		r, err := svc.RequestToken(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l, err := svc.OpenLink(ctx, "email", r.SID, "sec"); err != nil || l != (account.LinkSession{Medium: "email", Address: "n@example.org", NextLink: req.NextLink}) {
+			t.Fatalf("OpenLink: %+v %v", l, err)
+		}
+		svc.NextLinkDomains = []string{}
+		if l, err := svc.OpenLink(ctx, "email", r.SID, "sec"); err != nil || l.NextLink != "" {
+			t.Fatalf("OpenLink after the list changed: %+v %v", l, err)
+		}
+		if next, err := svc.SubmitToken(ctx, "email", r.SID, "sec", mail.last()); err != nil || next != "" {
+			t.Fatalf("submit after the list changed: %q %v, want no next_link", next, err)
+		}
+		if l, err := svc.OpenLink(ctx, "email", r.SID, "sec"); err != nil || !l.Validated {
+			t.Fatalf("OpenLink after the submit: %+v %v", l, err)
+		}
+		_, err = svc.OpenLink(ctx, "email", r.SID, "other")
+		wantErr(t, err, mxerr.InvalidParam)
 	})
 }

@@ -2,9 +2,7 @@ package clientapi
 
 import (
 	"encoding/json"
-	"html/template"
 	"net/http"
-	"strings"
 
 	"github.com/gorilla/mux"
 
@@ -36,10 +34,13 @@ func (a *Account) Register(r *mux.Router) {
 		r.Handle(p+"/account/3pid/email/requestToken", mxerr.Handler(a.requestEmailToken)).Methods(http.MethodPost)
 		r.Handle(p+"/account/3pid/msisdn/requestToken", mxerr.Handler(a.requestMSISDNToken)).Methods(http.MethodPost)
 	}
-	r.Handle(account.EmailSubmitPath, mxerr.Handler(a.submitGET(threepid.MediumEmail))).Methods(http.MethodGet)
-	r.Handle(account.MSISDNSubmitPath, mxerr.Handler(a.submitGET(threepid.MediumMSISDN))).Methods(http.MethodGet)
-	r.Handle(account.EmailSubmitPath, mxerr.Handler(a.submitPOST(threepid.MediumEmail))).Methods(http.MethodPost)
-	r.Handle(account.MSISDNSubmitPath, mxerr.Handler(a.submitPOST(threepid.MediumMSISDN))).Methods(http.MethodPost)
+	for _, s := range []struct{ medium, path string }{
+		{threepid.MediumEmail, account.EmailSubmitPath},
+		{threepid.MediumMSISDN, account.MSISDNSubmitPath},
+	} {
+		r.Handle(s.path, a.linkPage(s.medium)).Methods(http.MethodGet)
+		r.Handle(s.path, a.submit(s.medium)).Methods(http.MethodPost)
+	}
 }
 
 func (a *Account) list(w http.ResponseWriter, r *http.Request) error {
@@ -117,7 +118,7 @@ func (a *Account) requestMSISDNToken(w http.ResponseWriter, r *http.Request) err
 }
 
 func (a *Account) requestToken(w http.ResponseWriter, r *http.Request, req account.TokenRequest) error {
-	if ok, wait := a.PerIP.Allow(r.Context(), a.Auth.ClientIP(r)); !ok {
+	if ok, wait := a.PerIP.Allow(r.Context(), ratelimit.IPKey(a.Auth.ClientIP(r))); !ok {
 		return mxerr.LimitExceeded.WithMessage("Too many validation requests from this address").WithRetryAfter(wait)
 	}
 	if ok, wait := a.PerAddress.Allow(r.Context(), req.Medium+":"+req.Address); !ok {
@@ -129,61 +130,6 @@ func (a *Account) requestToken(w http.ResponseWriter, r *http.Request, req accou
 	}
 	mxerr.WriteJSON(w, http.StatusOK, resp)
 	return nil
-}
-
-type submitBody struct {
-	SID          *string `json:"sid"`
-	ClientSecret *string `json:"client_secret"`
-	Token        *string `json:"token"`
-}
-
-func (a *Account) submitPOST(medium string) mxerr.Handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		var b submitBody
-		if err := httpapi.DecodeJSON(r, &b); err != nil {
-			return err
-		}
-		if err := mxerr.Required("sid", b.SID != nil, "client_secret", b.ClientSecret != nil, "token", b.Token != nil); err != nil {
-			return err
-		}
-		if _, err := a.Service.SubmitToken(r.Context(), medium, *b.SID, *b.ClientSecret, strings.TrimSpace(*b.Token)); err != nil {
-			return err
-		}
-		mxerr.WriteJSON(w, http.StatusOK, map[string]bool{"success": true})
-		return nil
-	}
-}
-
-var submitPage = template.Must(template.New("submit").Parse(`<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{.Title}}</title></head>
-<body><h1>{{.Title}}</h1><p>{{.Text}}</p></body></html>
-`))
-
-// submitGET serves the link from the validation e-mail: a 302 to next_link once
-// validated, else a small HTML page.
-func (a *Account) submitGET(medium string) mxerr.Handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		q := r.URL.Query()
-		next, err := a.Service.SubmitToken(r.Context(), medium, q.Get("sid"), q.Get("client_secret"), q.Get("token"))
-		page := struct{ Title, Text string }{"Address confirmed", "Your address has been confirmed. You can return to your Matrix client and continue."}
-		status := http.StatusOK
-		if err != nil {
-			me, ok := err.(*mxerr.Error)
-			if !ok {
-				return err
-			}
-			status = me.Status
-			page.Title, page.Text = "Confirmation failed", me.Message+"."
-		} else if next != "" {
-			http.Redirect(w, r, next, http.StatusFound)
-			return nil
-		}
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Content-Security-Policy", "default-src 'none'")
-		w.WriteHeader(status)
-		return submitPage.Execute(w, page)
-	}
 }
 
 type addBody struct {

@@ -16,12 +16,15 @@ import (
 	"github.com/threepidd/threepidd/bindings"
 	"github.com/threepidd/threepidd/clientapi"
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/delivery"
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/identity"
 	"github.com/threepidd/threepidd/federation/signingkey"
 	"github.com/threepidd/threepidd/homeserver"
 	"github.com/threepidd/threepidd/router"
+	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"golang.org/x/net/html"
 )
 
 // Each Fuzz target below sends its input as the body of every endpoint that
@@ -83,15 +86,33 @@ func fakeIdentityServer(r *http.Request) (int, string) {
 	return 404, `{"errcode":"M_UNRECOGNIZED","error":"not here"}`
 }
 
-// discard is an e-mail and SMS sender that sends nothing.
-type discard struct{}
+// discard is an SMS sender that sends nothing, discardMail an e-mail sender.
+type (
+	discard     struct{}
+	discardMail struct{}
+)
 
 func (discard) Send(context.Context, string, string, string) error { return nil }
+func (discardMail) Send(context.Context, delivery.Message) error   { return nil }
 
-// newFuzzHandler returns the client-server API as the server wires it.
+// The validation session the fuzz store holds, whose link pages show a form.
+const (
+	fuzzSID    = "fuzzsid"
+	fuzzSecret = "fuzzsecret"
+)
+
+// newFuzzHandler returns the client-server API as the server wires it, on a
+// store that holds one validation session (fuzzSID).
 func newFuzzHandler(f *testing.F) http.Handler {
 	f.Helper()
 	store := storagetest.SQLite(f)
+	far := time.Now().Add(time.Hour).UnixMilli()
+	err := store.CreateSession(context.Background(),
+		storage.Session{SID: fuzzSID, ClientSecret: fuzzSecret, Medium: "email", Address: "fuzz@example.org", SendAttempt: 1, ExpiresAt: far},
+		storage.SessionToken{SID: fuzzSID, TokenHash: "none", SendAttempt: 1, ExpiresAt: far})
+	if err != nil {
+		f.Fatal(err)
+	}
 	hs, err := homeserver.New(config.Homeserver{URL: "http://hs.test", Kind: "synapse", TokenCacheTTL: time.Hour}, roundTripper(fakeHomeserver))
 	if err != nil {
 		f.Fatal(err)
@@ -107,7 +128,7 @@ func newFuzzHandler(f *testing.F) http.Handler {
 		Identity: identity.NewClient("hs.test", key, federation.NewKeyRing(idClient), idClient),
 		Servers:  []config.IdentityServer{{ServerName: fuzzIDServer, BaseURL: "http://" + fuzzIDServer}},
 	}
-	accounts := &account.Service{Store: store, Email: discard{}, SMS: discard{}, PublicBaseURL: "http://threepidd.test", Unbinder: binds}
+	accounts := &account.Service{Store: store, Email: discardMail{}, SMS: discard{}, PublicBaseURL: "http://threepidd.test", Unbinder: binds}
 	routes := router.NewRouter()
 	(&clientapi.Account{Service: accounts, Auth: authn}).Register(routes)
 	(&clientapi.Bindings{Service: binds, Auth: authn}).Register(routes)
@@ -155,6 +176,61 @@ func FuzzTokenBody(f *testing.F) {
 // FuzzSubmitBody: submitBody, at both submit_token endpoints.
 func FuzzSubmitBody(f *testing.F) {
 	fuzzEndpoints(f, account.EmailSubmitPath, account.MSISDNSubmitPath)
+}
+
+// FuzzSubmitForm: the form of a validation link's page (POSTed
+// form-encoded) and the link itself (its query), at both submit_token
+// endpoints. Whatever the input, the answer is an HTML page with a 200 or a
+// 4xx, under a Content-Security-Policy, made only of the page's own elements
+// (no markup from the input).
+func FuzzSubmitForm(f *testing.F) {
+	h := newFuzzHandler(f)
+	f.Fuzz(func(t *testing.T, input string) {
+		for _, path := range []string{account.EmailSubmitPath, account.MSISDNSubmitPath} {
+			post := httptest.NewRequest(http.MethodPost, path, strings.NewReader(input))
+			post.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			get := httptest.NewRequest(http.MethodGet, path, nil)
+			get.URL.RawQuery = input
+			for _, req := range []*http.Request{post, get} {
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				if w.Code != http.StatusOK && (w.Code < 400 || w.Code > 499) ||
+					!strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") ||
+					!strings.Contains(w.Header().Get("Content-Security-Policy"), "default-src 'none'") {
+					t.Fatalf("%s %s %q: answer %d %v: %s", req.Method, path, input, w.Code, w.Header(), w.Body)
+				}
+				if bad := foreignMarkup(w.Body.String()); bad != "" {
+					t.Fatalf("%s %s %q: the page holds %s: %s", req.Method, path, input, bad, w.Body)
+				}
+			}
+		}
+	})
+}
+
+// pageElements are the elements the validation pages are made of.
+var pageElements = map[string]bool{"html": true, "head": true, "meta": true, "title": true, "body": true,
+	"h1": true, "p": true, "strong": true, "form": true, "input": true, "button": true, "a": true}
+
+// foreignMarkup returns what in page is not the pages' own markup (an
+// element, an event handler or a script URL), or "".
+func foreignMarkup(page string) string {
+	z := html.NewTokenizer(strings.NewReader(page))
+	for {
+		switch z.Next() {
+		case html.ErrorToken:
+			return ""
+		case html.StartTagToken, html.SelfClosingTagToken:
+			tok := z.Token()
+			if !pageElements[tok.Data] {
+				return "element " + tok.Data
+			}
+			for _, a := range tok.Attr {
+				if strings.HasPrefix(a.Key, "on") || strings.HasPrefix(strings.ToLower(strings.TrimSpace(a.Val)), "javascript:") {
+					return "attribute " + a.Key + "=" + a.Val
+				}
+			}
+		}
+	}
 }
 
 // FuzzAddBody: addBody, at /3pid/add (UIA relayed to the fake homeserver).

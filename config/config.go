@@ -25,6 +25,9 @@ type Config struct {
 	Log             Log              `yaml:"log"`
 	Outbound        Outbound         `yaml:"outbound"`
 	OnUpdate        OnUpdate         `yaml:"onupdate"`
+	// ValidatedSessionLifetime is how long a validated session can still be
+	// spent by /3pid/add.
+	ValidatedSessionLifetime time.Duration `yaml:"validated_session_lifetime"`
 }
 
 // Database selects the storage backend.
@@ -64,13 +67,26 @@ type Email struct {
 	SMTPPort     int    `yaml:"smtp_port"`
 	SMTPUsername string `yaml:"smtp_username"`
 	SMTPPassword string `yaml:"smtp_password"`
-	RequireTLS   bool   `yaml:"require_tls"`
-	From         string `yaml:"from"`
+	// RequireTLS: nil until derived (true unless SMTPHost is a loopback
+	// host); see [Email.TLSRequired].
+	RequireTLS *bool  `yaml:"require_tls"`
+	From       string `yaml:"from"`
+	// TokenLifetime is how long the link of a validation mail works.
+	TokenLifetime time.Duration `yaml:"token_lifetime"`
+	// Subject is the subject of validation mails, a text/template.
+	Subject string `yaml:"subject"`
+	// TemplateDir holds files that replace the built-in mail templates.
+	TemplateDir string `yaml:"template_dir"`
+	// NextLinkDomainsAllowed lists the hosts next_link may name (Synapse's
+	// next_link_domain_whitelist): nil allows any, an empty list none.
+	NextLinkDomainsAllowed []string `yaml:"next_link_domains_allowed"`
 }
 
 // MSISDN configures validation SMS. An empty WebhookURL means msisdn is not supported.
 type MSISDN struct {
 	WebhookURL string `yaml:"webhook_url"`
+	// TokenLifetime is how long the code of a validation SMS works.
+	TokenLifetime time.Duration `yaml:"token_lifetime"`
 }
 
 // Policy holds the built-in rules and the webhooks.
@@ -83,6 +99,10 @@ type Policy struct {
 	MaxThreepidsPerUser        int           `yaml:"max_threepids_per_user"`
 	Webhook                    PolicyWebhook `yaml:"webhook"`
 	EventsWebhook              EventsWebhook `yaml:"events_webhook"`
+	// RequestTokenInhibit3PIDErrors makes requestToken for an address an
+	// account holds answer as for a free one, sending nothing (Synapse's
+	// request_token_inhibit_3pid_errors).
+	RequestTokenInhibit3PIDErrors bool `yaml:"request_token_inhibit_3pid_errors"`
 }
 
 // PolicyWebhook is asked before each change and may block it.
@@ -99,7 +119,7 @@ type EventsWebhook struct {
 	Secret string `yaml:"secret"`
 }
 
-// RateLimits are the token buckets.
+// RateLimits are the token buckets, and the limits on guessing tokens.
 type RateLimits struct {
 	RequestTokenPerIP      Bucket `yaml:"requesttoken_per_ip"`
 	RequestTokenPerAddress Bucket `yaml:"requesttoken_per_address"`
@@ -107,6 +127,11 @@ type RateLimits struct {
 	// UnbindPerUser limits each user's /3pid/unbind and /3pid/delete calls
 	// (one bucket for both: each may dial an identity server).
 	UnbindPerUser Bucket `yaml:"unbind_per_user"`
+	// TokenAttemptsPerLifetime and TokenAttemptsPerDay bound the tokens
+	// submitted for one 3PID, across its sessions and their resends, within
+	// one token lifetime of its medium and within 24 hours.
+	TokenAttemptsPerLifetime int `yaml:"token_attempts_per_lifetime"`
+	TokenAttemptsPerDay      int `yaml:"token_attempts_per_day"`
 }
 
 // Bucket is a token bucket; PerSecond 0 turns the limit off.

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -57,8 +58,79 @@ func TestLoadDefaults(t *testing.T) {
 		cfg.OnUpdate.MaxAge != 10*time.Minute, cfg.OnUpdate.ClockSkew != time.Minute,
 		cfg.Policy.Webhook.Timeout != 2*time.Second, cfg.Sync.Retention != 168*time.Hour,
 		cfg.Sync.SpliceBudgetBytes != 256<<20, cfg.Log != Log{Format: "text", Level: "info"},
-		cfg.Email.SMTPPort != 0, cfg.EmailEnabled(), cfg.MSISDNEnabled():
+		cfg.Email.SMTPPort != 0, cfg.EmailEnabled(), cfg.MSISDNEnabled(),
+		cfg.Email.TokenLifetime != time.Hour, cfg.MSISDN.TokenLifetime != 15*time.Minute,
+		cfg.ValidatedSessionLifetime != 24*time.Hour, cfg.Email.NextLinkDomainsAllowed != nil,
+		cfg.Email.Subject != "[{{.ServerName}}] Confirm your e-mail address", cfg.Email.TemplateDir != "",
+		cfg.Policy.RequestTokenInhibit3PIDErrors,
+		cfg.RateLimit.TokenAttemptsPerLifetime != 5, cfg.RateLimit.TokenAttemptsPerDay != 10:
 		t.Fatalf("defaults differ from the contract: %+v", *cfg)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestRequireTLSDefault: STARTTLS is required unless the SMTP server is a
+// loopback host (or require_tls says otherwise).
+func TestRequireTLSDefault(t *testing.T) {
+	for _, tt := range []struct {
+		host, requireTLS string // requireTLS "" leaves the key out
+		want             bool
+	}{
+		{"smtp.example.org", "", true},
+		{"192.0.2.25", "", true},
+		{"2001:db8::25", "", true},
+		{"localhost.example.org", "", true},
+		{"127.0.0.1", "", false},
+		{"127.8.9.10", "", false},
+		{"::1", "", false},
+		{"[::1]", "", false},
+		{"localhost", "", false},
+		{"LocalHost.", "", false},
+		{"mail.localhost", "", false},
+		{"smtp.example.org", "false", false},
+		{"127.0.0.1", "true", true},
+	} {
+		t.Run(tt.host+" "+tt.requireTLS, func(t *testing.T) {
+			env := []string{"THREEPIDD_EMAIL_SMTP_HOST=" + tt.host, "THREEPIDD_EMAIL_FROM=threepidd@example.org"}
+			if tt.requireTLS != "" {
+				env = append(env, "THREEPIDD_EMAIL_REQUIRE_TLS="+tt.requireTLS)
+			}
+			cfg, err := Load(writeConfig(t, minimal(t)), env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Email.RequireTLS == nil || *cfg.Email.RequireTLS != tt.want || cfg.Email.TLSRequired() != tt.want {
+				t.Fatalf("require_tls = %v (TLSRequired %v), want %v", cfg.Email.RequireTLS, cfg.Email.TLSRequired(), tt.want)
+			}
+		})
+	}
+}
+
+// TestNextLinkDomainsAllowed: unset allows any host (nil), an empty list none.
+func TestNextLinkDomainsAllowed(t *testing.T) {
+	for _, tt := range []struct {
+		name, extra string
+		env         []string
+		want        []string
+	}{
+		{"unset", "", nil, nil},
+		{"empty list", "email: {next_link_domains_allowed: []}\n", nil, []string{}},
+		{"empty list from the environment", "", []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[]"}, []string{}},
+		{"unset again by the environment", "email: {next_link_domains_allowed: []}\n", []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED="}, nil},
+		{"hosts", "email: {next_link_domains_allowed: [app.example.org, 192.0.2.1, \"2001:db8::1\"]}\n", nil,
+			[]string{"app.example.org", "192.0.2.1", "2001:db8::1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Load(writeConfig(t, minimal(t)+tt.extra), tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := cfg.Email.NextLinkDomainsAllowed
+			if (got == nil) != (tt.want == nil) || !slices.Equal(got, tt.want) {
+				t.Fatalf("next_link_domains_allowed = %#v, want %#v", got, tt.want)
+			}
+		})
 	}
 }
 
@@ -98,28 +170,34 @@ func TestLoadFullFile(t *testing.T) {
 		},
 		Email: Email{
 			SMTPHost: "smtp.example.org", SMTPPort: 587, SMTPUsername: "threepidd",
-			SMTPPassword: "#not a comment", RequireTLS: true, From: "Example <noreply@example.org>",
+			SMTPPassword: "#not a comment", RequireTLS: ptr(false), From: "Example <noreply@example.org>",
+			TokenLifetime: 2 * time.Hour, Subject: "Confirm {{.Address}}", TemplateDir: "testdata",
+			NextLinkDomainsAllowed: []string{"app.example.org", "::1"},
 		},
-		MSISDN: MSISDN{WebhookURL: "https://sms.example.org/send"},
+		MSISDN: MSISDN{WebhookURL: "https://sms.example.org/send", TokenLifetime: 10 * time.Minute},
 		Policy: Policy{
-			EmailDomainsAllowed:        []string{"example.org"},
-			EmailDomainsDenied:         []string{"spam.example"},
-			MSISDNCountriesAllowed:     []string{"44"},
-			MSISDNCountriesDenied:      []string{"1"},
-			BindIdentityServersAllowed: []string{"id.example.org"},
-			MaxThreepidsPerUser:        3,
-			Webhook:                    PolicyWebhook{URL: "https://policy.example/check", Secret: "s3cret", Timeout: 500 * time.Millisecond, FailOpen: true},
-			EventsWebhook:              EventsWebhook{URL: "https://policy.example/events", Secret: "ev3nts"},
+			EmailDomainsAllowed:           []string{"example.org"},
+			EmailDomainsDenied:            []string{"spam.example"},
+			MSISDNCountriesAllowed:        []string{"44"},
+			MSISDNCountriesDenied:         []string{"1"},
+			BindIdentityServersAllowed:    []string{"id.example.org"},
+			MaxThreepidsPerUser:           3,
+			Webhook:                       PolicyWebhook{URL: "https://policy.example/check", Secret: "s3cret", Timeout: 500 * time.Millisecond, FailOpen: true},
+			EventsWebhook:                 EventsWebhook{URL: "https://policy.example/events", Secret: "ev3nts"},
+			RequestTokenInhibit3PIDErrors: true,
 		},
 		RateLimit: RateLimits{
-			RequestTokenPerIP:      Bucket{PerSecond: 0, Burst: 0}, // an explicit 0 beats the default
-			RequestTokenPerAddress: Bucket{PerSecond: 1.5, Burst: 2},
-			OnUpdatePerServer:      Bucket{PerSecond: 5, Burst: 20},
-			UnbindPerUser:          Bucket{PerSecond: 0.5, Burst: 3},
+			RequestTokenPerIP:        Bucket{PerSecond: 0, Burst: 0}, // an explicit 0 beats the default
+			RequestTokenPerAddress:   Bucket{PerSecond: 1.5, Burst: 2},
+			OnUpdatePerServer:        Bucket{PerSecond: 5, Burst: 20},
+			UnbindPerUser:            Bucket{PerSecond: 0.5, Burst: 3},
+			TokenAttemptsPerLifetime: 3,
+			TokenAttemptsPerDay:      6,
 		},
-		AdminToken: "adm1n",
-		Sync:       Sync{Retention: 24 * time.Hour, SpliceBudgetBytes: 64 << 20},
-		Log:        Log{Format: "json", Level: "debug"},
+		AdminToken:               "adm1n",
+		Sync:                     Sync{Retention: 24 * time.Hour, SpliceBudgetBytes: 64 << 20},
+		ValidatedSessionLifetime: time.Hour,
+		Log:                      Log{Format: "json", Level: "debug"},
 		Outbound: Outbound{
 			IPRangeDenylist:  []string{"10.0.0.0/8", "fc00::/7", "192.0.2.1"},
 			IPRangeAllowlist: []string{"10.1.0.0/16"},
@@ -195,7 +273,7 @@ func TestEnvOverrides(t *testing.T) {
 		{"token_cache_ttl", cfg.Homeserver.TokenCacheTTL, time.Minute},
 		{"burst", cfg.RateLimit.RequestTokenPerIP, Bucket{PerSecond: 0.1, Burst: 3}},
 		{"uia_relay", cfg.Homeserver.UIARelay, &UIARelay{Method: "DELETE", Path: "/_matrix/client/v3/devices/x"}},
-		{"require_tls", cfg.Email.RequireTLS, true},
+		{"require_tls", cfg.Email.RequireTLS, ptr(true)},
 		{"smtp_port default follows an env smtp_host", cfg.Email.SMTPPort, DefaultSMTPPort},
 		{"admin_token", cfg.AdminToken, "#secret: *not yaml"},
 		{"database", cfg.Database, Database{Driver: "sqlite", DSN: otherDB}},
@@ -351,6 +429,25 @@ func TestLoadMistakes(t *testing.T) {
 		{name: "CA file without a certificate", env: []string{"THREEPIDD_OUTBOUND_CA_FILES=[" + keyFile + "]"}, want: "config: outbound.ca_files[0]: " + keyFile + " holds no PEM certificate"},
 		{name: "onupdate max_age zero", env: []string{"THREEPIDD_ONUPDATE_MAX_AGE=0s"}, want: "config: onupdate.max_age: must be positive"},
 		{name: "onupdate clock_skew negative", env: []string{"THREEPIDD_ONUPDATE_CLOCK_SKEW=-1s"}, want: "config: onupdate.clock_skew: must not be negative"},
+		{name: "email token lifetime zero", env: []string{"THREEPIDD_EMAIL_TOKEN_LIFETIME=0s"}, want: "config: email.token_lifetime: must be at least 1s"},
+		{name: "msisdn token lifetime negative", env: []string{"THREEPIDD_MSISDN_TOKEN_LIFETIME=-15m"}, want: "config: msisdn.token_lifetime:"},
+		{name: "validated session lifetime zero", env: []string{"THREEPIDD_VALIDATED_SESSION_LIFETIME=0s"}, want: "config: validated_session_lifetime:"},
+		{name: "email subject empty", env: []string{"THREEPIDD_EMAIL_SUBJECT= "}, want: "config: email.subject: must not be empty"},
+		{name: "email template dir missing", env: []string{"THREEPIDD_EMAIL_TEMPLATE_DIR=" + filepath.Join(aDir, "nope")}, want: "config: email.template_dir:"},
+		{name: "email template dir is a file", env: []string{"THREEPIDD_EMAIL_TEMPLATE_DIR=" + keyFile}, want: "config: email.template_dir: " + keyFile + " is not a directory"},
+		{name: "next_link host with a scheme", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[a.org, https://app.example.org]"},
+			want: "config: email.next_link_domains_allowed[1]:"},
+		{name: "next_link host with a port", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[app.example.org:443]"},
+			want: "config: email.next_link_domains_allowed[0]:"},
+		{name: "next_link host in brackets", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[\"[::1]\"]"},
+			want: "config: email.next_link_domains_allowed[0]:"},
+		{name: "next_link host in upper case", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[App.Example.org]"},
+			want: "config: email.next_link_domains_allowed[0]: \"App.Example.org\" must be written in lower case"},
+		{name: "next_link host empty", env: []string{"THREEPIDD_EMAIL_NEXT_LINK_DOMAINS_ALLOWED=[\"\"]"},
+			want: "config: email.next_link_domains_allowed[0]:"},
+		{name: "token attempts zero", env: []string{"THREEPIDD_RATELIMIT_TOKEN_ATTEMPTS_PER_LIFETIME=0"}, want: "config: ratelimit.token_attempts_per_lifetime: must be at least 1"},
+		{name: "token attempts per day below the lifetime's", env: []string{"THREEPIDD_RATELIMIT_TOKEN_ATTEMPTS_PER_DAY=4"},
+			want: "config: ratelimit.token_attempts_per_day: must be at least ratelimit.token_attempts_per_lifetime (5)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

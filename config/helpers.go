@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 )
@@ -107,4 +108,26 @@ func loadCertificates(path string) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", path)
 	}
 	return certs, nil
+
+}
+
+// TLSRequired reports whether mail may only be sent over TLS (STARTTLS):
+// require_tls, or when unset, whether smtp_host is not a loopback host.
+func (e Email) TLSRequired() bool {
+	if e.RequireTLS != nil {
+		return *e.RequireTLS
+	}
+	return !loopbackHost(e.SMTPHost)
+}
+
+// loopbackHost reports whether host is "localhost" (or a name under
+// .localhost) or a loopback IP address: mail to it never leaves the machine.
+// Names are not resolved.
+func loopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	addr, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && addr.Unmap().IsLoopback()
 }

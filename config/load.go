@@ -43,6 +43,21 @@ const (
 	DefaultOnUpdateMaxAge = 10 * time.Minute
 	// DefaultOnUpdateClockSkew is how far in the future an onupdate's ts may be.
 	DefaultOnUpdateClockSkew = time.Minute
+	// DefaultTokenAttemptsPerLifetime is how many tokens one 3PID may have
+	// submitted within one token lifetime of its medium, across its sessions
+	// and their resends (ratelimit.token_attempts_per_lifetime).
+	DefaultTokenAttemptsPerLifetime = 5
+	// DefaultTokenAttemptsPerDay is how many tokens one 3PID may have
+	// submitted within 24 hours (ratelimit.token_attempts_per_day).
+	DefaultTokenAttemptsPerDay = 10
+	// DefaultEmailTokenLifetime is how long the link of a validation mail works.
+	DefaultEmailTokenLifetime = time.Hour
+	// DefaultMSISDNTokenLifetime is how long the code of a validation SMS works.
+	DefaultMSISDNTokenLifetime = 15 * time.Minute
+	// DefaultValidatedSessionLifetime is how long a validated session can be spent by /3pid/add.
+	DefaultValidatedSessionLifetime = 24 * time.Hour
+	// DefaultEmailSubject is the subject of validation mails (a text/template).
+	DefaultEmailSubject = "[{{.ServerName}}] Confirm your e-mail address"
 )
 
 // DefaultIPRangeDenylist is Synapse's default ip_range_blacklist: loopback,
@@ -71,15 +86,20 @@ func Defaults() Config {
 		TrustedProxies: []string{"127.0.0.1/32", "::1/128"},
 		Policy:         Policy{Webhook: PolicyWebhook{Timeout: DefaultPolicyTimeout}},
 		RateLimit: RateLimits{
-			RequestTokenPerIP:      Bucket{PerSecond: 0.1, Burst: 10},
-			RequestTokenPerAddress: Bucket{PerSecond: 0.003, Burst: 5},
-			OnUpdatePerServer:      Bucket{PerSecond: 50, Burst: 200},
-			UnbindPerUser:          Bucket{PerSecond: 0.05, Burst: 10},
+			RequestTokenPerIP:        Bucket{PerSecond: 0.1, Burst: 10},
+			RequestTokenPerAddress:   Bucket{PerSecond: 0.003, Burst: 5},
+			OnUpdatePerServer:        Bucket{PerSecond: 50, Burst: 200},
+			UnbindPerUser:            Bucket{PerSecond: 0.05, Burst: 10},
+			TokenAttemptsPerLifetime: DefaultTokenAttemptsPerLifetime,
+			TokenAttemptsPerDay:      DefaultTokenAttemptsPerDay,
 		},
-		Sync:     Sync{Retention: DefaultSyncRetention, SpliceBudgetBytes: DefaultSpliceBudget},
-		Log:      Log{Format: LogText, Level: LogInfo},
-		Outbound: Outbound{IPRangeDenylist: slices.Clone(DefaultIPRangeDenylist)},
-		OnUpdate: OnUpdate{MaxAge: DefaultOnUpdateMaxAge, ClockSkew: DefaultOnUpdateClockSkew},
+		Sync:                     Sync{Retention: DefaultSyncRetention, SpliceBudgetBytes: DefaultSpliceBudget},
+		Log:                      Log{Format: LogText, Level: LogInfo},
+		Outbound:                 Outbound{IPRangeDenylist: slices.Clone(DefaultIPRangeDenylist)},
+		OnUpdate:                 OnUpdate{MaxAge: DefaultOnUpdateMaxAge, ClockSkew: DefaultOnUpdateClockSkew},
+		Email:                    Email{TokenLifetime: DefaultEmailTokenLifetime, Subject: DefaultEmailSubject},
+		MSISDN:                   MSISDN{TokenLifetime: DefaultMSISDNTokenLifetime},
+		ValidatedSessionLifetime: DefaultValidatedSessionLifetime,
 	}
 }
 
@@ -135,6 +155,10 @@ func (c *Config) applyDerivedDefaults() {
 	}
 	if c.Email.SMTPHost != "" && c.Email.SMTPPort == 0 {
 		c.Email.SMTPPort = DefaultSMTPPort
+	}
+	if c.Email.SMTPHost != "" && c.Email.RequireTLS == nil {
+		required := !loopbackHost(c.Email.SMTPHost)
+		c.Email.RequireTLS = &required
 	}
 }
 

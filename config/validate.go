@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/threepidd/threepidd/threepid"
 )
@@ -73,6 +74,7 @@ func (c *Config) Validate() error {
 		c.validateLog,
 		c.validateOutbound,
 		c.validateOnUpdate,
+		c.validateSessions,
 	} {
 		if err := check(); err != nil {
 			return err
@@ -348,6 +350,18 @@ func (c *Config) validateDelivery() error {
 			return problem("msisdn.webhook_url", "%v", err)
 		}
 	}
+	if strings.TrimSpace(c.Email.Subject) == "" {
+		return problem("email.subject", "must not be empty")
+	}
+	if dir := c.Email.TemplateDir; dir != "" {
+		info, err := os.Stat(dir)
+		switch {
+		case err != nil:
+			return problem("email.template_dir", "%v", err)
+		case !info.IsDir():
+			return problem("email.template_dir", "%s is not a directory", dir)
+		}
+	}
 	return nil
 }
 
@@ -377,6 +391,47 @@ func (c *Config) validatePolicy() error {
 	return nil
 }
 
+// validateSessions checks the lifetimes of validation sessions and the
+// hosts next_link may name.
+func (c *Config) validateSessions() error {
+	for _, d := range []struct {
+		key   string
+		value time.Duration
+	}{
+		{"email.token_lifetime", c.Email.TokenLifetime},
+		{"msisdn.token_lifetime", c.MSISDN.TokenLifetime},
+		{"validated_session_lifetime", c.ValidatedSessionLifetime},
+	} {
+		if d.value < time.Second {
+			return problem(d.key, "must be at least 1s, not %v", d.value)
+		}
+	}
+	for i, host := range c.Email.NextLinkDomainsAllowed {
+		if err := checkNextLinkHost(host); err != nil {
+			return problem(fmt.Sprintf("email.next_link_domains_allowed[%d]", i), "%v", err)
+		}
+	}
+	return nil
+}
+
+// checkNextLinkHost checks an entry of next_link_domains_allowed: a host as
+// a URL's host name reads, lower case, without port or brackets.
+func checkNextLinkHost(host string) error {
+	if _, err := netip.ParseAddr(host); err == nil && !strings.Contains(host, "%") {
+		if strings.ToLower(host) != host {
+			return fmt.Errorf("%q must be written in lower case", host)
+		}
+		return nil
+	}
+	if !threepid.ValidServerName(host) || strings.ContainsAny(host, ":[]") {
+		return fmt.Errorf("%q is not a host name (no scheme, port or path)", host)
+	}
+	if strings.ToLower(host) != host {
+		return fmt.Errorf("%q must be written in lower case: next_link hosts are compared lower-cased", host)
+	}
+	return nil
+}
+
 func (c *Config) validateRateLimits() error {
 	for _, b := range []struct {
 		key    string
@@ -395,6 +450,12 @@ func (c *Config) validateRateLimits() error {
 		case b.bucket.PerSecond > 0 && b.bucket.Burst == 0:
 			return problem(b.key+".burst", "must be at least 1 when per_second is set")
 		}
+	}
+	if c.RateLimit.TokenAttemptsPerLifetime < 1 {
+		return problem("ratelimit.token_attempts_per_lifetime", "must be at least 1")
+	}
+	if c.RateLimit.TokenAttemptsPerDay < c.RateLimit.TokenAttemptsPerLifetime {
+		return problem("ratelimit.token_attempts_per_day", "must be at least ratelimit.token_attempts_per_lifetime (%d)", c.RateLimit.TokenAttemptsPerLifetime)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,14 +38,26 @@ const (
 	quitTimeout = 2 * time.Second
 )
 
-// Mailer sends plain-text e-mails through the configured SMTP server. It
-// keeps up to maxIdleConns connections open between messages (each used by
-// one message at a time) and is safe for concurrent use. Close closes them.
+// Message is an e-mail to one recipient: a subject and a plain-text body,
+// with an HTML alternative when HTML is set.
+type Message struct {
+	To, Subject, Text, HTML string
+}
+
+// Mailer sends e-mails through the configured SMTP server, with the headers
+// of an automated mailer. It keeps up to maxIdleConns connections open
+// between messages (each used by one message at a time) and is safe for
+// concurrent use. Close closes them.
 type Mailer struct {
 	cfg config.Email
+	// domain is the right-hand side of Message-IDs.
+	domain string
 	// rootCAs, when set, replaces the system roots for verifying the server
 	// (tests use it with their own certificate).
 	rootCAs *x509.CertPool
+	// dialTo, when set, is where connections go instead of smtp_host (tests
+	// use it to reach their server under a name that is not loopback).
+	dialTo string
 
 	// idleTimeout is how long an unused connection is kept (idleTimeout, the
 	// constant, except in tests).
@@ -63,29 +77,33 @@ type smtpConn struct {
 	lastUsed time.Time
 }
 
-// NewMailer returns a Mailer for cfg. STARTTLS is mandatory when
-// cfg.RequireTLS is set and used whenever offered otherwise; with a username,
-// the client authenticates with PLAIN or LOGIN, whichever the server offers,
-// and only over TLS or to a server on localhost.
-func NewMailer(cfg config.Email) *Mailer {
-	return &Mailer{cfg: cfg, idleTimeout: idleTimeout}
+// NewMailer returns a Mailer for cfg whose Message-IDs are on the host of
+// serverName. STARTTLS is mandatory when cfg.TLSRequired() and used whenever
+// offered otherwise; with a username, the client authenticates with PLAIN
+// or LOGIN, whichever the server offers, and only over TLS or to a server
+// on localhost.
+func NewMailer(cfg config.Email, serverName string) *Mailer {
+	domain := serverName
+	if host, _, err := net.SplitHostPort(serverName); err == nil {
+		domain = host
+	}
+	if strings.Contains(domain, ":") { // an IPv6 literal
+		domain = "[" + strings.Trim(domain, "[]") + "]"
+	}
+	return &Mailer{cfg: cfg, domain: domain, idleTimeout: idleTimeout}
 }
 
-// Send sends a text/plain message from the configured From address to one
-// recipient, giving up after 15 seconds or when ctx ends. It uses an idle
-// connection when there is one, and a new one if that fails before the
-// message was handed over (the server may have closed it meanwhile).
-func (m *Mailer) Send(ctx context.Context, to, subject, text string) error {
+// Send sends m from the configured From address, giving up after 15
+// seconds or when ctx ends. It uses an idle connection when there is one,
+// and a new one if that fails before the message was handed over (the
+// server may have closed it meanwhile).
+func (m *Mailer) Send(ctx context.Context, message Message) error {
 	server := net.JoinHostPort(m.cfg.SMTPHost, strconv.Itoa(m.cfg.SMTPPort))
-	msg := mail.NewMsg()
-	if err := msg.From(m.cfg.From); err != nil {
-		return fmt.Errorf("send mail: sender %q: %w", m.cfg.From, err)
+	to := message.To
+	msg, err := m.compose(message)
+	if err != nil {
+		return err
 	}
-	if err := msg.To(to); err != nil {
-		return fmt.Errorf("send mail: recipient %q: %w", to, err)
-	}
-	msg.Subject(subject)
-	msg.SetBodyString(mail.TypeTextPlain, text)
 
 	ctx, cancel := context.WithTimeout(ctx, sendTimeout)
 	defer cancel()
@@ -108,6 +126,29 @@ func (m *Mailer) Send(ctx context.Context, to, subject, text string) error {
 	return nil
 }
 
+// compose builds message with the headers a well-behaved automated mailer
+// sets: Date, a Message-ID on our domain, and Auto-Submitted (RFC 3834) and
+// X-Auto-Response-Suppress (Exchange) so that nothing replies to it.
+func (m *Mailer) compose(message Message) (*mail.Msg, error) {
+	msg := mail.NewMsg(mail.WithCharset(mail.CharsetUTF8), mail.WithEncoding(mail.EncodingQP))
+	if err := msg.From(m.cfg.From); err != nil {
+		return nil, fmt.Errorf("send mail: sender %q: %w", m.cfg.From, err)
+	}
+	if err := msg.To(message.To); err != nil {
+		return nil, fmt.Errorf("send mail: recipient %q: %w", message.To, err)
+	}
+	msg.Subject(message.Subject)
+	msg.SetDate()
+	msg.SetMessageIDWithValue(rand.Text() + "@" + m.domain)
+	msg.SetGenHeader("Auto-Submitted", "auto-generated")
+	msg.SetGenHeader("X-Auto-Response-Suppress", "All")
+	msg.SetBodyString(mail.TypeTextPlain, message.Text)
+	if message.HTML != "" {
+		msg.AddAlternativeString(mail.TypeTextHTML, message.HTML)
+	}
+	return msg, nil
+}
+
 // beforeHandover reports whether a send on a reused connection failed before
 // the server could have accepted the message (the liveness check or MAIL
 // FROM), so that another connection may try it without sending it twice.
@@ -122,6 +163,9 @@ func (m *Mailer) dial(ctx context.Context) (*smtpConn, error) {
 	stopWatch := func() bool { return true }
 	dial := func(dialCtx context.Context, network, address string) (net.Conn, error) {
 		var d net.Dialer
+		if m.dialTo != "" {
+			address = m.dialTo
+		}
 		conn, err := d.DialContext(dialCtx, network, address)
 		if err != nil {
 			return nil, err
@@ -259,7 +303,7 @@ func (c *smtpConn) drop() {
 // clientOptions configures go-mail for connections made with dial.
 func (m *Mailer) clientOptions(dial mail.DialContextFunc) []mail.Option {
 	policy := mail.TLSOpportunistic
-	if m.cfg.RequireTLS {
+	if m.cfg.TLSRequired() {
 		policy = mail.TLSMandatory
 	}
 	opts := []mail.Option{

@@ -17,6 +17,7 @@ import (
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/threepidd/threepidd/config"
+	"github.com/threepidd/threepidd/internal/mailsink"
 )
 
 // delivered is one message as the test SMTP server received it.
@@ -250,7 +252,7 @@ func TestMailerSends(t *testing.T) {
 	text := "Open this link to confirm:\n" +
 		"https://matrix.example.org/_matrix/client/unstable/add_threepid/email/submit_token?token=abc&client_secret=s3cret&sid=x" +
 		"\n\nGrüße, " + strings.Repeat("long line ", 20) + "\n"
-	if err := NewMailer(srv.email()).Send(context.Background(), "alice@example.com", subject, text); err != nil {
+	if err := NewMailer(srv.email(), "hs.test").Send(context.Background(), Message{To: "alice@example.com", Subject: subject, Text: text}); err != nil {
 		t.Fatal(err)
 	}
 	d := srv.next(t)
@@ -274,11 +276,93 @@ func TestMailerSends(t *testing.T) {
 	if got, err := new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject")); err != nil || got != subject {
 		t.Errorf("Subject = %q (%v), want %q", got, err, subject)
 	}
-	if msg.Header.Get("Date") == "" || msg.Header.Get("Message-Id") == "" {
-		t.Errorf("missing Date or Message-ID: %v", msg.Header)
+	if _, err := msg.Header.Date(); err != nil {
+		t.Errorf("Date %q: %v", msg.Header.Get("Date"), err)
+	}
+	if id := msg.Header.Get("Message-Id"); !strings.HasPrefix(id, "<") || !strings.HasSuffix(id, "@hs.test>") || strings.Count(id, "@") != 1 {
+		t.Errorf("Message-ID %q is not <...@hs.test>", id)
+	}
+	if got := msg.Header.Get("Auto-Submitted"); got != "auto-generated" {
+		t.Errorf("Auto-Submitted %q", got)
+	}
+	if got := msg.Header.Get("X-Auto-Response-Suppress"); got != "All" {
+		t.Errorf("X-Auto-Response-Suppress %q", got)
 	}
 	if got := body(t, msg); got != text {
 		t.Errorf("body = %q\nwant %q", got, text)
+	}
+}
+
+// TestMailerSendsAlternative: with HTML, the message is
+// multipart/alternative: the plain text first, then the HTML.
+func TestMailerSendsAlternative(t *testing.T) {
+	srv := startSMTP(t, nil, nil, "", "")
+	m := Message{To: "alice@example.com", Subject: "Hi", Text: "plain ✓\n", HTML: "<p>rich ✓</p>\n"}
+	if err := NewMailer(srv.email(), "example.org:8448").Send(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	d := srv.next(t)
+	msg, err := mail.ReadMessage(bytes.NewReader(d.data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := msg.Header.Get("Message-Id"); !strings.HasSuffix(id, "@example.org>") {
+		t.Errorf("Message-ID %q is not on the host of the server name", id)
+	}
+	if mediaType, _, err := mime.ParseMediaType(msg.Header.Get("Content-Type")); err != nil || mediaType != "multipart/alternative" {
+		t.Fatalf("Content-Type %q (%v)", msg.Header.Get("Content-Type"), err)
+	}
+	parsed, err := mailsink.Parse(d.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parsed.Text != "plain ✓\r\n" || parsed.HTML != "<p>rich ✓</p>\r\n" {
+		t.Fatalf("parts %q and %q, want %q and %q", parsed.Text, parsed.HTML, m.Text, m.HTML)
+	}
+}
+
+// TestMailerRequiresTLSByDefault: to an SMTP server that is not on a
+// loopback host, mail goes over TLS or not at all (unless require_tls is
+// false); to a loopback host, in clear when the server offers no STARTTLS.
+func TestMailerRequiresTLSByDefault(t *testing.T) {
+	srv := startSMTP(t, nil, nil, "", "")
+	for _, tc := range []struct {
+		host, requireTLS string
+		wantSent         bool
+	}{
+		{"smtp.example.org", "", false},
+		{"localhost", "", true},
+		{"smtp.example.org", "false", true},
+	} {
+		t.Run(tc.host+" "+tc.requireTLS, func(t *testing.T) {
+			env := []string{"THREEPIDD_SERVER_NAME=hs.test", "THREEPIDD_HOMESERVER_URL=http://127.0.0.1:1",
+				"THREEPIDD_DATABASE_DSN=" + filepath.Join(t.TempDir(), "t.db"),
+				"THREEPIDD_EMAIL_SMTP_HOST=" + tc.host, "THREEPIDD_EMAIL_SMTP_PORT=" + strconv.Itoa(srv.addr.Port),
+				"THREEPIDD_EMAIL_FROM=noreply@example.org"}
+			if tc.requireTLS != "" {
+				env = append(env, "THREEPIDD_EMAIL_REQUIRE_TLS="+tc.requireTLS)
+			}
+			cfg, err := config.Load("", env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := NewMailer(cfg.Email, cfg.ServerName)
+			m.dialTo = srv.addr.String()
+			err = m.Send(context.Background(), Message{To: "frank@example.com", Subject: "Hi", Text: "text\n"})
+			if !tc.wantSent {
+				if err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+					t.Fatalf("sent without TLS to %s: %v", tc.host, err)
+				}
+				srv.assertNothingDelivered(t)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := srv.next(t); d.secure {
+				t.Fatal("delivered over TLS by a server that offers none")
+			}
+		})
 	}
 }
 
@@ -300,7 +384,7 @@ func TestMailerAuth(t *testing.T) {
 			srv := startSMTP(t, nil, tc.offered, "threepidd", "pa55word")
 			cfg := srv.email()
 			cfg.SMTPUsername, cfg.SMTPPassword = "threepidd", tc.password
-			err := NewMailer(cfg).Send(context.Background(), "bob@example.com", "Code", "123456\n")
+			err := NewMailer(cfg, "hs.test").Send(context.Background(), Message{To: "bob@example.com", Subject: "Code", Text: "123456\n"})
 			if tc.wantMech == "" {
 				if err == nil {
 					t.Fatal("Send succeeded")
@@ -343,10 +427,10 @@ func TestMailerTLS(t *testing.T) {
 			}
 			srv := startSMTP(t, conf, nil, "", "")
 			cfg := srv.email()
-			cfg.RequireTLS = tc.requireTLS
-			m := NewMailer(cfg)
+			cfg.RequireTLS = &tc.requireTLS
+			m := NewMailer(cfg, "hs.test")
 			m.rootCAs = roots
-			err := m.Send(context.Background(), "carol@example.com", "Hi", "text\n")
+			err := m.Send(context.Background(), Message{To: "carol@example.com", Subject: "Hi", Text: "text\n"})
 			if tc.wantErr {
 				if err == nil {
 					t.Fatal("Send succeeded")
@@ -369,11 +453,11 @@ func TestMailerAuthOverTLS(t *testing.T) {
 	serverTLS, roots := selfSigned(t)
 	srv := startSMTP(t, serverTLS, []string{sasl.Plain}, "threepidd", "pa55word")
 	cfg := srv.email()
-	cfg.RequireTLS = true
+	cfg.RequireTLS = new(true)
 	cfg.SMTPUsername, cfg.SMTPPassword = "threepidd", "pa55word"
-	m := NewMailer(cfg)
+	m := NewMailer(cfg, "hs.test")
 	m.rootCAs = roots
-	if err := m.Send(context.Background(), "dave@example.com", "Hi", "text\n"); err != nil {
+	if err := m.Send(context.Background(), Message{To: "dave@example.com", Subject: "Hi", Text: "text\n"}); err != nil {
 		t.Fatal(err)
 	}
 	if d := srv.next(t); !d.secure || d.mech != sasl.Plain {
@@ -423,7 +507,7 @@ func TestMailerHonoursContext(t *testing.T) {
 			ctx, cancel := tc.ctx()
 			defer cancel()
 			start := time.Now()
-			if err := NewMailer(cfg).Send(ctx, "erin@example.com", "Hi", "text\n"); err == nil {
+			if err := NewMailer(cfg, "hs.test").Send(ctx, Message{To: "erin@example.com", Subject: "Hi", Text: "text\n"}); err == nil {
 				t.Fatal("Send to a silent server succeeded")
 			}
 			if elapsed := time.Since(start); elapsed > 5*time.Second {
@@ -445,7 +529,7 @@ func TestMailerRejectsBadAddresses(t *testing.T) {
 	for _, tc := range tests {
 		cfg := srv.email()
 		cfg.From = tc.from
-		if err := NewMailer(cfg).Send(context.Background(), tc.to, "Hi", "text\n"); err == nil {
+		if err := NewMailer(cfg, "hs.test").Send(context.Background(), Message{To: tc.to, Subject: "Hi", Text: "text\n"}); err == nil {
 			t.Errorf("%s: Send(%q) from %q succeeded", tc.name, tc.to, tc.from)
 		}
 	}
@@ -460,7 +544,7 @@ func TestMailerServerDown(t *testing.T) {
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
 	cfg := config.Email{SMTPHost: "127.0.0.1", SMTPPort: port, From: "noreply@example.org"}
-	err = NewMailer(cfg).Send(context.Background(), "gina@example.com", "Hi", "text\n")
+	err = NewMailer(cfg, "hs.test").Send(context.Background(), Message{To: "gina@example.com", Subject: "Hi", Text: "text\n"})
 	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:"+strconv.Itoa(port)) {
 		t.Fatalf("Send to a closed port: %v, want an error naming the server", err)
 	}
@@ -473,10 +557,10 @@ func TestMailerServerDown(t *testing.T) {
 func TestMailerReusesConnections(t *testing.T) {
 	t.Run("sequential", func(t *testing.T) {
 		srv := startSMTP(t, nil, nil, "", "")
-		m := NewMailer(srv.email())
+		m := NewMailer(srv.email(), "hs.test")
 		defer m.Close()
 		for i := range 3 {
-			if err := m.Send(context.Background(), fmt.Sprintf("seq%d@example.com", i), "Hi", "text\n"); err != nil {
+			if err := m.Send(context.Background(), Message{To: fmt.Sprintf("seq%d@example.com", i), Subject: "Hi", Text: "text\n"}); err != nil {
 				t.Fatal(err)
 			}
 			if d := srv.next(t); len(d.to) != 1 || d.to[0] != fmt.Sprintf("seq%d@example.com", i) {
@@ -492,9 +576,9 @@ func TestMailerReusesConnections(t *testing.T) {
 		srv := startSMTPIdle(t, nil, []string{sasl.Plain}, "user", "secret", 200*time.Millisecond)
 		cfg := srv.email()
 		cfg.SMTPUsername, cfg.SMTPPassword = "user", "secret"
-		m := NewMailer(cfg)
+		m := NewMailer(cfg, "hs.test")
 		defer m.Close()
-		if err := m.Send(context.Background(), "first@example.com", "Hi", "text\n"); err != nil {
+		if err := m.Send(context.Background(), Message{To: "first@example.com", Subject: "Hi", Text: "text\n"}); err != nil {
 			t.Fatal(err)
 		}
 		srv.next(t)
@@ -502,7 +586,7 @@ func TestMailerReusesConnections(t *testing.T) {
 		for srv.logouts.Load() == 0 && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond) // the server drops the idle connection
 		}
-		if err := m.Send(context.Background(), "second@example.com", "Hi", "text\n"); err != nil {
+		if err := m.Send(context.Background(), Message{To: "second@example.com", Subject: "Hi", Text: "text\n"}); err != nil {
 			t.Fatalf("send after the server dropped the idle connection: %v", err)
 		}
 		if d := srv.next(t); d.to[0] != "second@example.com" || d.user != "user" {
@@ -516,9 +600,9 @@ func TestMailerReusesConnections(t *testing.T) {
 
 	t.Run("idle connections are ended", func(t *testing.T) {
 		srv := startSMTP(t, nil, nil, "", "")
-		m := NewMailer(srv.email())
+		m := NewMailer(srv.email(), "hs.test")
 		m.idleTimeout = 100 * time.Millisecond
-		if err := m.Send(context.Background(), "quiet@example.com", "Hi", "text\n"); err != nil {
+		if err := m.Send(context.Background(), Message{To: "quiet@example.com", Subject: "Hi", Text: "text\n"}); err != nil {
 			t.Fatal(err)
 		}
 		srv.next(t)
@@ -536,12 +620,14 @@ func TestMailerReusesConnections(t *testing.T) {
 
 	t.Run("concurrent, then Close", func(t *testing.T) {
 		srv := startSMTP(t, nil, nil, "", "")
-		m := NewMailer(srv.email())
+		m := NewMailer(srv.email(), "hs.test")
 		const n = 12
 		var wg sync.WaitGroup
 		errs := make(chan error, n)
 		for i := range n {
-			wg.Go(func() { errs <- m.Send(context.Background(), fmt.Sprintf("c%d@example.com", i), "Hi", "text\n") })
+			wg.Go(func() {
+				errs <- m.Send(context.Background(), Message{To: fmt.Sprintf("c%d@example.com", i), Subject: "Hi", Text: "text\n"})
+			})
 		}
 		wg.Wait()
 		close(errs)
@@ -574,7 +660,7 @@ func TestMailerReusesConnections(t *testing.T) {
 			t.Fatalf("%d connections still open after Close", open)
 		}
 		// After Close a message still goes, on a connection closed after use.
-		if err := m.Send(context.Background(), "late@example.com", "Hi", "text\n"); err != nil {
+		if err := m.Send(context.Background(), Message{To: "late@example.com", Subject: "Hi", Text: "text\n"}); err != nil {
 			t.Fatal(err)
 		}
 		srv.next(t)

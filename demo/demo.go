@@ -62,7 +62,8 @@ var alice = user{localpart: "alice", password: "alice-password", token: Token, d
 var steps = []string{
 	"Alice asks threepidd for a validation e-mail (no access token needed)",
 	"The mail arrives at the SMTP sink",
-	"Alice opens the link in the mail",
+	"Alice opens the link in the mail: a page asks her to confirm (opening it validates nothing)",
+	"Alice presses Confirm: the page's form posts the link's values, which validates the address",
 	"Alice adds the address: user-interactive auth, relayed to the homeserver",
 	"Alice adds it again, now with her password in that UIA session",
 	"Alice lists her addresses",
@@ -297,7 +298,18 @@ func (s *story) tell(ctx context.Context) error {
 	s.p.printf("   To: %s\n   Subject: %s\n   Link: %s\n", strings.Join(mail.To, ", "), mail.Subject, mail.FirstLink())
 
 	s.next()
-	if _, err := s.call(ctx, request{method: http.MethodGet, url: mail.FirstLink()}, http.StatusOK); err != nil {
+	link, err := url.Parse(mail.FirstLink())
+	if err != nil {
+		return fmt.Errorf("mail link: %w", err)
+	}
+	if _, err := s.call(ctx, request{method: http.MethodGet, url: link.String()}, http.StatusOK); err != nil {
+		return err
+	}
+
+	s.next()
+	form := link.Query()
+	link.RawQuery = ""
+	if _, err := s.call(ctx, request{method: http.MethodPost, url: link.String(), form: form}, http.StatusOK); err != nil {
 		return err
 	}
 

@@ -77,7 +77,7 @@ func TestRun(t *testing.T) {
 			}
 			want := []string{
 				"→ POST /_matrix/client/v3/account/3pid/email/requestToken",
-				"Subject: Confirm your e-mail address",
+				"Subject: [" + ServerName + "] Confirm your e-mail address",
 				"← 401 Unauthorized",
 				`"session": "demo-uia-session-1"`,
 				"with the right password → 200",

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 )
@@ -54,6 +55,8 @@ type request struct {
 	header http.Header
 	// body is sent as JSON (none when nil); a []byte is sent as is.
 	body any
+	// form, when set, is sent as a browser sends a form instead of body.
+	form url.Values
 }
 
 // do sends req with client, printing the request (method, path, headers of
@@ -74,8 +77,12 @@ func (p *printer) do(ctx context.Context, client *http.Client, req request) (exc
 // send builds req and prints it; roundTrip then sends it.
 func (p *printer) send(ctx context.Context, req request) (*http.Request, error) {
 	var data []byte
+	contentType := "application/json"
 	switch b := req.body.(type) {
 	case nil:
+		if req.form != nil {
+			data, contentType = []byte(req.form.Encode()), "application/x-www-form-urlencoded"
+		}
 	case []byte:
 		data = b
 	default:
@@ -96,7 +103,7 @@ func (p *printer) send(ctx context.Context, req request) (*http.Request, error) 
 		hr.Header[k] = vs
 	}
 	if data != nil {
-		hr.Header.Set("Content-Type", "application/json")
+		hr.Header.Set("Content-Type", contentType)
 	}
 	if req.token != "" {
 		hr.Header.Set("Authorization", "Bearer "+req.token)
@@ -109,7 +116,7 @@ func (p *printer) send(ctx context.Context, req request) (*http.Request, error) 
 	for k := range req.header {
 		fmt.Fprintf(&shown, "     %s: %s\n", k, hr.Header.Get(k))
 	}
-	writeBody(&shown, "application/json", data)
+	writeBody(&shown, contentType, data)
 	p.printf("%s", shown.String())
 	return hr, nil
 }

@@ -52,7 +52,7 @@ func newFixture(t testing.TB, store storage.Store, limit config.Bucket) *fixture
 	(&federationapi.OnUpdate{
 		Service:   f.service,
 		Verifier:  federation.NewVerifier(hsName, servers, federation.NewKeyRing(nil), nil),
-		PerServer: ratelimit.New(limit),
+		PerServer: ratelimit.New(store, "onupdate_per_server", limit),
 	}).Register(routes)
 	f.handler = router.Wrap(routes, nil)
 	return f

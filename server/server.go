@@ -175,17 +175,30 @@ func (s *Server) build() (http.Handler, error) {
 		}
 	}
 	s.Account = &account.Service{
-		Store:               s.Store,
-		PublicBaseURL:       cfg.PublicBaseURL,
-		Policy:              checker,
-		MaxThreepidsPerUser: cfg.Policy.MaxThreepidsPerUser,
-		Unbinder:            s.Bindings,
-		Events:              sinks,
-		Homeserver:          hs,
-		HomeserverAdmin:     hsAdmin,
+		Store:         s.Store,
+		PublicBaseURL: cfg.PublicBaseURL,
+		ServerName:    cfg.ServerName,
+		Limits: account.Limits{
+			EmailTokenLifetime:       cfg.Email.TokenLifetime,
+			MSISDNTokenLifetime:      cfg.MSISDN.TokenLifetime,
+			ValidatedSessionLifetime: cfg.ValidatedSessionLifetime,
+			AttemptsPerLifetime:      cfg.RateLimit.TokenAttemptsPerLifetime,
+			AttemptsPerDay:           cfg.RateLimit.TokenAttemptsPerDay,
+		},
+		NextLinkDomains:       cfg.Email.NextLinkDomainsAllowed,
+		InhibitThreepidErrors: cfg.Policy.RequestTokenInhibit3PIDErrors,
+		Policy:                checker,
+		MaxThreepidsPerUser:   cfg.Policy.MaxThreepidsPerUser,
+		Unbinder:              s.Bindings,
+		Events:                sinks,
+		Homeserver:            hs,
+		HomeserverAdmin:       hsAdmin,
 	}
 	if cfg.EmailEnabled() {
-		s.Account.Email = delivery.NewMailer(cfg.Email)
+		if s.Account.Templates, err = delivery.LoadTemplates(cfg.Email); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		s.Account.Email = delivery.NewMailer(cfg.Email, cfg.ServerName)
 	}
 	if cfg.MSISDNEnabled() {
 		s.Account.SMS = delivery.NewSMSSender(cfg.MSISDN.WebhookURL, out)
@@ -195,7 +208,7 @@ func (s *Server) build() (http.Handler, error) {
 
 	// The routes.
 	authn := &auth.Auth{Homeserver: hs, Proxies: proxies}
-	unbindPerUser := ratelimit.New(cfg.RateLimit.UnbindPerUser) // /3pid/unbind and /3pid/delete together
+	unbindPerUser := ratelimit.New(s.Store, "unbind_per_user", cfg.RateLimit.UnbindPerUser) // /3pid/unbind and /3pid/delete together
 	routes := router.NewRouter()
 	ready := &readiness{store: s.Store, hs: hs}
 	routes.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
@@ -204,8 +217,8 @@ func (s *Server) build() (http.Handler, error) {
 		&clientapi.Account{
 			Service:       s.Account,
 			Auth:          authn,
-			PerIP:         ratelimit.New(cfg.RateLimit.RequestTokenPerIP),
-			PerAddress:    ratelimit.New(cfg.RateLimit.RequestTokenPerAddress),
+			PerIP:         ratelimit.New(s.Store, "requesttoken_per_ip", cfg.RateLimit.RequestTokenPerIP),
+			PerAddress:    ratelimit.New(s.Store, "requesttoken_per_address", cfg.RateLimit.RequestTokenPerAddress),
 			UnbindPerUser: unbindPerUser,
 		},
 		&clientapi.Bindings{Service: s.Bindings, Auth: authn, UnbindPerUser: unbindPerUser},
@@ -214,7 +227,7 @@ func (s *Server) build() (http.Handler, error) {
 		&federationapi.OnUpdate{
 			Service:   s.OnUpdate,
 			Verifier:  federation.NewVerifier(cfg.ServerName, cfg.IdentityServers, keys, proxies),
-			PerServer: ratelimit.New(cfg.RateLimit.OnUpdatePerServer),
+			PerServer: ratelimit.New(s.Store, "onupdate_per_server", cfg.RateLimit.OnUpdatePerServer),
 		},
 		&adminapi.Handler{Account: s.Account, Bindings: s.Bindings, Token: cfg.AdminToken, ServerName: cfg.ServerName},
 	} {
@@ -222,7 +235,9 @@ func (s *Server) build() (http.Handler, error) {
 	}
 
 	// The background workers.
-	s.workers = []worker{s.Bindings.Worker(), s.Account.DeactivateWorker(), expiry{s.Store}, ready}
+	s.workers = []worker{s.Bindings.Worker(), s.Account.DeactivateWorker(), ready,
+		expiry{store: s.Store, validated: cfg.ValidatedSessionLifetime,
+			attempts: max(account.AttemptWindow, cfg.Email.TokenLifetime, cfg.MSISDN.TokenLifetime)}}
 	if s.Events.Enabled() {
 		s.workers = append(s.workers, s.Events.Worker())
 	}
@@ -332,13 +347,23 @@ func (s *Server) startWorkers(ctx context.Context) {
 	}
 }
 
-// expiry drops, every 10 minutes, the validation sessions past their use and
-// the replay hashes older than 30 days.
-type expiry struct{ store storage.Store }
+// expiry drops, every minute, the rate-limit buckets that are full again
+// (so that the table holds only the keys used within a refill time), the
+// validation sessions past their use, the token attempts that count no more
+// and the replay hashes older than 30 days.
+type expiry struct {
+	store storage.Store
+	// validated is validated_session_lifetime: a session is of use until
+	// then after its last token expired.
+	validated time.Duration
+	// attempts is how long a token attempt counts: a day, or a token
+	// lifetime if that is longer.
+	attempts time.Duration
+}
 
 // Run implements worker.
 func (e expiry) Run(ctx context.Context) {
-	t := time.NewTicker(10 * time.Minute)
+	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
 		select {
@@ -347,8 +372,14 @@ func (e expiry) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		now := time.Now()
-		if _, err := e.store.DeleteSessionsExpiredBefore(ctx, now.Add(-account.ValidatedSessionLifetime).UnixMilli()); err != nil {
+		if _, err := e.store.ForgetFullRateLimits(ctx, now.UnixMicro()); err != nil {
+			slog.WarnContext(ctx, "forget full rate-limit buckets", "err", err)
+		}
+		if _, err := e.store.DeleteSessionsExpiredBefore(ctx, now.Add(-e.validated).UnixMilli()); err != nil {
 			slog.WarnContext(ctx, "expire validation sessions", "err", err)
+		}
+		if _, err := e.store.ForgetTokenAttemptsBefore(ctx, now.Add(-e.attempts).UnixMilli()); err != nil {
+			slog.WarnContext(ctx, "expire token attempts", "err", err)
 		}
 		if _, err := e.store.ForgetRequestsBefore(ctx, now.Add(-30*24*time.Hour).UnixMilli()); err != nil {
 			slog.WarnContext(ctx, "expire replay hashes", "err", err)

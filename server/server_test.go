@@ -5,7 +5,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,13 +27,7 @@ func TestEventsWebhookDeliversThroughPooledTransport(t *testing.T) {
 	}))
 	defer receiver.Close()
 
-	cfg := config.Defaults()
-	cfg.ServerName = "hs.test"
-	cfg.Listen = "127.0.0.1:0"
-	cfg.MetricsListen = ""
-	cfg.Database = config.Database{Driver: config.DriverSQLite, DSN: filepath.Join(t.TempDir(), "threepidd.db")}
-	cfg.Homeserver.URL = "http://127.0.0.1:1"
-	cfg.Homeserver.Mirror = config.MirrorNone
+	cfg := testConfig(t)
 	cfg.Policy.EventsWebhook = config.EventsWebhook{URL: receiver.URL, Secret: "s"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -56,5 +52,38 @@ func TestEventsWebhookDeliversThroughPooledTransport(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event delivered within 10 s")
+	}
+}
+
+// testConfig is a configuration on a fresh SQLite file, with a homeserver
+// nobody answers at.
+func testConfig(t *testing.T) config.Config {
+	cfg := config.Defaults()
+	cfg.ServerName = "hs.test"
+	cfg.Listen = "127.0.0.1:0"
+	cfg.MetricsListen = ""
+	cfg.Database = config.Database{Driver: config.DriverSQLite, DSN: filepath.Join(t.TempDir(), "threepidd.db")}
+	cfg.Homeserver.URL = "http://127.0.0.1:1"
+	cfg.Homeserver.Mirror = config.MirrorNone
+	return cfg
+}
+
+// TestBrokenMailTemplate: a mail template of email.template_dir that does
+// not render stops the start with one line naming the key and the file.
+func TestBrokenMailTemplate(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "validation.html"), []byte("<a href=\"{{.Link}}\">{{.Tokn}}</a>"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.Email = config.Email{SMTPHost: "127.0.0.1", SMTPPort: 1025, From: "threepidd@hs.test", Subject: config.DefaultEmailSubject, TemplateDir: dir}
+	srv, err := New(context.Background(), &cfg)
+	if err == nil {
+		srv.Shutdown()
+		t.Fatal("started with a broken template")
+	}
+	const want = "config: email.template_dir: template: validation.html:1:"
+	if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "Tokn") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("error %q, want one line starting %q", err, want)
 	}
 }

@@ -45,25 +45,40 @@ type Binding struct {
 	BoundAt  int64
 }
 
-// Session is a 3PID validation session created by requestToken.
+// Session is a 3PID validation session created by requestToken. The tokens
+// sent for it are [SessionToken]s.
 type Session struct {
 	SID          string
 	ClientSecret string
 	Medium       string
 	Address      string
-	// TokenHash is the hex SHA-256 of the current token; the token itself is never stored.
-	TokenHash   string
+	// SendAttempt is the highest send_attempt a token was sent for.
 	SendAttempt int64
 	NextLink    string
-	// FailedAttempts counts the tokens submitted (right or wrong) since the last
-	// token was sent; it is incremented before a token is compared, so that
-	// concurrent guesses cannot get past the attempt limit.
-	FailedAttempts int
-	// ValidatedAt is 0 until the token was submitted correctly.
+	// ValidatedAt is 0 until a token of the session was submitted correctly.
 	ValidatedAt int64
-	// ExpiresAt is when the current token stops being accepted.
+	// ExpiresAt is when the session's last token to expire stops being accepted.
 	ExpiresAt int64
 	CreatedAt int64
+}
+
+// SessionToken is a token sent for a validation session. Every token of a
+// session is accepted until it expires; the token itself is never stored.
+type SessionToken struct {
+	SID string
+	// TokenHash is the hex SHA-256 of the token.
+	TokenHash   string
+	SendAttempt int64
+	ExpiresAt   int64
+	// UsedAt is when the token validated its session, 0 while unused.
+	UsedAt int64
+}
+
+// AttemptLimit bounds the attempts recorded since a time: fewer than Max
+// attempts at or after Since.
+type AttemptLimit struct {
+	Since int64
+	Max   int
 }
 
 // Notification is an entry of a user's 3PID notification stream: a binding the
@@ -106,6 +121,8 @@ type OutboxItem struct {
 // Querier is every query the service layer can make, inside or outside a transaction.
 type Querier interface {
 	Sessions
+	TokenAttempts
+	RateLimits
 	Associations
 	Bindings
 	Notifications
@@ -117,28 +134,61 @@ type Querier interface {
 	AfterCommit(fn func())
 }
 
-// Sessions stores validation sessions.
+// Sessions stores validation sessions and their tokens.
 type Sessions interface {
-	// CreateSession inserts s. ErrConflict if s.SID exists.
-	CreateSession(ctx context.Context, s Session) error
+	// CreateSession inserts s with its first token (whose SID is s.SID).
+	// ErrConflict if s.SID exists.
+	CreateSession(ctx context.Context, s Session, first SessionToken) error
 	// SessionByID returns the session with that sid, or ErrNotFound.
 	SessionByID(ctx context.Context, sid string) (Session, error)
 	// SessionByKey returns the session for (client_secret, medium, address), or
 	// ErrNotFound. The key is not unique: with several, the newest (created_at) wins.
 	SessionByKey(ctx context.Context, clientSecret, medium, address string) (Session, error)
-	// UpdateSessionToken replaces the token of sid after a higher send_attempt:
-	// new hash, send attempt, expiry; failed attempts reset to 0. ErrNotFound if absent.
-	UpdateSessionToken(ctx context.Context, sid, tokenHash string, sendAttempt, expiresAt int64) error
-	// IncrementSessionFailures adds one failed token attempt and returns the new
-	// count. ErrNotFound if absent.
-	IncrementSessionFailures(ctx context.Context, sid string) (int, error)
-	// MarkSessionValidated sets validated_at (only if it is still 0). ErrNotFound
-	// if absent.
-	MarkSessionValidated(ctx context.Context, sid string, at int64) error
-	// DeleteSession removes sid (a spent session). It reports whether a row was removed.
+	// AddSessionToken adds a token to its session (a resend): the session's
+	// send attempt and expiry become the highest of theirs and the token's,
+	// and only the keep tokens of the session that expire last are kept. A
+	// token already stored is renewed. ErrNotFound if the session is absent.
+	AddSessionToken(ctx context.Context, t SessionToken, keep int) error
+	// SessionTokens lists the tokens of sid, the one that expires last first.
+	SessionTokens(ctx context.Context, sid string) ([]SessionToken, error)
+	// ValidateSession marks sid validated at `at` by its token tokenHash: it
+	// sets the session's validated_at and the token's used_at, each only if
+	// still 0. ErrNotFound if the session or the token is absent.
+	ValidateSession(ctx context.Context, sid, tokenHash string, at int64) error
+	// DeleteSession removes sid (a spent session) and its tokens. It reports
+	// whether a session was removed.
 	DeleteSession(ctx context.Context, sid string) (bool, error)
-	// DeleteSessionsExpiredBefore removes sessions whose expiry is before t; it returns how many.
+	// DeleteSessionsExpiredBefore removes the sessions whose expiry is
+	// before t, and their tokens; it returns how many sessions.
 	DeleteSessionsExpiredBefore(ctx context.Context, t int64) (int64, error)
+}
+
+// TokenAttempts counts the tokens submitted for each 3PID, across its
+// sessions and their resends: the limit on guessing a token.
+type TokenAttempts interface {
+	// RecordTokenAttempt records an attempt on (medium, address) at `at`
+	// unless one of limits is reached: it reports false, recording nothing,
+	// when the attempts at or after some limit's Since are Max or more.
+	// Concurrent calls, from any instance sharing the database, are
+	// serialised per 3PID, so that no limit is exceeded.
+	RecordTokenAttempt(ctx context.Context, medium, address string, at int64, limits ...AttemptLimit) (bool, error)
+	// ForgetTokenAttemptsBefore drops the attempts made before t; it returns how many.
+	ForgetTokenAttemptsBefore(ctx context.Context, t int64) (int64, error)
+}
+
+// RateLimits holds the token buckets of the rate limiters, shared by every
+// instance on the database. A bucket is kept as its theoretical arrival time
+// (GCRA): a bucket without a row, or whose time is past, is full. Its times
+// are Unix microseconds.
+type RateLimits interface {
+	// TakeRateLimitToken takes a token from the bucket (limiter, key) at now,
+	// for a bucket that refills one token every interval and holds
+	// 1 + tolerance/interval tokens. When the bucket is empty it takes
+	// nothing and reports false with the wait until a token is there.
+	TakeRateLimitToken(ctx context.Context, limiter, key string, now, interval, tolerance int64) (ok bool, wait int64, err error)
+	// ForgetFullRateLimits drops the buckets that are full at now (their
+	// absence means as much); it returns how many.
+	ForgetFullRateLimits(ctx context.Context, now int64) (int64, error)
 }
 
 // Associations stores the 3PIDs associated with local accounts.

@@ -1,6 +1,7 @@
 package threepid
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -44,6 +45,38 @@ func FuzzCanonicalMSISDN(f *testing.F) {
 		again, err := CanonicalMSISDN(country, "+"+out)
 		if err != nil || again != out {
 			t.Fatalf("CanonicalMSISDN(%q, %q) = %q, but +%s gives %q, %v", country, number, out, out, again, err)
+		}
+	})
+}
+
+// FuzzNextLink checks the next_link parser: a link it accepts has a host
+// that the allowlist of exactly that host admits and an empty one refuses,
+// and an origin made only of characters a Content-Security-Policy source
+// may hold (no separator a link could inject a directive with).
+func FuzzNextLink(f *testing.F) {
+	f.Fuzz(func(t *testing.T, link string) {
+		valid := ValidNextLink(link)
+		origin, ok := NextLinkOrigin(link)
+		if ok != valid || NextLinkAllowed(link, nil) != valid {
+			t.Fatalf("%q: ValidNextLink %v, NextLinkOrigin %v, NextLinkAllowed(nil) %v disagree", link, valid, ok, NextLinkAllowed(link, nil))
+		}
+		if !valid {
+			return
+		}
+		if NextLinkAllowed(link, []string{}) {
+			t.Fatalf("%q allowed by an empty list", link)
+		}
+		u, err := url.Parse(link)
+		if err != nil {
+			t.Fatalf("%q: accepted but does not parse: %v", link, err)
+		}
+		if !NextLinkAllowed(link, []string{strings.ToLower(u.Hostname())}) {
+			t.Fatalf("%q: refused by a list of its own host %q", link, u.Hostname())
+		}
+		if strings.IndexFunc(origin, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || strings.ContainsRune(".-:/[]", r))
+		}) >= 0 {
+			t.Fatalf("%q: origin %q holds a character a CSP source must not", link, origin)
 		}
 	})
 }

@@ -3,6 +3,7 @@ package threepid
 import (
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -128,12 +129,50 @@ func validPort(s string) bool {
 	return err == nil && n <= 65535
 }
 
-// ValidNextLink reports whether s is an absolute http or https URL with a host,
-// the only kind of next_link threepidd redirects to.
+// ValidNextLink reports whether s is an absolute http or https URL whose
+// host is a DNS name or an IP address, the only kind of next_link threepidd
+// redirects to. A backslash, which browsers read as "/" where Go does not, is
+// refused, so that the host threepidd checks is the one a browser visits.
 func ValidNextLink(s string) bool {
+	_, ok := parseNextLink(s)
+	return ok
+}
+
+// parseNextLink parses a valid next_link.
+func parseNextLink(s string) (*url.URL, bool) {
+	if strings.ContainsRune(s, '\\') {
+		return nil, false
+	}
 	u, err := url.Parse(s)
-	if err != nil {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Opaque != "" || (u.Port() != "" && !validPort(u.Port())) {
+		return nil, false
+	}
+	host := u.Hostname()
+	if addr, err := netip.ParseAddr(host); err == nil {
+		return u, addr.Zone() == ""
+	}
+	return u, host != "" && validDNSName(host)
+}
+
+// NextLinkAllowed reports whether next_link is valid and may be used under
+// allowed, with the semantics of Synapse's next_link_domain_whitelist: nil
+// allows any host; otherwise the link's host name (lower-cased, without port
+// or brackets: Python's urlparse(next_link).hostname) must be one of allowed,
+// exactly (no subdomains). An empty list allows none.
+func NextLinkAllowed(nextLink string, allowed []string) bool {
+	u, ok := parseNextLink(nextLink)
+	if !ok {
 		return false
 	}
-	return (u.Scheme == "http" || u.Scheme == "https") && u.Hostname() != ""
+	return allowed == nil || slices.Contains(allowed, strings.ToLower(u.Hostname()))
+}
+
+// NextLinkOrigin returns the origin of a valid next_link, as a
+// Content-Security-Policy source names it: scheme://host[:port], lower case.
+func NextLinkOrigin(nextLink string) (string, bool) {
+	u, ok := parseNextLink(nextLink)
+	if !ok {
+		return "", false
+	}
+	return u.Scheme + "://" + strings.ToLower(u.Host), true
 }

@@ -130,10 +130,66 @@ func TestValidNextLink(t *testing.T) {
 		{"https:example.org", false},
 		{"http://exa mple.org/", false},
 		{"", false},
+		{"https://[2001:db8::1]:8443/done", true},
+		{"https://user:pw@app.example/", true},
+		{"https://192.0.2.1/", true},
+		{`https://evil.example\@app.example/`, false},
+		{`https:\\evil.example/`, false},
+		{"https://[fe80::1%25eth0]/", false},
+		{"https://app.example;script-src */", false},
+		{"https://app.exa_mple/", false},
+		{"https://bücher.example/", false},
+		{"https://app.example:99999/", false},
 	}
 	for _, tc := range tests {
 		if got := ValidNextLink(tc.in); got != tc.want {
 			t.Errorf("ValidNextLink(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestNextLinkAllowed: Synapse's next_link_domain_whitelist semantics (its
+// test_next_link_domain_whitelist and test_empty_next_link_domain_whitelist,
+// and urlparse's hostname: lower case, no port, no brackets, no userinfo).
+func TestNextLinkAllowed(t *testing.T) {
+	allowed := []string{"example.com", "example.org", "2001:db8::1"}
+	tests := []struct {
+		link    string
+		allowed []string
+		want    bool
+	}{
+		{"https://example.com/a/good/site", nil, true},
+		{"https://anything.example/", nil, true},
+		{"javascript:alert(1)", nil, false},
+		{"file:///host/path", nil, false},
+		{"https://example.com/some/good/page", allowed, true},
+		{"https://example.org/some/also/good/page", allowed, true},
+		{"https://bad.example.org/some/bad/page", allowed, false},
+		{"https://EXAMPLE.com:8443/page", allowed, true},
+		{"http://user@example.org/", allowed, true},
+		{"https://example.com@evil.example/", allowed, false},
+		{"https://example.com.evil.example/", allowed, false},
+		{"https://[2001:DB8::1]:443/", allowed, true},
+		{"https://[2001:db8:0::1]/", allowed, false}, // compared as written, as Synapse does
+		{"https://example.com./", allowed, false},
+		{"https://example.com/a/page", []string{}, false},
+	}
+	for _, tc := range tests {
+		if got := NextLinkAllowed(tc.link, tc.allowed); got != tc.want {
+			t.Errorf("NextLinkAllowed(%q, %q) = %v, want %v", tc.link, tc.allowed, got, tc.want)
+		}
+	}
+}
+
+func TestNextLinkOrigin(t *testing.T) {
+	for _, tc := range []struct{ link, want string }{
+		{"https://App.Example/done?x=1#y", "https://app.example"},
+		{"HTTP://app.example:8080/", "http://app.example:8080"},
+		{"https://u:p@[2001:DB8::1]:8443/x", "https://[2001:db8::1]:8443"},
+		{"javascript:alert(1)", ""},
+	} {
+		if got, _ := NextLinkOrigin(tc.link); got != tc.want {
+			t.Errorf("NextLinkOrigin(%q) = %q, want %q", tc.link, got, tc.want)
 		}
 	}
 }

@@ -1,5 +1,6 @@
 // Package mailsink is an SMTP server on 127.0.0.1 that accepts every message,
-// decodes its Subject and text part and hands it to a function. It is the
+// decodes it as a mail client does (Subject, the plain-text and HTML parts)
+// and hands it to a function. It is the
 // core of the test fake (tests/fakes.SMTPSink) and of `threepidd demo`'s SMTP
 // stand-in, and so must not import package testing.
 package mailsink
@@ -40,6 +41,8 @@ type Mail struct {
 	// Text is the decoded text/plain part (quoted-printable and base64 undone,
 	// first text/plain part of a multipart message).
 	Text string
+	// HTML is the decoded text/html part, likewise.
+	HTML string
 	// Raw is the message as received after DATA.
 	Raw []byte
 }
@@ -175,11 +178,12 @@ func (ss *session) Data(r io.Reader) error {
 	if fail, _, _ := ss.sink.state(); fail {
 		return errLocal
 	}
-	subject, text, err := Parse(raw)
+	m, err := Parse(raw)
 	if err != nil {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "unparseable message: " + err.Error()}
 	}
-	ss.sink.deliver(Mail{From: ss.from, To: ss.to, Subject: subject, Text: text, Raw: raw})
+	m.From, m.To = ss.from, ss.to
+	ss.sink.deliver(m)
 	return nil
 }
 
@@ -187,28 +191,32 @@ func (ss *session) Reset() { ss.from, ss.to = "", nil }
 
 func (ss *session) Logout() error { return nil }
 
-// Parse decodes the Subject and the first text/plain part of a message
-// ("" when it has none).
-func Parse(raw []byte) (subject, text string, err error) {
+// Parse decodes a message as a mail client shows it: the Subject and the
+// first text/plain and text/html parts ("" for a part it lacks), in UTF-8
+// (or US-ASCII), whose transfer encoding is undone. The envelope (From, To)
+// is left empty.
+func Parse(raw []byte) (Mail, error) {
 	msg, err := mail.ReadMessage(bytes.NewReader(raw))
 	if err != nil {
-		return "", "", fmt.Errorf("parse message: %w", err)
+		return Mail{}, fmt.Errorf("parse message: %w", err)
 	}
-	subject, err = new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject"))
-	if err != nil {
-		return "", "", fmt.Errorf("decode subject: %w", err)
+	m := Mail{Raw: raw}
+	if m.Subject, err = new(mime.WordDecoder).DecodeHeader(msg.Header.Get("Subject")); err != nil {
+		return Mail{}, fmt.Errorf("decode subject: %w", err)
 	}
-	text, err = textPart(textproto.MIMEHeader(msg.Header), msg.Body)
-	return subject, text, err
+	if err := m.readParts(textproto.MIMEHeader(msg.Header), msg.Body); err != nil {
+		return Mail{}, err
+	}
+	return m, nil
 }
 
-// textPart returns the decoded first text/plain part of an entity, "" if none.
-func textPart(h textproto.MIMEHeader, body io.Reader) (string, error) {
+// readParts fills Text and HTML from an entity, the first part of each kind.
+func (m *Mail) readParts(h textproto.MIMEHeader, body io.Reader) error {
 	mediaType, params := "text/plain", map[string]string{}
 	if ct := h.Get("Content-Type"); ct != "" {
 		var err error
 		if mediaType, params, err = mime.ParseMediaType(ct); err != nil {
-			return "", fmt.Errorf("parse content type %q: %w", ct, err)
+			return fmt.Errorf("parse content type %q: %w", ct, err)
 		}
 	}
 	if strings.HasPrefix(mediaType, "multipart/") {
@@ -216,18 +224,27 @@ func textPart(h textproto.MIMEHeader, body io.Reader) (string, error) {
 		for {
 			part, err := mr.NextRawPart()
 			if errors.Is(err, io.EOF) {
-				return "", nil
+				return nil
 			}
 			if err != nil {
-				return "", fmt.Errorf("read %s part: %w", mediaType, err)
+				return fmt.Errorf("read %s part: %w", mediaType, err)
 			}
-			if text, err := textPart(part.Header, part); err != nil || text != "" {
-				return text, err
+			if err := m.readParts(part.Header, part); err != nil {
+				return err
 			}
 		}
 	}
-	if mediaType != "text/plain" {
-		return "", nil
+	var into *string
+	switch {
+	case mediaType == "text/plain" && m.Text == "":
+		into = &m.Text
+	case mediaType == "text/html" && m.HTML == "":
+		into = &m.HTML
+	default:
+		return nil
+	}
+	if cs := strings.ToLower(params["charset"]); cs != "" && cs != "utf-8" && cs != "us-ascii" {
+		return fmt.Errorf("%s part: charset %q is not UTF-8", mediaType, cs)
 	}
 	switch cte := strings.ToLower(strings.TrimSpace(h.Get("Content-Transfer-Encoding"))); cte {
 	case "quoted-printable":
@@ -236,11 +253,12 @@ func textPart(h textproto.MIMEHeader, body io.Reader) (string, error) {
 		body = base64.NewDecoder(base64.StdEncoding, body)
 	case "", "7bit", "8bit", "binary":
 	default:
-		return "", fmt.Errorf("unknown transfer encoding %q", cte)
+		return fmt.Errorf("unknown transfer encoding %q", cte)
 	}
-	text, err := io.ReadAll(body)
+	data, err := io.ReadAll(body)
 	if err != nil {
-		return "", fmt.Errorf("decode text part: %w", err)
+		return fmt.Errorf("decode %s part: %w", mediaType, err)
 	}
-	return string(text), nil
+	*into = string(data)
+	return nil
 }

@@ -79,11 +79,18 @@ func (q *querier) CountAssociations(ctx context.Context, userID string) (int, er
 
 // LockUser takes the dialect's per-user lock, if it has one.
 func (q *querier) LockUser(ctx context.Context, userID string) error {
-	if q.s.sql[qLockUser] == "" {
-		return nil
-	}
-	if _, err := q.exec(ctx, qLockUser, userID); err != nil {
+	if err := q.lockKey(ctx, userID); err != nil {
 		return fmt.Errorf("lock user %q: %w", userID, err)
 	}
 	return nil
+}
+
+// lockKey takes the dialect's lock on key (a user ID, or a name that cannot
+// be one: user IDs start with "@"), held until the transaction ends.
+func (q *querier) lockKey(ctx context.Context, key string) error {
+	if q.s.sql[qLockUser] == "" {
+		return nil
+	}
+	_, err := q.exec(ctx, qLockUser, key)
+	return err
 }

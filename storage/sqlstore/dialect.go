@@ -18,9 +18,9 @@ type Dialect interface {
 	AutoIncrementID() string
 	// BytesType is the column type of a byte string.
 	BytesType() string
-	// UserLock is a statement with one argument, a user ID, that takes a lock
-	// on that user held until the transaction ends; "" where writers are
-	// serialised anyway.
+	// UserLock is a statement with one argument, a key (a user ID, or
+	// another name the store locks), that takes a lock on that key held
+	// until the transaction ends; "" where writers are serialised anyway.
 	UserLock() string
 	// MigrationLock returns the statements that take and release a lock held
 	// while migrations run, so that two instances starting at once migrate one

@@ -99,6 +99,41 @@ var migrations = []migration{
 		`ALTER TABLE outbox ADD COLUMN item_group TEXT NOT NULL DEFAULT ''`,
 		`CREATE INDEX outbox_by_group ON outbox (kind, item_group, next_attempt)`,
 	}},
+	{4, "every token sent for a session, each valid until it expires", []string{
+		`CREATE TABLE session_tokens (
+			sid          TEXT NOT NULL,
+			token_hash   TEXT NOT NULL,
+			send_attempt BIGINT NOT NULL,
+			expires_at   BIGINT NOT NULL,
+			used_at      BIGINT NOT NULL,
+			PRIMARY KEY (sid, token_hash)
+		)`,
+		// A session's current token; a validated session was validated by it.
+		`INSERT INTO session_tokens (sid, token_hash, send_attempt, expires_at, used_at)
+			SELECT sid, token_hash, send_attempt, expires_at, validated_at FROM sessions`,
+		`ALTER TABLE sessions DROP COLUMN token_hash`,
+		// Attempts are counted per 3PID now (token_attempts).
+		`ALTER TABLE sessions DROP COLUMN failed_attempts`,
+	}},
+	{5, "token attempts per 3PID", []string{
+		`CREATE TABLE token_attempts (
+			medium  TEXT NOT NULL,
+			address TEXT NOT NULL,
+			at      BIGINT NOT NULL
+		)`,
+		`CREATE INDEX token_attempts_by_threepid ON token_attempts (medium, address, at)`,
+		`CREATE INDEX token_attempts_by_age ON token_attempts (at)`,
+	}},
+	{6, "rate-limit buckets shared by the instances", []string{
+		`CREATE TABLE ratelimit_buckets (
+			limiter    TEXT NOT NULL,
+			bucket_key TEXT NOT NULL,
+			tat        BIGINT NOT NULL,
+			taken_by   BIGINT NOT NULL,
+			PRIMARY KEY (limiter, bucket_key)
+		)`,
+		`CREATE INDEX ratelimit_buckets_by_tat ON ratelimit_buckets (tat)`,
+	}},
 }
 
 var (

@@ -22,6 +22,10 @@ func TestSuite(t *testing.T) {
 		fn   func(t *testing.T, b Backend, s storage.Store)
 	}{
 		{"Sessions", testSessions},
+		{"TokenAttempts", testTokenAttempts},
+		{"TokenAttemptRace", testTokenAttemptRace},
+		{"RateLimits", testRateLimits},
+		{"RateLimitRace", testRateLimitRace},
 		{"Associations", testAssociations},
 		{"AssociationRace", testAssociationRace},
 		{"LockUser", testLockUser},

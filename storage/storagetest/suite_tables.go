@@ -13,11 +13,14 @@ func testSessions(t *testing.T, _ Backend, s storage.Store) {
 	ctx := t.Context()
 	first := storage.Session{
 		SID: "sid1", ClientSecret: "secret", Medium: "email", Address: "a@example.org",
-		TokenHash: "hash1", SendAttempt: 1, NextLink: "https://example.org/next",
-		ExpiresAt: 1000, CreatedAt: 10,
+		SendAttempt: 1, NextLink: "https://example.org/next", ExpiresAt: 1000, CreatedAt: 10,
 	}
-	check(t, s.CreateSession(ctx, first), "create")
-	wantErr(t, s.CreateSession(ctx, first), storage.ErrConflict, "create existing sid")
+	tok1 := storage.SessionToken{SID: "sid1", TokenHash: "hash1", SendAttempt: 1, ExpiresAt: 1000}
+	check(t, s.CreateSession(ctx, first, tok1), "create")
+	wantErr(t, s.CreateSession(ctx, first, storage.SessionToken{SID: "sid1", TokenHash: "other"}), storage.ErrConflict, "create existing sid")
+	tokens, err := s.SessionTokens(ctx, "sid1")
+	check(t, err, "tokens")
+	equal(t, tokens, []storage.SessionToken{tok1}, "tokens after a refused create")
 
 	got, err := s.SessionByID(ctx, "sid1")
 	check(t, err, "by id")
@@ -39,50 +42,199 @@ func testSessions(t *testing.T, _ Backend, s storage.Store) {
 	// With two sessions for one key, the newest is returned.
 	second := first
 	second.SID, second.CreatedAt, second.ExpiresAt = "sid2", 20, 3000
-	check(t, s.CreateSession(ctx, second), "create second")
+	check(t, s.CreateSession(ctx, second, storage.SessionToken{SID: "sid2", TokenHash: "hash9", SendAttempt: 1, ExpiresAt: 3000}), "create second")
 	got, err = s.SessionByKey(ctx, "secret", "email", "a@example.org")
 	check(t, err, "by key")
 	equal(t, got.SID, "sid2", "newest session by key")
 
-	for want := 1; want <= 2; want++ {
-		n, err := s.IncrementSessionFailures(ctx, "sid1")
-		check(t, err, "increment failures")
-		equal(t, n, want, "failed attempts")
-	}
-	_, err = s.IncrementSessionFailures(ctx, "nope")
-	wantErr(t, err, storage.ErrNotFound, "increment failures of unknown sid")
-
-	check(t, s.UpdateSessionToken(ctx, "sid1", "hash2", 2, 2000), "update token")
+	// Resends add tokens; the session keeps the highest send attempt and
+	// the last expiry, and only the tokens that expire last.
+	tok2 := storage.SessionToken{SID: "sid1", TokenHash: "hash2", SendAttempt: 3, ExpiresAt: 2000}
+	tok3 := storage.SessionToken{SID: "sid1", TokenHash: "hash3", SendAttempt: 2, ExpiresAt: 1500}
+	check(t, s.AddSessionToken(ctx, tok2, 3), "add token")
+	check(t, s.AddSessionToken(ctx, tok3, 3), "add an older token")
 	got, err = s.SessionByID(ctx, "sid1")
 	check(t, err, "by id")
 	want := first
-	want.TokenHash, want.SendAttempt, want.ExpiresAt = "hash2", 2, 2000
-	equal(t, got, want, "after token update (failures reset)")
-	wantErr(t, s.UpdateSessionToken(ctx, "nope", "h", 1, 1), storage.ErrNotFound, "update token of unknown sid")
+	want.SendAttempt, want.ExpiresAt = 3, 2000
+	equal(t, got, want, "after resends")
+	tokens, err = s.SessionTokens(ctx, "sid1")
+	check(t, err, "tokens")
+	equal(t, tokens, []storage.SessionToken{tok2, tok3, tok1}, "tokens, the last to expire first")
+	tok4 := storage.SessionToken{SID: "sid1", TokenHash: "hash4", SendAttempt: 4, ExpiresAt: 2500}
+	check(t, s.AddSessionToken(ctx, tok4, 3), "add a fourth token")
+	tokens, err = s.SessionTokens(ctx, "sid1")
+	check(t, err, "tokens")
+	equal(t, tokens, []storage.SessionToken{tok4, tok2, tok3}, "the three tokens that expire last")
+	// The same token again (an SMS code drawn twice) is renewed.
+	again := tok3
+	again.SendAttempt, again.ExpiresAt = 5, 2600
+	check(t, s.AddSessionToken(ctx, again, 3), "add a stored token")
+	tokens, err = s.SessionTokens(ctx, "sid1")
+	check(t, err, "tokens")
+	equal(t, tokens, []storage.SessionToken{again, tok4, tok2}, "a renewed token")
+	wantErr(t, s.AddSessionToken(ctx, storage.SessionToken{SID: "nope", TokenHash: "h"}, 3), storage.ErrNotFound, "add a token to an unknown sid")
+	tokens, err = s.SessionTokens(ctx, "nope")
+	check(t, err, "tokens of an unknown sid")
+	equal(t, tokens, []storage.SessionToken{}, "tokens of an unknown sid")
 
-	check(t, s.MarkSessionValidated(ctx, "sid1", 500), "mark validated")
-	check(t, s.MarkSessionValidated(ctx, "sid1", 600), "mark validated again")
+	check(t, s.ValidateSession(ctx, "sid1", "hash2", 500), "validate")
+	check(t, s.ValidateSession(ctx, "sid1", "hash2", 600), "validate again")
+	check(t, s.ValidateSession(ctx, "sid1", "hash4", 700), "validate with another token")
 	got, err = s.SessionByID(ctx, "sid1")
 	check(t, err, "by id")
 	equal(t, got.ValidatedAt, int64(500), "validated_at is set once")
-	wantErr(t, s.MarkSessionValidated(ctx, "nope", 1), storage.ErrNotFound, "mark unknown sid validated")
+	tokens, err = s.SessionTokens(ctx, "sid1")
+	check(t, err, "tokens")
+	used := map[string]int64{}
+	for _, tok := range tokens {
+		used[tok.TokenHash] = tok.UsedAt
+	}
+	equal(t, used, map[string]int64{"hash3": 0, "hash4": 700, "hash2": 500}, "used_at of each token, set once")
+	wantErr(t, s.ValidateSession(ctx, "nope", "hash2", 1), storage.ErrNotFound, "validate an unknown sid")
+	wantErr(t, s.ValidateSession(ctx, "sid1", "nope", 1), storage.ErrNotFound, "validate with an unknown token")
+	wantErr(t, s.ValidateSession(ctx, "sid2", "hash2", 1), storage.ErrNotFound, "validate with another session's token")
+	got, err = s.SessionByID(ctx, "sid2")
+	check(t, err, "by id")
+	equal(t, got.ValidatedAt, int64(0), "a session validated by nothing")
 
-	// sid1 expires at 2000, sid2 at 3000.
-	n, err := s.DeleteSessionsExpiredBefore(ctx, 2000)
+	// sid1 expires at 2600, sid2 at 3000.
+	n, err := s.DeleteSessionsExpiredBefore(ctx, 2600)
 	check(t, err, "delete expired")
-	equal(t, n, int64(0), "sessions expired before 2000")
-	n, err = s.DeleteSessionsExpiredBefore(ctx, 2500)
+	equal(t, n, int64(0), "sessions expired before 2600")
+	n, err = s.DeleteSessionsExpiredBefore(ctx, 2700)
 	check(t, err, "delete expired")
-	equal(t, n, int64(1), "sessions expired before 2500")
+	equal(t, n, int64(1), "sessions expired before 2700")
 	_, err = s.SessionByID(ctx, "sid1")
 	wantErr(t, err, storage.ErrNotFound, "expired session")
+	tokens, err = s.SessionTokens(ctx, "sid1")
+	check(t, err, "tokens of an expired session")
+	equal(t, tokens, []storage.SessionToken{}, "tokens of an expired session")
 
 	ok, err := s.DeleteSession(ctx, "sid2")
 	check(t, err, "delete")
 	equal(t, ok, true, "delete existing session")
+	tokens, err = s.SessionTokens(ctx, "sid2")
+	check(t, err, "tokens of a deleted session")
+	equal(t, tokens, []storage.SessionToken{}, "tokens of a deleted session")
 	ok, err = s.DeleteSession(ctx, "sid2")
 	check(t, err, "delete again")
 	equal(t, ok, false, "delete deleted session")
+}
+
+func testTokenAttempts(t *testing.T, _ Backend, s storage.Store) {
+	ctx := t.Context()
+	lifetime := storage.AttemptLimit{Max: 2}
+	day := storage.AttemptLimit{Max: 3}
+	record := func(medium, address string, at int64) bool {
+		t.Helper()
+		lifetime.Since, day.Since = at-100, at-1000
+		ok, err := s.RecordTokenAttempt(ctx, medium, address, at, lifetime, day)
+		check(t, err, "record")
+		return ok
+	}
+	equal(t, record("email", "a@x", 1000), true, "first attempt")
+	equal(t, record("email", "a@x", 1050), true, "second attempt")
+	equal(t, record("email", "a@x", 1060), false, "third within the lifetime")
+	equal(t, record("msisdn", "a@x", 1060), true, "another medium")
+	equal(t, record("email", "b@x", 1060), true, "another address")
+	equal(t, record("email", "a@x", 1101), true, "the first is out of the lifetime window")
+	equal(t, record("email", "a@x", 1300), false, "the day's third attempt was the last")
+	equal(t, record("email", "a@x", 2001), true, "the first is out of the day window")
+	ok, err := s.RecordTokenAttempt(ctx, "email", "c@x", 1)
+	check(t, err, "record without limits")
+	equal(t, ok, true, "without limits")
+
+	n, err := s.ForgetTokenAttemptsBefore(ctx, 1060)
+	check(t, err, "forget")
+	equal(t, n, int64(3), "attempts forgotten")
+	equal(t, record("email", "a@x", 2002), true, "the day's third attempt")
+	equal(t, record("email", "a@x", 2090), false, "counted with the attempts kept")
+}
+
+// testTokenAttemptRace: concurrent attempts on one 3PID never exceed a limit.
+func testTokenAttemptRace(t *testing.T, _ Backend, s storage.Store) {
+	const limit = 5
+	recorded := concurrently(t, 20, func() (bool, error) {
+		return s.RecordTokenAttempt(t.Context(), "msisdn", "441234", 100, storage.AttemptLimit{Since: 0, Max: limit})
+	})
+	equal(t, recorded, limit, "attempts recorded out of concurrent ones")
+}
+
+// concurrently runs fn n times at once and returns how many answered true;
+// an error fails the test.
+func concurrently(t *testing.T, n int, fn func() (bool, error)) int {
+	var wg sync.WaitGroup
+	oks := make([]bool, n)
+	for i := range n {
+		wg.Go(func() {
+			ok, err := fn()
+			if err != nil {
+				t.Errorf("concurrent call: %v", err)
+			}
+			oks[i] = ok
+		})
+	}
+	wg.Wait()
+	count := 0
+	for _, ok := range oks {
+		if ok {
+			count++
+		}
+	}
+	return count
+}
+
+func testRateLimits(t *testing.T, _ Backend, s storage.Store) {
+	ctx := t.Context()
+	// One token every 100, a burst of 3 (tolerance 200).
+	take := func(limiter, key string, now int64) (bool, int64) {
+		t.Helper()
+		ok, wait, err := s.TakeRateLimitToken(ctx, limiter, key, now, 100, 200)
+		check(t, err, "take")
+		return ok, wait
+	}
+	for i := range 3 {
+		ok, _ := take("l", "k", 1000)
+		equal(t, ok, true, fmt.Sprintf("token %d of the burst", i+1))
+	}
+	ok, wait := take("l", "k", 1000)
+	equal(t, [2]any{ok, wait}, [2]any{false, int64(100)}, "empty bucket: the wait")
+	ok, wait = take("l", "k", 1040)
+	equal(t, [2]any{ok, wait}, [2]any{false, int64(60)}, "still empty: a shorter wait")
+	ok, _ = take("l", "k", 1100)
+	equal(t, ok, true, "a token refilled")
+	ok, _ = take("l", "k", 1100)
+	equal(t, ok, false, "and taken")
+	ok, _ = take("l", "other", 1100)
+	equal(t, ok, true, "another key")
+	ok, _ = take("other", "k", 1100)
+	equal(t, ok, true, "another limiter")
+
+	// k is full again at 1400 (tat 1400), the others at 1200.
+	n, err := s.ForgetFullRateLimits(ctx, 1399)
+	check(t, err, "forget")
+	equal(t, n, int64(2), "full buckets forgotten")
+	for i := range 3 {
+		ok, _ := take("l", "other", 1400)
+		equal(t, ok, true, fmt.Sprintf("token %d of a forgotten bucket", i+1))
+	}
+	ok, _ = take("l", "k", 1399)
+	equal(t, ok, true, "a bucket not yet full is kept")
+	ok, _ = take("l", "k", 1399)
+	equal(t, ok, true, "with the tokens it has")
+	ok, _ = take("l", "k", 1399)
+	equal(t, ok, false, "and no more")
+}
+
+// testRateLimitRace: concurrent takes from one bucket give out exactly its tokens.
+func testRateLimitRace(t *testing.T, _ Backend, s storage.Store) {
+	const burst = 4
+	taken := concurrently(t, 30, func() (bool, error) {
+		ok, _, err := s.TakeRateLimitToken(t.Context(), "race", "k", 1_000_000, 1_000_000, (burst-1)*1_000_000)
+		return ok, err
+	})
+	equal(t, taken, burst, "tokens taken out of concurrent takes")
 }
 
 func testAssociations(t *testing.T, _ Backend, s storage.Store) {

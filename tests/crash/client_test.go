@@ -86,6 +86,32 @@ func (c *client) expect(ctx context.Context, status int, method, path, token str
 	return a, nil
 }
 
+// openLink opens the validation link at path as a person does: the page,
+// then its button (a form POST of what the page's form holds), each
+// observed. A failure to answer wraps errNoAnswer.
+func (c *client) openLink(ctx context.Context, path string) error {
+	page, err := c.expect(ctx, 200, "GET", path, "", nil)
+	if err != nil {
+		return err
+	}
+	f, err := support.FindForm(c.base+path, page.Body)
+	if err != nil {
+		return fmt.Errorf("link %s: %w: %s", path, err, page.Body)
+	}
+	began := time.Now()
+	a, err := support.Client{HTTP: c.http}.Submit(ctx, f, c.base)
+	if err != nil {
+		err = fmt.Errorf("%w: %v", errNoAnswer, err)
+	}
+	if c.observe != nil {
+		c.observe("POST", strings.TrimPrefix(f.Action, c.base), began, a, err)
+	}
+	if err == nil && a.Status != 200 {
+		err = fmt.Errorf("link %s: the form answered %s, want 200", path, a)
+	}
+	return err
+}
+
 // randomSecret returns a fresh client_secret.
 func randomSecret(prefix string) string {
 	var b [8]byte
@@ -124,7 +150,7 @@ func (c *client) addEmail(ctx context.Context, sink *fakes.SMTPSink, u user, add
 	if err != nil {
 		return err
 	}
-	if _, err := c.expect(ctx, 200, "GET", link, "", nil); err != nil {
+	if err := c.openLink(ctx, link); err != nil {
 		return err
 	}
 	body := map[string]any{"sid": tok.SID, "client_secret": secret}

@@ -1,20 +1,30 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"mime"
 	"net/http"
+	"net/mail"
 	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/account"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
+	"github.com/threepidd/threepidd/tests/support"
 	"github.com/threepidd/threepidd/threepid"
+	"golang.org/x/net/html"
 )
 
 // TestEmailJourney is a user's whole e-mail journey: requestToken, the mail,
@@ -31,7 +41,7 @@ func TestEmailJourney(t *testing.T) {
 		}
 		// Not validated yet: add refuses after UIA.
 		harness.Expect(t, e.AddThreepid(t, alice, sid, secret), 400, "M_THREEPID_AUTH_FAILED")
-		harness.Expect(t, harness.Do(t, "GET", mail.FirstLink(), "", nil), 200, "")
+		harness.Expect(t, harness.OpenLink(t, mail.FirstLink()), 200, "")
 		harness.Expect(t, e.AddThreepid(t, alice, sid, secret), 200, "")
 
 		list := e.Threepids(t, alice)
@@ -103,11 +113,15 @@ func TestPhoneJourney(t *testing.T) {
 	})
 }
 
-// TestSendAttempt: the same send_attempt sends nothing new and keeps the sid;
-// a higher one sends a new token for the same sid, and only the newest works.
-func TestSendAttempt(t *testing.T) {
+// TestResend is Element's "Resend": the same send_attempt sends nothing new
+// and keeps the sid; a higher one sends a second mail for the same sid, and
+// the first mail's link still validates (every token of a session stays
+// valid until it expires, as in Synapse). Once validated, the other mail's
+// link answers as friendly as the first one opened twice.
+func TestResend(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
+		u := e.NewUser("carol")
 		sid1 := e.RequestEmailToken(t, "sec", "carol@example.org", 1)
 		first := e.SMTP.WaitMail(t, "carol@example.org", 10*time.Second)
 		if sid := e.RequestEmailToken(t, "sec", "carol@example.org", 1); sid != sid1 {
@@ -119,34 +133,106 @@ func TestSendAttempt(t *testing.T) {
 		if sid := e.RequestEmailToken(t, "sec", "carol@example.org", 2); sid != sid1 {
 			t.Fatalf("higher attempt gave sid %s, want %s", sid, sid1)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for len(e.SMTP.Mails()) < 2 && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
+		second := e.SMTP.WaitMail(t, "carol@example.org", 10*time.Second)
+		if first.FirstLink() == second.FirstLink() {
+			t.Fatalf("the resent mail carries the first link again: %s", first.FirstLink())
 		}
-		mails := e.SMTP.Mails()
-		if len(mails) != 2 {
-			t.Fatalf("%d mails, want 2", len(mails))
+		harness.Expect(t, harness.OpenLink(t, first.FirstLink()), 200, "")
+		for _, link := range []string{first.FirstLink(), second.FirstLink()} {
+			if r := harness.OpenLink(t, link); r.Status != 200 || !strings.Contains(string(r.Body), "confirmed") {
+				t.Fatalf("a link of the validated session: %d %s", r.Status, r.Body)
+			}
 		}
-		harness.Expect(t, harness.Do(t, "GET", first.FirstLink(), "", nil), 400, "")
-		harness.Expect(t, harness.Do(t, "GET", mails[1].FirstLink(), "", nil), 200, "")
+		harness.Expect(t, e.AddThreepid(t, u, sid1, "sec"), 200, "")
+		expectListed(t, e, u, "email:carol@example.org")
 	})
 }
 
-// TestNextLink: the e-mail link answers 302 to next_link; a non-http next_link is refused.
-func TestNextLink(t *testing.T) {
+// TestMailLinkNeedsAPerson: loading the mail's link, as a mail scanner that
+// pre-fetches links does, validates nothing: the page asks the person to
+// confirm, and only its button (a form POST of the same values) validates
+// the session, then redirects to next_link.
+func TestMailLinkNeedsAPerson(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
-		r := e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{
-			"client_secret": "x", "email": "dave@example.org", "send_attempt": 1, "next_link": "javascript:alert(1)"})
-		harness.Expect(t, r, 400, "M_INVALID_PARAM")
-		r = e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{
-			"client_secret": "x", "email": "dave@example.org", "send_attempt": 1, "next_link": "https://app.example/done"})
+		u := e.NewUser("victim")
+		r := e.Do("POST", requestTokenPath, "", map[string]any{
+			"client_secret": "sec", "email": "victim@example.org", "send_attempt": 1, "next_link": "https://app.example/done"})
 		harness.Expect(t, r, 200, "")
-		link := e.SMTP.WaitMail(t, "dave@example.org", 10*time.Second).FirstLink()
-		r = harness.Do(t, "GET", link, "", nil)
-		if r.Status != http.StatusFound || r.Header.Get("Location") != "https://app.example/done" {
-			t.Fatalf("got %d Location %q", r.Status, r.Header.Get("Location"))
+		sid := r.JSON(t)["sid"].(string)
+		link := e.SMTP.WaitMail(t, "victim@example.org", 10*time.Second).FirstLink()
+		for range 3 { // a scanner, then the person's browser, then a reload
+			page := harness.Do(t, "GET", link, "", nil)
+			if page.Status != 200 || !strings.HasPrefix(page.Header.Get("Content-Type"), "text/html") {
+				t.Fatalf("the link answered %d %v: %s", page.Status, page.Header, page.Body)
+			}
+			if csp := page.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "form-action 'self' https://app.example") || !strings.Contains(csp, "default-src 'none'") {
+				t.Fatalf("Content-Security-Policy %q", csp)
+			}
+			form, err := support.FindForm(link, page.Body)
+			if err != nil || form.Method != "POST" || form.Action != e.Config.PublicBaseURL+emailSubmitPath {
+				t.Fatalf("the page's form: %+v (%v): %s", form, err, page.Body)
+			}
 		}
+		harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 400, "M_THREEPID_AUTH_FAILED")
+		r = harness.OpenLink(t, link)
+		if r.Status != http.StatusFound || r.Header.Get("Location") != "https://app.example/done" {
+			t.Fatalf("the confirmation answered %d Location %q: %s", r.Status, r.Header.Get("Location"), r.Body)
+		}
+		harness.Expect(t, e.AddThreepid(t, u, sid, "sec"), 200, "")
+	})
+}
+
+// TestNextLink: once the person confirmed, the e-mail link answers 302 to
+// next_link; a next_link that is not http(s) is refused. With
+// email.next_link_domains_allowed (Synapse's next_link_domain_whitelist),
+// only the hosts it lists are accepted, at requestToken, and again before
+// the redirect; an empty list accepts none.
+func TestNextLink(t *testing.T) {
+	request := func(e *harness.Env, address, nextLink string) harness.Response {
+		return e.Do("POST", requestTokenPath, "", map[string]any{
+			"client_secret": "x", "email": address, "send_attempt": 1, "next_link": nextLink})
+	}
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		t.Run("any host", func(t *testing.T) {
+			e := harness.Start(t, b, harness.Options{})
+			harness.Expect(t, request(e, "dave@example.org", "javascript:alert(1)"), 400, "M_INVALID_PARAM")
+			harness.Expect(t, request(e, "dave@example.org", "https://anywhere.example/done"), 200, "")
+			r := harness.OpenLink(t, e.SMTP.WaitMail(t, "dave@example.org", 10*time.Second).FirstLink())
+			if r.Status != http.StatusFound || r.Header.Get("Location") != "https://anywhere.example/done" {
+				t.Fatalf("got %d Location %q", r.Status, r.Header.Get("Location"))
+			}
+		})
+		t.Run("allowed hosts", func(t *testing.T) {
+			e := harness.Start(t, b, harness.Options{EmailYAML: "next_link_domains_allowed: [app.example, 192.0.2.1]"})
+			for _, link := range []string{"https://evil.example/done", "https://sub.app.example/", "https://app.example.evil.example/",
+				"https://app.example@evil.example/", "https://evil.example/?https://app.example/"} {
+				r := request(e, "erin@example.org", link)
+				harness.Expect(t, r, 400, "M_INVALID_PARAM")
+			}
+			for i, link := range []string{"https://APP.example:8443/done?x=1", "http://192.0.2.1/"} {
+				address := fmt.Sprintf("erin%d@example.org", i)
+				harness.Expect(t, request(e, address, link), 200, "")
+				r := harness.OpenLink(t, e.SMTP.WaitMail(t, address, 10*time.Second).FirstLink())
+				if r.Status != http.StatusFound || r.Header.Get("Location") != link {
+					t.Fatalf("%s: got %d Location %q", link, r.Status, r.Header.Get("Location"))
+				}
+			}
+			// A session asked for before the list changed redirects nowhere
+			// once the list no longer allows its next_link.
+			harness.Expect(t, request(e, "later@example.org", "https://app.example/later"), 200, "")
+			link := e.SMTP.WaitMail(t, "later@example.org", 10*time.Second).FirstLink()
+			e.EditConfig("next_link_domains_allowed: [app.example, 192.0.2.1]", "next_link_domains_allowed: [other.example]")
+			e.Restart()
+			if r := harness.OpenLink(t, link); r.Status != 200 || !strings.Contains(string(r.Body), "confirmed") {
+				t.Fatalf("a next_link no longer allowed: %d %v %s", r.Status, r.Header, r.Body)
+			}
+		})
+		t.Run("no host", func(t *testing.T) {
+			e := harness.Start(t, b, harness.Options{EmailYAML: "next_link_domains_allowed: []"})
+			harness.Expect(t, request(e, "frank@example.org", "https://app.example/"), 400, "M_INVALID_PARAM")
+			harness.Expect(t, e.Do("POST", requestTokenPath, "", map[string]any{"client_secret": "x", "email": "frank@example.org", "send_attempt": 1}), 200, "")
+		})
 	})
 }
 
@@ -159,7 +245,7 @@ func TestAddRace(t *testing.T) {
 		sid1 := e.RequestEmailToken(t, "sec1", "prize@example.org", 1)
 		sid2 := e.RequestEmailToken(t, "sec2", "prize@example.org", 1)
 		for _, m := range waitMails(t, e, 2) {
-			harness.Expect(t, harness.Do(t, "GET", m, "", nil), 200, "")
+			harness.Expect(t, harness.OpenLink(t, m), 200, "")
 		}
 		// Get each user a UIA session first, then fire both adds together.
 		sessions := make([]string, 2)
@@ -402,6 +488,16 @@ func (s emailSession) submit(t *testing.T, e *harness.Env, token string) harness
 	return e.Do("POST", emailSubmitPath, "", map[string]any{"sid": s.sid, "client_secret": s.secret, "token": token})
 }
 
+// addToken gives session sid a known token that expires at expires, as if
+// it had been sent.
+func addToken(t *testing.T, e *harness.Env, sid, token string, expires time.Time) {
+	t.Helper()
+	tok := storage.SessionToken{SID: sid, TokenHash: threepid.HashToken(token), SendAttempt: 9, ExpiresAt: expires.UnixMilli()}
+	if err := e.Server.Store.AddSessionToken(context.Background(), tok, account.MaxLiveTokens); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // expectSuccessFalse fails unless an error body carries "success": false (the
 // spec's v1.18 submitToken errors).
 func expectSuccessFalse(t *testing.T, r harness.Response) {
@@ -466,31 +562,34 @@ func TestSubmitToken(t *testing.T) {
 		t.Run("expired token", func(t *testing.T) {
 			s := startEmailSession(t, e, "secret-expired", "expired@example.org")
 			// Give the session a known token that expired a minute ago.
-			past := time.Now().Add(-time.Minute).UnixMilli()
-			if err := e.Server.Store.UpdateSessionToken(context.Background(), s.sid, threepid.HashToken("known-token"), 2, past); err != nil {
-				t.Fatal(err)
-			}
+			addToken(t, e, s.sid, "known-token", time.Now().Add(-time.Minute))
 			r := s.submit(t, e, "known-token")
 			expectAnswer(t, r, 400, "M_SESSION_EXPIRED")
 			expectSuccessFalse(t, r)
-			r = harness.Do(t, "GET", e.URL+emailSubmitPath+"?"+url.Values{"sid": {s.sid}, "client_secret": {s.secret}, "token": {"known-token"}}.Encode(), "", nil)
+			r = harness.OpenLink(t, e.URL+emailSubmitPath+"?"+url.Values{"sid": {s.sid}, "client_secret": {s.secret}, "token": {"known-token"}}.Encode())
 			if r.Status != 400 || !strings.Contains(string(r.Body), "expired") {
-				t.Fatalf("GET with an expired token: %d %s", r.Status, r.Body)
+				t.Fatalf("the link of an expired token: %d %s", r.Status, r.Body)
 			}
 			// Not validated: /add refuses it.
 			expectAnswer(t, e.AddThreepid(t, u, s.sid, s.secret), 400, "M_THREEPID_AUTH_FAILED")
 		})
 		t.Run("GET link", func(t *testing.T) {
-			for _, q := range []url.Values{
-				{},
-				{"sid": {one.sid}},
-				{"sid": {one.sid}, "client_secret": {one.secret}, "token": {"<script>alert(1)</script>"}},
-				{"sid": {"<script>"}, "client_secret": {"<b>"}, "token": {"x"}},
+			fresh := startEmailSession(t, e, "secret-fresh", "fresh@example.org")
+			for _, c := range []struct {
+				q      url.Values
+				status int
+			}{
+				{url.Values{}, 400},
+				{url.Values{"sid": {one.sid}}, 400},
+				{url.Values{"sid": {"<script>"}, "client_secret": {"<b>"}, "token": {"x"}}, 400},
+				{url.Values{"sid": {one.sid}, "client_secret": {one.secret}, "token": {"<script>alert(1)</script>"}}, 200},     // validated
+				{url.Values{"sid": {fresh.sid}, "client_secret": {fresh.secret}, "token": {"<script>alert(1)</script>"}}, 200}, // the form
 			} {
-				r := harness.Do(t, "GET", e.URL+emailSubmitPath+"?"+q.Encode(), "", nil)
-				if r.Status != 400 || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") ||
-					r.Header.Get("Content-Security-Policy") == "" || strings.Contains(string(r.Body), "<script>") || strings.Contains(string(r.Body), "<b>") {
-					t.Fatalf("GET ?%s: %d %v %s", q.Encode(), r.Status, r.Header, r.Body)
+				r := harness.Do(t, "GET", e.URL+emailSubmitPath+"?"+c.q.Encode(), "", nil)
+				if r.Status != c.status || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") ||
+					!strings.Contains(r.Header.Get("Content-Security-Policy"), "default-src 'none'") || r.Header.Get("Referrer-Policy") != "no-referrer" ||
+					strings.Contains(string(r.Body), "<script>") || strings.Contains(string(r.Body), "<b>") {
+					t.Fatalf("GET ?%s: %d %v %s", c.q.Encode(), r.Status, r.Header, r.Body)
 				}
 			}
 		})
@@ -520,10 +619,7 @@ func TestSubmitToken(t *testing.T) {
 		})
 		t.Run("expired token of a first send_attempt", func(t *testing.T) {
 			sid2 := e.RequestEmailToken(t, "sec2", "gina@example.org", 1)
-			past := time.Now().Add(-time.Minute).UnixMilli()
-			if err := e.Server.Store.UpdateSessionToken(context.Background(), sid2, threepid.HashToken("known-token"), 1, past); err != nil {
-				t.Fatal(err)
-			}
+			addToken(t, e, sid2, "known-token", time.Now().Add(-time.Minute))
 			harness.Expect(t, harness.Do(t, "POST", submit, "", map[string]any{"sid": sid2, "client_secret": "sec2", "token": "known-token"}), 400, "M_SESSION_EXPIRED")
 		})
 	})
@@ -568,8 +664,8 @@ func TestAdd(t *testing.T) {
 			old := time.Now().Add(-25 * time.Hour).UnixMilli()
 			err := e.Server.Store.CreateSession(context.Background(), storage.Session{
 				SID: "stalesession", ClientSecret: "stale", Medium: "email", Address: "stale@example.org",
-				TokenHash: threepid.HashToken("t"), SendAttempt: 1, ValidatedAt: old, ExpiresAt: old + 1, CreatedAt: old,
-			})
+				SendAttempt: 1, ValidatedAt: old, ExpiresAt: old + 1, CreatedAt: old,
+			}, storage.SessionToken{SID: "stalesession", TokenHash: threepid.HashToken("t"), SendAttempt: 1, ExpiresAt: old + 1, UsedAt: old})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -663,4 +759,155 @@ func TestUIARelay(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestValidationMail reads the validation mail as a mail client does (the
+// headers, multipart/alternative, quoted-printable, UTF-8: the SMTP sink
+// decodes it with net/mail and mime/multipart): the headers of an automated
+// mailer, a subject naming the server, and a plain-text and an HTML part
+// that both carry the server name, the address and the link.
+func TestValidationMail(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{})
+		const address = "reader@example.org"
+		sid := e.RequestEmailToken(t, "sec", address, 1)
+		m := e.SMTP.WaitMail(t, address, 10*time.Second)
+		msg, err := mail.ReadMessage(bytes.NewReader(m.Raw))
+		if err != nil {
+			t.Fatalf("parse the message: %v", err)
+		}
+		h := msg.Header
+		if _, err := h.Date(); err != nil {
+			t.Errorf("Date %q: %v", h.Get("Date"), err)
+		}
+		if id := h.Get("Message-Id"); !regexp.MustCompile(`^<[^<>@\s]+@` + regexp.QuoteMeta(harness.ServerName) + `>$`).MatchString(id) {
+			t.Errorf("Message-ID %q is not on the server's domain %s", id, harness.ServerName)
+		}
+		if got := h.Get("Auto-Submitted"); got != "auto-generated" {
+			t.Errorf("Auto-Submitted %q, want auto-generated", got)
+		}
+		if to, err := mail.ParseAddress(h.Get("To")); err != nil || to.Address != address {
+			t.Errorf("To %q (%v)", h.Get("To"), err)
+		}
+		if !strings.Contains(m.Subject, harness.ServerName) {
+			t.Errorf("Subject %q does not name the server", m.Subject)
+		}
+		if mediaType, _, err := mime.ParseMediaType(h.Get("Content-Type")); err != nil || mediaType != "multipart/alternative" {
+			t.Fatalf("Content-Type %q (%v), want multipart/alternative", h.Get("Content-Type"), err)
+		}
+		link := m.FirstLink()
+		if u, err := url.Parse(link); err != nil || u.Query().Get("sid") != sid {
+			t.Fatalf("the plain-text link %q does not carry sid %s", link, sid)
+		}
+		for _, want := range []string{harness.ServerName, address, link} {
+			if !strings.Contains(m.Text, want) {
+				t.Errorf("the text part lacks %q:\n%s", want, m.Text)
+			}
+		}
+		doc, err := html.Parse(strings.NewReader(m.HTML))
+		if err != nil {
+			t.Fatalf("parse the HTML part: %v", err)
+		}
+		var words strings.Builder
+		hrefs := map[string]bool{}
+		for n := range doc.Descendants() {
+			switch {
+			case n.Type == html.TextNode:
+				words.WriteString(n.Data + " ")
+			case n.Type == html.ElementNode && n.Data == "a":
+				for _, a := range n.Attr {
+					if a.Key == "href" {
+						hrefs[a.Val] = true
+					}
+				}
+			}
+		}
+		if !hrefs[link] {
+			t.Errorf("the HTML part has no link to %s (links: %v):\n%s", link, hrefs, m.HTML)
+		}
+		for _, want := range []string{harness.ServerName, address} {
+			if !strings.Contains(words.String(), want) {
+				t.Errorf("the HTML part's text lacks %q:\n%s", want, m.HTML)
+			}
+		}
+	})
+}
+
+// TestMailTemplates: the files of email.template_dir replace the built-in
+// templates (one by one), and email.subject the subject.
+func TestMailTemplates(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		dir := t.TempDir()
+		text := "{{.ServerName}} asks: is {{.Address}} yours? {{.Link}} (for {{.ValidFor}})\n"
+		if err := os.WriteFile(filepath.Join(dir, "validation.txt"), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e := harness.Start(t, b, harness.Options{EmailYAML: fmt.Sprintf("template_dir: %q, subject: \"Welcome to {{.ServerName}}\", token_lifetime: 2h", dir)})
+		sid := e.RequestEmailToken(t, "sec", "tpl@example.org", 1)
+		m := e.SMTP.WaitMail(t, "tpl@example.org", 10*time.Second)
+		want := "hs.test asks: is tpl@example.org yours? " + m.FirstLink() + " (for 2 hours)\n"
+		if m.Subject != "Welcome to hs.test" || strings.ReplaceAll(m.Text, "\r\n", "\n") != want || !strings.Contains(m.FirstLink(), "sid="+sid) {
+			t.Fatalf("mail: subject %q text %q, want %q", m.Subject, m.Text, want)
+		}
+		if !strings.Contains(m.HTML, "tpl@example.org") {
+			t.Fatalf("the built-in HTML part is missing:\n%s", m.Raw)
+		}
+	})
+}
+
+// TestRequestTokenInhibit3pidErrors: with
+// policy.request_token_inhibit_3pid_errors (Synapse's
+// request_token_inhibit_3pid_errors), requestToken for an address an account
+// holds answers as for a free one (a sid of the same form, the same fields),
+// sends nothing, and the session it names behaves as one whose token went
+// elsewhere. The policy still answers; without the option the address is in
+// use.
+func TestRequestTokenInhibit3pidErrors(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{ExtraYAML: "policy: {request_token_inhibit_3pid_errors: true, email_domains_denied: [denied.example]}\n"})
+		holder := e.NewUser("holder")
+		e.AddEmail(t, holder, "held@example.org")
+		for _, c := range []struct{ held, free string }{{"held@example.org", "free@example.org"}, {"HELD@Example.org", "free2@example.org"}} {
+			mails := len(e.SMTP.Mails())
+			sid := e.RequestEmailToken(t, "probe", c.held, 1)
+			free := e.RequestEmailToken(t, "probe", c.free, 1)
+			if len(sid) != len(free) {
+				t.Fatalf("sid %q of a held address, %q of a free one", sid, free)
+			}
+			e.SMTP.WaitMail(t, c.free, 10*time.Second)
+			time.Sleep(100 * time.Millisecond)
+			if n := len(e.SMTP.Mails()) - mails; n != 1 {
+				t.Fatalf("%d mails, want 1 (to %s)", n, c.free)
+			}
+			if again := e.RequestEmailToken(t, "probe", c.held, 1); again != sid {
+				t.Fatalf("a repeat gave sid %s, want %s", again, sid)
+			}
+			r := e.Do("POST", emailSubmitPath, "", map[string]any{"sid": sid, "client_secret": "probe", "token": "a guess"})
+			expectAnswer(t, r, 400, "M_TOKEN_INCORRECT")
+			expectAnswer(t, e.AddThreepid(t, e.NewUser("prober"+strconv.Itoa(mails)), sid, "probe"), 400, "M_THREEPID_AUTH_FAILED")
+		}
+		phone := map[string]any{"client_secret": "sec", "country": "GB", "phone_number": "07700900555", "send_attempt": 1}
+		r := e.Do("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", phone)
+		harness.Expect(t, r, 200, "")
+		sms := e.SMS.WaitSMS(t, "447700900555", 10*time.Second)
+		harness.Expect(t, harness.Do(t, "POST", r.JSON(t)["submit_url"].(string), "", map[string]any{
+			"sid": r.JSON(t)["sid"], "client_secret": "sec", "token": sms.Token}), 200, "")
+		harness.Expect(t, e.AddThreepid(t, holder, r.JSON(t)["sid"].(string), "sec"), 200, "")
+		phone["client_secret"] = "probe"
+		held := e.Do("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", phone)
+		phone["phone_number"] = "07700900556"
+		free := e.Do("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", phone)
+		harness.Expect(t, held, 200, "")
+		harness.Expect(t, free, 200, "")
+		h, f := held.JSON(t), free.JSON(t)
+		if len(h) != len(f) || h["success"] != true || h["submit_url"] != f["submit_url"] || h["msisdn"] != "447700900555" || h["sid"] == f["sid"] {
+			t.Fatalf("answer %v for a held number, %v for a free one", h, f)
+		}
+		e.SMS.WaitSMS(t, "447700900556", 10*time.Second)
+		if n := len(e.SMS.Messages()); n != 2 {
+			t.Fatalf("%d SMS, want 2 (the holder's and the free number's)", n)
+		}
+		r = e.Do("POST", requestTokenPath, "", map[string]any{"client_secret": "x", "email": "a@denied.example", "send_attempt": 1})
+		expectAnswer(t, r, 403, "M_THREEPID_DENIED")
+	})
 }

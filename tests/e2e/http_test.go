@@ -217,6 +217,24 @@ func TestRateLimit(t *testing.T) {
 			r := e.Do("POST", "/_matrix/client/v3/account/3pid/email/requestToken", "", map[string]any{"client_secret": "sec", "email": "ip9@example.org", "send_attempt": 1})
 			harness.Expect(t, r, 429, "M_LIMIT_EXCEEDED")
 		}},
+		{"per IPv6 /64", "{requesttoken_per_ip: {per_second: 0.01, burst: 2}}", func(t *testing.T, e *harness.Env) {
+			// threepidd believes X-Forwarded-For from 127.0.0.1 (trusted_proxies).
+			from := func(ip, email string) harness.Response {
+				return harness.Send(t, support.Request{Method: "POST", URL: e.URL + requestTokenPath,
+					Body:   map[string]any{"client_secret": "sec", "email": email, "send_attempt": 1},
+					Header: http.Header{"X-Forwarded-For": {ip}}})
+			}
+			expectAnswer(t, from("2001:db8:1:2::1", "v6a@example.org"), 200, "")
+			expectAnswer(t, from("2001:db8:1:2:ffff:ffff:ffff:fffe", "v6b@example.org"), 200, "")
+			// One /64 is one client, however many addresses it takes from it.
+			expectAnswer(t, from("2001:db8:1:2:abcd::7", "v6c@example.org"), 429, "M_LIMIT_EXCEEDED")
+			expectAnswer(t, from("2001:db8:1:3::1", "v6d@example.org"), 200, "")
+			// IPv4 addresses are clients of their own, also written as IPv4-mapped IPv6.
+			expectAnswer(t, from("203.0.113.1", "v4a@example.org"), 200, "")
+			expectAnswer(t, from("203.0.113.2", "v4b@example.org"), 200, "")
+			expectAnswer(t, from("::ffff:203.0.113.1", "v4c@example.org"), 200, "")
+			expectAnswer(t, from("203.0.113.1", "v4d@example.org"), 429, "M_LIMIT_EXCEEDED")
+		}},
 		{"both: the answer, canonical addresses, both media, nothing sent", "{requesttoken_per_ip: {per_second: 0.01, burst: 4}, requesttoken_per_address: {per_second: 0.01, burst: 2}}", func(t *testing.T, e *harness.Env) {
 			const path = "/_matrix/client/v3/account/3pid/email/requestToken"
 			limited := func(t *testing.T, r harness.Response) {
@@ -247,13 +265,14 @@ func TestRateLimit(t *testing.T) {
 			}
 		}},
 	}
-	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
-		for _, tt := range tests {
-			t.Run(tt.name, func(t *testing.T) {
+	// Each case has databases of its own: the buckets live there.
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 				tt.run(t, harness.Start(t, b, harness.Options{RateLimitYAML: tt.rateLimit}))
 			})
-		}
-	})
+		})
+	}
 }
 
 // TestForwardedHeaders: whoami sees the client's address (from a trusted proxy's

@@ -8,6 +8,7 @@ import (
 
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/tests/fakes"
+	"github.com/threepidd/threepidd/tests/support"
 	"github.com/threepidd/threepidd/threepid"
 )
 
@@ -48,8 +49,9 @@ func (e *Env) RequestEmailToken(t testing.TB, secret, email string, attempt int)
 	return sid
 }
 
-// ValidateEmail requests a token, reads the mail and opens its link; it
-// returns the sid of the validated session.
+// ValidateEmail requests a token, reads the mail and opens its link as a
+// person does (the page, then its button); it returns the sid of the
+// validated session.
 func (e *Env) ValidateEmail(t testing.TB, secret, email string) string {
 	t.Helper()
 	sid := e.RequestEmailToken(t, secret, email, 1)
@@ -59,9 +61,25 @@ func (e *Env) ValidateEmail(t testing.TB, secret, email string) string {
 	if err != nil || u.Query().Get("sid") != sid {
 		t.Fatalf("mail link %q does not carry sid %s", link, sid)
 	}
-	r := Do(t, "GET", link, "", nil)
-	Expect(t, r, 200, "")
+	Expect(t, OpenLink(t, link), 200, "")
 	return sid
+}
+
+// OpenLink opens a validation link as a person does in a browser: it loads
+// the page and, when the page holds a form, presses its button. It returns
+// the last answer: the form's, or the page's when it has none.
+func OpenLink(t testing.TB, link string) Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	page, submitted, err := support.OpenLink(ctx, link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if submitted.Status == 0 {
+		return page
+	}
+	return submitted
 }
 
 // AddThreepid runs /3pid/add through UIA: a first call without auth (401 with

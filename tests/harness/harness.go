@@ -47,6 +47,8 @@ type Options struct {
 	// HomeserverYAML adds keys to the homeserver mapping, which is written in
 	// flow style: e.g. "admin_token: tok, mirror: synapse_admin".
 	HomeserverYAML string
+	// EmailYAML adds keys to the email mapping (flow style, as HomeserverYAML).
+	EmailYAML string
 }
 
 // Env is a running threepidd with its fakes.
@@ -117,7 +119,11 @@ func Start(t testing.TB, b storagetest.Backend, opts Options) *Env {
 	}
 	fmt.Fprintf(&y, "homeserver: {url: %q, kind: %s, token_cache_ttl: 2s%s}\n", e.HS.URL(), kind, hsExtra)
 	if !opts.NoEmail {
-		fmt.Fprintf(&y, "email: {smtp_host: 127.0.0.1, smtp_port: %d, from: \"threepidd@hs.test\"}\n", e.SMTP.Port())
+		emailExtra := ""
+		if opts.EmailYAML != "" {
+			emailExtra = ", " + opts.EmailYAML
+		}
+		fmt.Fprintf(&y, "email: {smtp_host: 127.0.0.1, smtp_port: %d, from: \"threepidd@hs.test\"%s}\n", e.SMTP.Port(), emailExtra)
 	}
 	if !opts.NoMSISDN {
 		fmt.Fprintf(&y, "msisdn: {webhook_url: %q}\n", e.SMS.URL())
@@ -181,6 +187,22 @@ func (e *Env) Stop() {
 	<-e.done
 	unregisterThreepidd(e.Config.Listen)
 	e.Server = nil
+}
+
+// EditConfig replaces old, which must be there, with new in the
+// configuration file; the next Restart reads it.
+func (e *Env) EditConfig(old, new string) {
+	e.t.Helper()
+	data, err := os.ReadFile(e.configPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !bytes.Contains(data, []byte(old)) {
+		e.t.Fatalf("the configuration has no %q:\n%s", old, data)
+	}
+	if err := os.WriteFile(e.configPath, bytes.Replace(data, []byte(old), []byte(new), 1), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // Restart stops threepidd and starts it again on the same store and address.

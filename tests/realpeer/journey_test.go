@@ -54,7 +54,7 @@ const (
 
 // journeySteps are journey.mjs's steps, in order.
 var journeySteps = []string{
-	"login", "whoami", "getThreePids", "requestAdd3pidEmailToken", "readMail", "openLink",
+	"login", "whoami", "getThreePids", "requestAdd3pidEmailToken", "resendAdd3pidEmailToken", "readMail", "openLink",
 	"addThreePidOnly", "afterAdd", "getThreePidsAfterAdd", "bindThreePid", "createRoom",
 	"initialSync", "syncTakeover", "syncMessage", "unbindThreePid", "deleteThreePid",
 	"getThreePidsAfterDelete",
@@ -165,12 +165,32 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	if token.SID == "" || link.Query().Get("sid") != token.SID || !strings.HasPrefix(mail.Link, n.URL+account.EmailSubmitPath+"?") {
 		t.Errorf("mail link %q, want %s%s with sid %q", mail.Link, n.URL, account.EmailSubmitPath, token.SID)
 	}
+	// Element's resend: a second mail, with another link; the journey
+	// validated with the first.
+	var links []string
+	for _, m := range sink.Mails() {
+		if slices.ContainsFunc(m.To, func(rcpt string) bool { return strings.EqualFold(rcpt, email) }) {
+			links = append(links, m.FirstLink())
+		}
+	}
+	if len(links) != 2 || links[0] != mail.Link || links[1] == links[0] {
+		t.Errorf("mails to %s carry links %q; want two different ones, the journey's first", email, links)
+	}
 	var opened struct {
+		PageStatus int    `json:"page_status"`
+		CSP        string `json:"csp"`
+		Form       struct {
+			Method string   `json:"method"`
+			Action string   `json:"action"`
+			Fields []string `json:"fields"`
+		} `json:"form"`
 		Status int `json:"status"`
 	}
 	decode("openLink", &opened)
-	if opened.Status != http.StatusOK {
-		t.Errorf("validation link answered %d, want 200", opened.Status)
+	if opened.PageStatus != http.StatusOK || opened.Status != http.StatusOK || !strings.Contains(opened.CSP, "form-action 'self'") ||
+		opened.Form.Method != http.MethodPost || opened.Form.Action != n.URL+account.EmailSubmitPath ||
+		!slices.Equal(opened.Form.Fields, []string{"client_secret", "sid", "token"}) {
+		t.Errorf("the validation link: %+v; want a page (200) whose form POSTs sid, client_secret and token to %s, then 200", opened, n.URL+account.EmailSubmitPath)
 	}
 
 	// /3pid/add through UIA, relayed to Dendrite's password check.

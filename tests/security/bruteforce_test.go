@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/account"
+	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/harness"
 )
@@ -33,23 +33,33 @@ func newSession(t *testing.T, e *harness.Env, medium string, n int) session {
 	if medium == "email" {
 		s.address = "victim" + string(rune('a'+n)) + "@example.org"
 		s.submitPath = emailSubmitPath
-		s.sid = e.RequestEmailToken(t, s.secret, s.address, 1)
+	} else {
+		s.address = "4477009001" + string(rune('0'+n/10)) + string(rune('0'+n%10))
+		s.submitPath = msisdnSubmitPath
+	}
+	s.request(t, e, 1)
+	return s
+}
+
+// request asks e for a token of s's session with sendAttempt, reads it from
+// the mail or SMS, and records the sid and the token in s.
+func (s *session) request(t *testing.T, e *harness.Env, sendAttempt int) {
+	t.Helper()
+	if s.medium == "email" {
+		s.sid = e.RequestEmailToken(t, s.secret, s.address, sendAttempt)
 		link, err := url.Parse(e.SMTP.WaitMail(t, s.address, 10*time.Second).FirstLink())
 		if err != nil {
 			t.Fatalf("mail link: %v", err)
 		}
 		s.token = link.Query().Get("token")
-		return s
+		return
 	}
-	s.address = "4477009001" + string(rune('0'+n/10)) + string(rune('0'+n%10))
-	s.submitPath = msisdnSubmitPath
 	r := e.Do("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken", "", map[string]any{
-		"client_secret": s.secret, "country": "GB", "phone_number": "0" + s.address[2:], "send_attempt": 1,
+		"client_secret": s.secret, "country": "GB", "phone_number": "0" + s.address[2:], "send_attempt": sendAttempt,
 	})
 	harness.Expect(t, r, 200, "")
 	s.sid, _ = r.JSON(t)["sid"].(string)
 	s.token = e.SMS.WaitSMS(t, s.address, 10*time.Second).Token
-	return s
 }
 
 // submit posts token for s and returns the answer.
@@ -57,6 +67,15 @@ func (s session) submit(t testing.TB, e *harness.Env, token string) harness.Resp
 	return harness.Do(t, "POST", e.URL+s.submitPath, "", map[string]any{
 		"sid": s.sid, "client_secret": s.secret, "token": token,
 	})
+}
+
+// spendGuesses submits as many wrong tokens for s as its address may have
+// within a token lifetime.
+func (s session) spendGuesses(t *testing.T, e *harness.Env) {
+	t.Helper()
+	for range config.DefaultTokenAttemptsPerLifetime {
+		harness.Expect(t, s.submit(t, e, s.wrongToken()), 400, "M_TOKEN_INCORRECT")
+	}
 }
 
 // wrongToken is a token of the right shape that is not s's.
@@ -81,11 +100,12 @@ func errorText(t testing.TB, r harness.Response) string {
 	return m.Error
 }
 
-// TestTokenGuessesLimited: after MaxTokenAttempts wrong tokens, the right one
-// is refused too (the 6th attempt fails), and the session cannot be spent.
+// TestTokenGuessesLimited: after ratelimit.token_attempts_per_lifetime
+// wrong tokens, the right one is refused too (the 6th attempt fails), and
+// the session cannot be spent.
 func TestTokenGuessesLimited(t *testing.T) {
-	if account.MaxTokenAttempts != 5 {
-		t.Fatalf("MaxTokenAttempts = %d; DESIGN.md allows at most 5", account.MaxTokenAttempts)
+	if config.DefaultTokenAttemptsPerLifetime != 5 {
+		t.Fatalf("DefaultTokenAttemptsPerLifetime = %d; DESIGN.md allows at most 5", config.DefaultTokenAttemptsPerLifetime)
 	}
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{})
@@ -93,15 +113,12 @@ func TestTokenGuessesLimited(t *testing.T) {
 		for i, medium := range []string{"email", "msisdn"} {
 			t.Run(medium, func(t *testing.T) {
 				s := newSession(t, e, medium, i)
-				for n := 1; n <= account.MaxTokenAttempts; n++ {
-					harness.Expect(t, s.submit(t, e, s.wrongToken()), 400, "M_TOKEN_INCORRECT")
-				}
+				s.spendGuesses(t, e)
 				harness.Expect(t, s.submit(t, e, s.token), 400, "M_TOKEN_INCORRECT")
 				if medium == "email" { // the link too
 					q := url.Values{"sid": {s.sid}, "client_secret": {s.secret}, "token": {s.token}}
-					r := harness.Do(t, "GET", e.URL+emailSubmitPath+"?"+q.Encode(), "", nil)
-					if r.Status != 400 {
-						t.Fatalf("the link after %d wrong tokens answered %d", account.MaxTokenAttempts, r.Status)
+					if r := harness.OpenLink(t, e.URL+emailSubmitPath+"?"+q.Encode()); r.Status != 400 {
+						t.Fatalf("the link after %d wrong tokens answered %d", config.DefaultTokenAttemptsPerLifetime, r.Status)
 					}
 				}
 				harness.Expect(t, e.AddThreepid(t, u, s.sid, s.secret), 400, "M_THREEPID_AUTH_FAILED")
@@ -110,10 +127,64 @@ func TestTokenGuessesLimited(t *testing.T) {
 	})
 }
 
+// TestTokenGuessesAcrossResends: wrong tokens are counted per 3PID, across
+// the resends of its session and across its sessions. Once an address had
+// its guesses, neither the token of a resend (a higher send_attempt) nor
+// that of a new session under another client_secret is accepted for it.
+func TestTokenGuessesAcrossResends(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		e := harness.Start(t, b, harness.Options{})
+		u := e.NewUser("resender")
+		for i, medium := range []string{"email", "msisdn"} {
+			t.Run(medium, func(t *testing.T) {
+				s := newSession(t, e, medium, i)
+				s.spendGuesses(t, e)
+				s.request(t, e, 2)
+				harness.Expect(t, s.submit(t, e, s.token), 400, "M_TOKEN_INCORRECT")
+				other := s
+				other.secret += "-other"
+				other.request(t, e, 1)
+				if other.sid == s.sid {
+					t.Fatal("another client_secret got the same session")
+				}
+				harness.Expect(t, other.submit(t, e, other.token), 400, "M_TOKEN_INCORRECT")
+				harness.Expect(t, e.AddThreepid(t, u, s.sid, s.secret), 400, "M_THREEPID_AUTH_FAILED")
+				harness.Expect(t, e.AddThreepid(t, u, other.sid, other.secret), 400, "M_THREEPID_AUTH_FAILED")
+			})
+		}
+	})
+}
+
+// TestLimitsSharedAcrossInstances: two threepidd instances on one database
+// share the token attempts of a 3PID and the requestToken rate limits:
+// guesses spread over both are limited as guesses at one, and a burst spent
+// at one is spent at the other.
+func TestLimitsSharedAcrossInstances(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		const limits = "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0.001, burst: 2}}"
+		one := harness.Start(t, b, harness.Options{RateLimitYAML: limits})
+		two := harness.Start(t, b, harness.Options{RateLimitYAML: limits})
+		s := newSession(t, one, "msisdn", 0) // the address's first request, at one
+		for n := range config.DefaultTokenAttemptsPerLifetime {
+			at := []*harness.Env{one, two}[n%2]
+			harness.Expect(t, s.submit(t, at, s.wrongToken()), 400, "M_TOKEN_INCORRECT")
+		}
+		harness.Expect(t, s.submit(t, two, s.token), 400, "M_TOKEN_INCORRECT")
+
+		body := func(attempt int) map[string]any {
+			return map[string]any{"client_secret": s.secret, "country": "GB", "phone_number": "0" + s.address[2:], "send_attempt": attempt}
+		}
+		const path = "/_matrix/client/v3/account/3pid/msisdn/requestToken"
+		harness.Expect(t, two.Do("POST", path, "", body(2)), 200, "") // the burst's second
+		harness.Expect(t, one.Do("POST", path, "", body(3)), 429, "M_LIMIT_EXCEEDED")
+		harness.Expect(t, two.Do("POST", path, "", body(4)), 429, "M_LIMIT_EXCEEDED")
+	})
+}
+
 // TestConcurrentTokenGuessesLimited: guesses sent all at once are limited as
 // well as guesses sent one after another: of a burst of wrong tokens, at most
-// MaxTokenAttempts are checked; the others get the answer a locked session
-// gives (learnt from a session locked one guess at a time).
+// ratelimit.token_attempts_per_lifetime are checked; the others get the
+// answer a locked address gives (learnt from one locked a guess at a time).
 func TestConcurrentTokenGuessesLimited(t *testing.T) {
 	const burst = 40
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
@@ -122,7 +193,7 @@ func TestConcurrentTokenGuessesLimited(t *testing.T) {
 			t.Run(medium, func(t *testing.T) {
 				sequential := newSession(t, e, medium, 2*i)
 				var wrong []string
-				for range account.MaxTokenAttempts {
+				for range config.DefaultTokenAttemptsPerLifetime {
 					wrong = append(wrong, errorText(t, sequential.submit(t, e, sequential.wrongToken())))
 				}
 				locked := errorText(t, sequential.submit(t, e, sequential.wrongToken()))
@@ -151,8 +222,8 @@ func TestConcurrentTokenGuessesLimited(t *testing.T) {
 						checked++
 					}
 				}
-				if checked > account.MaxTokenAttempts {
-					t.Errorf("%d of %d concurrent guesses were checked, want at most %d", checked, burst, account.MaxTokenAttempts)
+				if checked > config.DefaultTokenAttemptsPerLifetime {
+					t.Errorf("%d of %d concurrent guesses were checked, want at most %d", checked, burst, config.DefaultTokenAttemptsPerLifetime)
 				}
 				harness.Expect(t, s.submit(t, e, s.token), 400, "M_TOKEN_INCORRECT")
 			})

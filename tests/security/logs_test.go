@@ -39,7 +39,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 		emailToken := link.Query().Get("token")
 		secrets = append(secrets, emailToken)
 		harness.Expect(t, e.Do("POST", emailSubmitPath, "", map[string]any{"sid": sid, "client_secret": emailSecret, "token": "wrong-" + emailToken[:8]}), 400, "M_TOKEN_INCORRECT")
-		harness.Expect(t, harness.Do(t, "GET", link.String(), "", nil), 200, "")
+		harness.Expect(t, harness.OpenLink(t, link.String()), 200, "")
 		harness.Expect(t, e.AddThreepid(t, u, sid, emailSecret), 200, "")
 
 		// SMS: the code, then the add.

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/threepidd/threepidd/bindings"
@@ -170,11 +171,11 @@ func (b *Baseline) requestToken(ctx context.Context, _ string, body []byte) (any
 	}
 	now := time.Now()
 	tok := BaselineToken{SID: threepid.NewSID(), Token: threepid.NewEmailToken()}
+	expires := now.Add(time.Hour).UnixMilli()
 	err := b.store.CreateSession(ctx, storage.Session{
 		SID: tok.SID, ClientSecret: req.ClientSecret, Medium: threepid.MediumEmail, Address: req.Email,
-		TokenHash: threepid.HashToken(tok.Token), SendAttempt: req.SendAttempt,
-		ExpiresAt: now.Add(time.Hour).UnixMilli(), CreatedAt: now.UnixMilli(),
-	})
+		SendAttempt: req.SendAttempt, ExpiresAt: expires, CreatedAt: now.UnixMilli(),
+	}, storage.SessionToken{SID: tok.SID, TokenHash: threepid.HashToken(tok.Token), SendAttempt: req.SendAttempt, ExpiresAt: expires})
 	if err != nil {
 		return nil, err
 	}
@@ -190,8 +191,8 @@ func (b *Baseline) session(ctx context.Context, sid, clientSecret string) (stora
 	return s, err
 }
 
-// submitToken takes {sid, client_secret, token}: the session lookup and the
-// update of threepidd's submit_token.
+// submitToken takes {sid, client_secret, token}: the session and token
+// lookups, the attempt count and the update of threepidd's submit_token.
 func (b *Baseline) submitToken(ctx context.Context, _ string, body []byte) (any, error) {
 	var req struct {
 		SID          string `json:"sid"`
@@ -205,13 +206,25 @@ func (b *Baseline) submitToken(ctx context.Context, _ string, body []byte) (any,
 	if err != nil {
 		return nil, err
 	}
-	if !threepid.TokenMatches(s.TokenHash, req.Token) {
+	tokens, err := b.store.SessionTokens(ctx, req.SID)
+	if err != nil {
+		return nil, err
+	}
+	i := slices.IndexFunc(tokens, func(t storage.SessionToken) bool { return threepid.TokenMatches(t.TokenHash, req.Token) })
+	if s.ValidatedAt != 0 && i >= 0 {
+		return map[string]bool{"success": true}, nil
+	}
+	now := time.Now()
+	counted, err := b.store.RecordTokenAttempt(ctx, s.Medium, s.Address, now.UnixMilli(),
+		storage.AttemptLimit{Since: now.Add(-time.Hour).UnixMilli(), Max: 5}, storage.AttemptLimit{Since: now.Add(-24 * time.Hour).UnixMilli(), Max: 10})
+	if err != nil {
+		return nil, err
+	}
+	if !counted || i < 0 {
 		return nil, fmt.Errorf("%w: wrong token", errRefused)
 	}
-	if s.ValidatedAt == 0 {
-		if err := b.store.MarkSessionValidated(ctx, req.SID, time.Now().UnixMilli()); err != nil {
-			return nil, err
-		}
+	if err := b.store.ValidateSession(ctx, req.SID, tokens[i].TokenHash, now.UnixMilli()); err != nil {
+		return nil, err
 	}
 	return map[string]bool{"success": true}, nil
 }

@@ -76,5 +76,20 @@ func (cl *Client) Do(ctx context.Context, c Call) ([]byte, error) {
 	return r.Body, nil
 }
 
+// OpenLink opens a validation link as a person does: the page, then its
+// button (a form POST). Both must answer 200.
+func (cl *Client) OpenLink(ctx context.Context, link string) error {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	page, submitted, err := cl.http.OpenLink(ctx, link)
+	switch {
+	case err != nil:
+		return err
+	case page.Status != http.StatusOK || submitted.Status != http.StatusOK:
+		return fmt.Errorf("link %s: page %d, form %d, want 200 and 200: %.200s", link, page.Status, submitted.Status, submitted.Body)
+	}
+	return nil
+}
+
 // CloseIdle closes the idle connections (between backends).
 func (cl *Client) CloseIdle() { cl.http.HTTP.CloseIdleConnections() }

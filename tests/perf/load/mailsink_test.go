@@ -15,13 +15,13 @@ func TestMailSinkDeliversToTheWaiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	mailer := delivery.NewMailer(config.Email{SMTPHost: "127.0.0.1", SMTPPort: sink.Port(), From: "threepidd@hs.test"})
+	mailer := delivery.NewMailer(config.Email{SMTPHost: "127.0.0.1", SMTPPort: sink.Port(), From: "threepidd@hs.test"}, "hs.test")
 	// A link longer than a quoted-printable line, with '=' to encode.
 	link := "http://127.0.0.1:8090/_matrix/client/unstable/add_threepid/email/submit_token?client_secret=s&sid=" +
 		strings.Repeat("x", 60) + "&token=" + strings.Repeat("y", 40)
 
 	got := sink.Expect("Alice@Load.Test")
-	if err := mailer.Send(t.Context(), "alice@load.test", "Confirm", "Open\n\n"+link+"\n\nthanks\n"); err != nil {
+	if err := mailer.Send(t.Context(), delivery.Message{To: "alice@load.test", Subject: "Confirm", Text: "Open\n\n" + link + "\n\nthanks\n"}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -37,7 +37,7 @@ func TestMailSinkDeliversToTheWaiter(t *testing.T) {
 	}
 
 	// Nobody waits any more: the next message to alice is unexpected.
-	if err := mailer.Send(t.Context(), "alice@load.test", "Confirm", link); err != nil {
+	if err := mailer.Send(t.Context(), delivery.Message{To: "alice@load.test", Subject: "Confirm", Text: link}); err != nil {
 		t.Fatal(err)
 	}
 	if n := sink.Unexpected(); n != 1 {

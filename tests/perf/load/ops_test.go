@@ -62,7 +62,7 @@ func (r *rig) operations() []operation {
 			name: "flow requestToken → add",
 			steps: []string{
 				"POST /account/3pid/email/requestToken",
-				"GET submit_token (e-mail link)",
+				"the e-mail link: GET page, POST its form",
 				"POST /account/3pid/add (UIA 401)",
 				"POST /account/3pid/add",
 			},
@@ -181,10 +181,7 @@ func (r *rig) flowThreepidd(ctx context.Context, w *Worker, n int64) error {
 	case <-time.After(mailWait):
 		return fmt.Errorf("%w to %s within %v", errNoMail, address, mailWait)
 	}
-	err = w.Step(1, func() error {
-		_, err := r.client.Do(ctx, Call{Method: http.MethodGet, URL: link, Want: http.StatusOK})
-		return err
-	})
+	err = w.Step(1, func() error { return r.client.OpenLink(ctx, link) })
 	if err != nil {
 		return err
 	}

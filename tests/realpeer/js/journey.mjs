@@ -106,6 +106,19 @@ const STEPS = [
         },
     },
     {
+        // Element's "Resend": the same session, a higher send_attempt; a
+        // second mail comes, and the first one's link must still work.
+        name: "resendAdd3pidEmailToken",
+        async run(state) {
+            const res = await state.client.requestAdd3pidEmailToken(state.email, state.clientSecret, 2);
+            if (res.sid !== state.sid) {
+                throw new Error(`the resend answered sid ${res.sid}, want ${state.sid}`);
+            }
+            return res;
+        },
+    },
+    {
+        // The first mail's link.
         name: "readMail",
         async run(state) {
             const res = await control(state, "GET", "/mail?to=" + encodeURIComponent(state.email));
@@ -114,14 +127,33 @@ const STEPS = [
         },
     },
     {
+        // As the person in a browser: the link opens a page (which
+        // validates nothing), whose button submits its form.
         name: "openLink",
         async run(state) {
-            const res = await fetch(state.link, { redirect: "manual" });
+            const page = await fetch(state.link, { redirect: "manual" });
+            const html = await page.text();
+            if (page.status !== 200) {
+                throw new Error(`validation link answered ${page.status}: ${html}`);
+            }
+            const form = pageForm(html, state.link);
+            const res = await fetch(form.action, {
+                method: form.method,
+                headers: { "Content-Type": "application/x-www-form-urlencoded", Origin: new URL(state.link).origin },
+                body: form.values.toString(),
+                redirect: "manual",
+            });
             const body = await res.text();
             if (!res.ok) {
-                throw new Error(`validation link answered ${res.status}: ${body}`);
+                throw new Error(`the confirmation answered ${res.status}: ${body}`);
             }
-            return { status: res.status, content_type: res.headers.get("content-type") };
+            return {
+                page_status: page.status,
+                csp: page.headers.get("content-security-policy"),
+                form: { method: form.method, action: form.action, fields: [...form.values.keys()].sort() },
+                status: res.status,
+                content_type: res.headers.get("content-type"),
+            };
         },
     },
     {
@@ -390,6 +422,44 @@ function sync(state, since, timeoutMs) {
 }
 
 /** control asks the test for what a client cannot do alone; see the top of the file. */
+/**
+ * The first form of an HTML page, as a browser submits it: its method, its
+ * action resolved against the page's URL, and the name and value of each
+ * named input.
+ */
+function pageForm(html, pageUrl) {
+    const form = html.match(/<form\b([^>]*)>([\s\S]*?)<\/form>/i);
+    if (!form) {
+        throw new Error(`the page has no form: ${html}`);
+    }
+    const attr = (tag, name) => {
+        const m = tag.match(new RegExp(`\\s${name}\\s*=\\s*"([^"]*)"`, "i"));
+        return m ? decodeEntities(m[1]) : "";
+    };
+    const values = new URLSearchParams();
+    for (const [input] of form[2].matchAll(/<input\b[^>]*>/gi)) {
+        if (attr(input, "name")) {
+            values.append(attr(input, "name"), attr(input, "value"));
+        }
+    }
+    return {
+        method: (attr(form[1], "method") || "get").toUpperCase(),
+        action: new URL(attr(form[1], "action"), pageUrl).href,
+        values,
+    };
+}
+
+/** Decodes the character references an HTML attribute value may hold. */
+function decodeEntities(s) {
+    const named = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
+    return s.replace(/&(#x[0-9a-f]+|#[0-9]+|[a-z]+);/gi, (ref, name) => {
+        if (name[0] === "#") {
+            return String.fromCodePoint(name[1] === "x" || name[1] === "X" ? parseInt(name.slice(2), 16) : parseInt(name.slice(1), 10));
+        }
+        return named[name.toLowerCase()] ?? ref;
+    });
+}
+
 async function control(state, method, path) {
     const res = await fetch(state.control + path, { method });
     const body = await res.text();
