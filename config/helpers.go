@@ -51,3 +51,14 @@ func (c *Config) EmailEnabled() bool { return c.Email.SMTPHost != "" }
 
 // MSISDNEnabled reports whether validation SMS can be sent (msisdn.webhook_url is set).
 func (c *Config) MSISDNEnabled() bool { return c.MSISDN.WebhookURL != "" }
+
+// SynapseAdmin reports whether threepidd can use Synapse's admin API: kind
+// synapse with homeserver.admin_token set. It carries the in-use check against
+// the homeserver's table, the read-through import and the reconcile pass.
+func (c *Config) SynapseAdmin() bool {
+	return c.Homeserver.Kind == KindSynapse && c.Homeserver.AdminToken != ""
+}
+
+// ThreepidChanges reports whether a client can add a 3PID: at least one
+// medium can be validated (m.3pid_changes).
+func (c *Config) ThreepidChanges() bool { return c.EmailEnabled() || c.MSISDNEnabled() }

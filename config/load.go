@@ -35,6 +35,8 @@ const (
 	DefaultPolicyTimeout = 2 * time.Second
 	// DefaultSyncRetention is how far back a first /sync shows notifications.
 	DefaultSyncRetention = 168 * time.Hour
+	// DefaultReconcileInterval is how often the background reconcile pass runs.
+	DefaultReconcileInterval = time.Hour
 )
 
 // Defaults returns the configuration a file that sets nothing gets. Load
@@ -45,9 +47,9 @@ func Defaults() Config {
 		Listen:   DefaultListen,
 		Database: Database{Driver: DriverSQLite},
 		Homeserver: Homeserver{
-			Kind:          KindSynapse,
-			TokenCacheTTL: DefaultTokenCacheTTL,
-			Mirror:        MirrorNone,
+			Kind:              KindSynapse,
+			TokenCacheTTL:     DefaultTokenCacheTTL,
+			ReconcileInterval: DefaultReconcileInterval,
 		},
 		TrustedProxies: []string{"127.0.0.1/32", "::1/128"},
 		Policy:         Policy{Webhook: PolicyWebhook{Timeout: DefaultPolicyTimeout}},
@@ -113,6 +115,21 @@ func (c *Config) applyDerivedDefaults() {
 	if c.Email.SMTPHost != "" && c.Email.SMTPPort == 0 {
 		c.Email.SMTPPort = DefaultSMTPPort
 	}
+	if c.Homeserver.Mirror == "" {
+		c.Homeserver.Mirror = c.Homeserver.defaultMirror()
+	}
+}
+
+// defaultMirror is homeserver.mirror when the file leaves it unset: Synapse's
+// password reset, 3PID login and e-mail pushers read its own 3PID table, so
+// the mirror keeps that table in step; Dendrite reads its table only in its
+// own 3PID endpoints, which threepidd serves, so it needs none (README,
+// "Homeserver kinds").
+func (hs Homeserver) defaultMirror() string {
+	if hs.Kind == KindSynapse {
+		return MirrorSynapseAdmin
+	}
+	return MirrorNone
 }
 
 // decodeNode decodes n into v strictly: a key that names no field of a

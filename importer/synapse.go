@@ -71,18 +71,18 @@ func (s *Synapse) Read(ctx context.Context, progress func(format string, args ..
 
 // details reads the accounts of one page, Parallel at a time. An account the
 // homeserver no longer knows is returned empty.
-func (s *Synapse) details(ctx context.Context, ids []string) ([]homeserver.SynapseUser, error) {
-	out := make([]homeserver.SynapseUser, len(ids))
-	errs := make([]error, len(ids))
+func (s *Synapse) details(ctx context.Context, listed []homeserver.ListedUser) ([]homeserver.SynapseUser, error) {
+	out := make([]homeserver.SynapseUser, len(listed))
+	errs := make([]error, len(listed))
 	sem := make(chan struct{}, cmp.Or(s.Parallel, 4))
 	var wg sync.WaitGroup
-	for i, id := range ids {
+	for i, l := range listed {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			u, err := s.Admin.User(ctx, id)
+			u, err := s.Admin.User(ctx, l.Name)
 			if errors.Is(err, homeserver.ErrUserNotFound) {
 				return
 			}

@@ -95,6 +95,23 @@ var migrations = []migration{
 		`DROP INDEX outbox_by_key`,
 		`CREATE UNIQUE INDEX outbox_unique_key ON outbox (kind, item_key) WHERE item_key <> ''`,
 	}},
+	{10, "users whose homeserver 3PIDs were imported", []string{
+		`CREATE TABLE seen_users (
+			user_id TEXT PRIMARY KEY,
+			seen_at BIGINT NOT NULL
+		)`,
+	}},
+	{11, "periodic jobs: lease, cursor, schedule", []string{
+		`CREATE TABLE jobs (
+			name        TEXT PRIMARY KEY,
+			holder      TEXT NOT NULL,
+			lease_until BIGINT NOT NULL,
+			cursor      TEXT NOT NULL,
+			started_at  BIGINT NOT NULL,
+			finished_at BIGINT NOT NULL,
+			next_run    BIGINT NOT NULL
+		)`,
+	}},
 }
 
 var (

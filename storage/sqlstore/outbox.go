@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/threepidd/threepidd/storage"
 )
@@ -22,7 +23,9 @@ var (
 	qDeleteOutbox  = defineQuery(`DELETE FROM outbox WHERE id = ?`)
 	qPendingOutbox = defineQuery(`SELECT ` + outboxColumns + ` FROM outbox
 		WHERE kind = ? AND item_key = ? ORDER BY id`)
-	qCountOutbox = defineQuery(`SELECT COUNT(*) FROM outbox WHERE kind = ?`)
+	qCountOutbox          = defineQuery(`SELECT COUNT(*) FROM outbox WHERE kind = ?`)
+	qCountOutboxKeyPrefix = defineQuery(`SELECT COUNT(*) FROM outbox
+		WHERE kind = ? AND item_key <> '' AND substr(item_key, 1, ?) = ?`)
 )
 
 // leaseOutboxSQL is the UPDATE that leases claimed rows; Rebind runs on it
@@ -115,6 +118,19 @@ func (q *querier) CountOutbox(ctx context.Context, kind string) (int64, error) {
 	n, err := scalar[int64](ctx, q, q.read, qCountOutbox, kind)
 	if err != nil {
 		return 0, fmt.Errorf("count %s items: %w", kind, err)
+	}
+	return n, nil
+}
+
+// CountOutboxKeyPrefix returns how many items of kind whose Key starts with
+// prefix are pending. substr counts characters on both backends.
+func (q *querier) CountOutboxKeyPrefix(ctx context.Context, kind, prefix string) (int64, error) {
+	if prefix == "" {
+		return 0, fmt.Errorf("count %s items: empty key prefix", kind)
+	}
+	n, err := scalar[int64](ctx, q, q.read, qCountOutboxKeyPrefix, kind, utf8.RuneCountInString(prefix), prefix)
+	if err != nil {
+		return 0, fmt.Errorf("count %s items by key prefix: %w", kind, err)
 	}
 	return n, nil
 }
