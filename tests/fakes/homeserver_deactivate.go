@@ -3,6 +3,8 @@ package fakes
 // Account deactivation.
 
 import (
+	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
@@ -60,11 +62,45 @@ func (hs *Homeserver) serveDeactivate(w http.ResponseWriter, r *http.Request) er
 }
 
 // deactivate does what Synapse's deactivate_account does to the state the fake
-// models: local 3PIDs, devices, tokens and password go. hs.mu must be held.
+// models: local 3PIDs, devices, tokens, password and pushers go. hs.mu must be held.
 func (hs *Homeserver) deactivate(userID string) {
 	u := hs.users[userID]
-	u.deactivated, u.password, u.threepids = true, "", nil
+	for _, tp := range slices.Clone(u.threepids) {
+		hs.dropThreepid(u, tp.Medium, tp.Address)
+	}
+	u.deactivated, u.password, u.pushers = true, "", nil
 	hs.deleteDevices(userID, nil)
+}
+
+// serveAdminDeactivate is Synapse's POST /_synapse/admin/v1/deactivate/{userId}
+// ({"erase": bool}): the account is deactivated as by the user, without UIA,
+// and without threepidd hearing of it.
+func (hs *Homeserver) serveAdminDeactivate(w http.ResponseWriter, r *http.Request) error {
+	userID, err := hs.adminTarget(r, "Can only deactivate local users")
+	if err != nil {
+		return err
+	}
+	raw, err := io.ReadAll(io.LimitReader(r.Body, hsMaxBody))
+	if err != nil {
+		return fmt.Errorf("read request body: %w", err)
+	}
+	if len(raw) > 0 {
+		body, err := hsJSONObject(raw)
+		if err != nil {
+			return err
+		}
+		if erase, ok := body["erase"]; ok {
+			if _, isBool := erase.(bool); !isBool {
+				return mxerr.BadJSON.WithMessage("Param 'erase' must be a boolean, if given")
+			}
+		}
+	}
+	if hs.users[userID] == nil {
+		return mxerr.NotFound.WithMessage("User not found")
+	}
+	hs.deactivate(userID)
+	mxerr.WriteJSON(w, http.StatusOK, map[string]string{"id_server_unbind_result": hs.unbindResult})
+	return nil
 }
 
 // deleteDevices removes the listed devices of userID with their tokens, or every
