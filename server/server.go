@@ -152,8 +152,8 @@ func (s *Server) build() (http.Handler, error) {
 		mirror = &events.Mirror{Admin: hs.SynapseAdmin(cfg.Homeserver.AdminToken), Store: s.Store}
 		sinks = events.Sinks{mirror, s.Events}
 	}
-	var hsAdmin *homeserver.SynapseAdmin // deactivation checks: only a Synapse has this API
-	if cfg.Homeserver.Kind == config.KindSynapse && cfg.Homeserver.AdminToken != "" {
+	var hsAdmin *homeserver.SynapseAdmin // only a Synapse has this API
+	if cfg.SynapseAdmin() {
 		hsAdmin = hs.SynapseAdmin(cfg.Homeserver.AdminToken)
 	}
 
@@ -175,6 +175,9 @@ func (s *Server) build() (http.Handler, error) {
 		Events:              sinks,
 		Homeserver:          hs,
 		HomeserverAdmin:     hsAdmin,
+	}
+	if hsAdmin != nil {
+		s.Account.Holders = hsAdmin
 	}
 	if cfg.EmailEnabled() {
 		s.Account.Email = delivery.NewMailer(cfg.Email)
@@ -198,6 +201,7 @@ func (s *Server) build() (http.Handler, error) {
 		},
 		&clientapi.Bindings{Service: s.Bindings, Auth: authn},
 		&clientapi.Deactivate{Service: s.Account, Auth: authn},
+		&clientapi.Capabilities{Homeserver: hs, Auth: authn, ThreepidChanges: cfg.ThreepidChanges()},
 		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs},
 		&federationapi.OnUpdate{
 			Service:   s.OnUpdate,

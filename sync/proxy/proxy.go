@@ -64,13 +64,16 @@ type Proxy struct {
 	Homeserver *homeserver.Client
 }
 
-// Register adds the proxied routes under every client prefix. Room IDs are
-// matched percent-encoded, so that an encoded "/" stays inside its segment.
+// Register adds the proxied routes under every client prefix (room messages
+// under api/v1 too, as Synapse serves them). Room IDs are matched
+// percent-encoded, so that an encoded "/" stays inside its segment.
 func (p *Proxy) Register(r *mux.Router) {
 	encoded := router.EncodedSubrouter(r)
 	for _, prefix := range httpapi.ClientPrefixes {
 		r.Handle(prefix+"/sync", p.Auth.Require(p.sync)).Methods(http.MethodGet)
 		r.Handle(prefix+"/keys/changes", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
+	}
+	for _, prefix := range append([]string{httpapi.LegacyPrefix}, httpapi.ClientPrefixes...) {
 		encoded.Handle(prefix+"/rooms/{roomId}/messages", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
 	}
 	r.Handle(SlidingSyncPath, p.Auth.Require(p.slidingSync)).Methods(http.MethodPost)
