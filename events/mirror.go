@@ -239,3 +239,52 @@ func withThreepid(list []homeserver.SynapseThreepid, medium, address string, wan
 	}
 	return list, false
 }
+
+// Held is an address threepidd gives a user that another homeserver account
+// holds on the homeserver.
+type Held struct {
+	Medium, Address string
+	// Holder is the homeserver account holding it.
+	Holder string
+}
+
+// Restore writes back to the homeserver the 3PIDs of userID that threepidd
+// holds and the homeserver's list lacks (have is that list, as GET
+// /_synapse/admin/v2/users/{userId} answered it), in one PUT that keeps
+// every entry of have as spelled; an address another homeserver account
+// holds is left out and returned, never moved. It returns how many were
+// written back.
+func (m *Mirror) Restore(ctx context.Context, userID string, have []homeserver.SynapseThreepid, missing []storage.Association) (int, []Held, error) {
+	list := have
+	var held []Held
+	var added []storage.Association
+	for _, a := range missing {
+		holder, err := m.Admin.ThreepidHolder(ctx, a.Medium, a.Address)
+		if err != nil {
+			return 0, nil, err
+		}
+		if holder != "" && holder != userID {
+			held = append(held, Held{Medium: a.Medium, Address: a.Address, Holder: holder})
+			continue
+		}
+		var changed bool
+		if list, changed = withThreepid(list, a.Medium, a.Address, true); changed {
+			added = append(added, a)
+		}
+	}
+	if len(added) == 0 {
+		return 0, held, nil
+	}
+	after, err := m.Admin.SetThreepids(ctx, userID, list)
+	if err != nil {
+		return 0, held, err
+	}
+	restored := 0
+	for _, a := range added {
+		if _, differs := withThreepid(after, a.Medium, a.Address, true); !differs {
+			restored++
+		}
+	}
+	mirrorCalls.WithLabelValues("put").Inc()
+	return restored, held, nil
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/threepidd/threepidd/mxerr"
@@ -200,6 +201,36 @@ func (a *SynapseAdmin) User(ctx context.Context, userID string) (SynapseUser, er
 		return SynapseUser{}, fmt.Errorf("get %s: %w", userID, err)
 	}
 	return u, nil
+}
+
+// Users returns the accounts of userIDs as [SynapseAdmin.User] does, in order,
+// at most parallel at a time; an account the homeserver no longer knows is
+// returned empty (Name ""). The first other error is returned.
+func (a *SynapseAdmin) Users(ctx context.Context, userIDs []string, parallel int) ([]SynapseUser, error) {
+	out := make([]SynapseUser, len(userIDs))
+	errs := make([]error, len(userIDs))
+	sem := make(chan struct{}, max(parallel, 1))
+	var wg sync.WaitGroup
+	for i, id := range userIDs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			u, err := a.User(ctx, id)
+			if errors.Is(err, ErrUserNotFound) {
+				return
+			}
+			out[i], errs[i] = u, err
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // SetThreepids replaces userID's 3PIDs with list (only medium and address are

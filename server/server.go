@@ -35,6 +35,7 @@ import (
 	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/ratelimit"
+	"github.com/threepidd/threepidd/reconcile"
 	"github.com/threepidd/threepidd/router"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/backend"
@@ -56,6 +57,9 @@ type Server struct {
 	Account  *account.Service
 	Bindings *bindings.Service
 	OnUpdate *onupdate.Service
+	// Reconciler keeps Synapse's 3PID table and the store in step; nil
+	// without Synapse's admin API (kind dendrite, or no admin_token).
+	Reconciler *reconcile.Reconciler
 	// Events is the events webhook (off without policy.events_webhook.url).
 	Events *events.Webhook
 
@@ -114,6 +118,22 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
 		s.metricsHTTP = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+	return s, nil
+}
+
+// Open builds every service from cfg on its store, without listeners or
+// background workers: for the subcommands that work beside a serving
+// instance (threepidd reconcile). Close releases it.
+func Open(ctx context.Context, cfg *config.Config) (*Server, error) {
+	s := &Server{cfg: cfg}
+	var err error
+	if s.Store, err = backend.Open(ctx, cfg.Database.Driver, cfg.Database.DSN); err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	if _, err := s.build(); err != nil {
+		s.Store.Close()
+		return nil, err
 	}
 	return s, nil
 }
@@ -186,10 +206,20 @@ func (s *Server) build() (http.Handler, error) {
 		s.Account.SMS = delivery.NewSMSSender(cfg.MSISDN.WebhookURL, out)
 	}
 	s.OnUpdate = &onupdate.Service{Store: s.Store, Bindings: s.Bindings}
+	var readThrough *reconcile.ReadThrough
+	if hsAdmin != nil {
+		s.Reconciler = &reconcile.Reconciler{Store: s.Store, Admin: hsAdmin, Mirror: mirror, Deactivator: s.Account,
+			Interval: cfg.Homeserver.ReconcileInterval}
+		readThrough = reconcile.NewReadThrough(s.Reconciler)
+	}
+	logWhatStopsWorking(cfg)
 	stream := tpsync.New(s.Store, tpsync.Options{Retention: cfg.Sync.Retention})
 
 	// The routes.
 	authn := &auth.Auth{Homeserver: hs, Proxies: proxies}
+	if readThrough != nil {
+		authn.Seen = readThrough
+	}
 	routes := router.NewRouter()
 	routes.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
 	for _, h := range []interface{ Register(*mux.Router) }{
@@ -221,7 +251,31 @@ func (s *Server) build() (http.Handler, error) {
 	if mirror != nil {
 		s.workers = append(s.workers, mirror.Worker())
 	}
+	if s.Reconciler != nil && cfg.Homeserver.ReconcileInterval > 0 {
+		s.workers = append(s.workers, &reconcile.Worker{R: s.Reconciler})
+	}
 	return router.Wrap(routes), nil
+}
+
+// logWhatStopsWorking warns, at startup, of what a Synapse deployment loses
+// without the mirror or the admin API (homeserver.mirror: none set explicitly,
+// no homeserver.admin_token).
+func logWhatStopsWorking(cfg *config.Config) {
+	if cfg.Homeserver.Kind != config.KindSynapse {
+		return
+	}
+	if cfg.Homeserver.Mirror == config.MirrorNone {
+		slog.Warn("homeserver.mirror is none: Synapse's own 3PID table no longer follows threepidd. " +
+			"Addresses added through threepidd do not reset passwords by e-mail, do not log in with m.id.thirdparty " +
+			"and get no e-mail notification pusher; addresses removed through threepidd still do all three; " +
+			"Synapse's registration does not see them as taken.")
+	}
+	if !cfg.SynapseAdmin() {
+		slog.Warn("homeserver.admin_token is empty: threepidd does not ask Synapse who holds an address before granting it, " +
+			"does not import an address given at registration on the user's first request (GET /account/3pid omits it, and " +
+			"another account may add it), and runs no reconcile pass (accounts deactivated through Synapse's admin API keep " +
+			"their 3PIDs and identity-server bindings in threepidd).")
+	}
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
@@ -282,13 +336,19 @@ func (s *Server) Shutdown() error {
 		s.cancel()
 	}
 	s.wg.Wait()
-	if mailer, ok := s.Account.Email.(io.Closer); ok {
-		_ = mailer.Close()
-	}
-	if cerr := s.Store.Close(); cerr != nil && err == nil {
+	if cerr := s.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// Close ends the idle SMTP connections and closes the database: all of
+// Shutdown for a Server from Open.
+func (s *Server) Close() error {
+	if mailer, ok := s.Account.Email.(io.Closer); ok {
+		_ = mailer.Close()
+	}
+	return s.Store.Close()
 }
 
 func (s *Server) closeListeners() {
