@@ -233,9 +233,11 @@ func (r *Reconciler) Run(ctx context.Context, force bool) (rep Report, err error
 		rate := float64(rep.Users) / max(time.Since(start).Seconds(), 0.001)
 		r.progress("%d accounts compared (listing: %d), %.0f/s; %d repaired, %d conflicts",
 			rep.Users, page.Total, rate, rep.Repairs(), rep.ConflictCount)
+		// A page done is recorded even when ctx has just ended.
+		saveCtx := context.WithoutCancel(ctx)
 		if page.Next == "" || len(page.Users) == 0 {
 			now := r.Clock.Now()
-			if err := r.Store.FinishJob(ctx, JobName, holder, now.UnixMilli(), now.Add(r.Interval).UnixMilli()); err != nil {
+			if err := r.Store.FinishJob(saveCtx, JobName, holder, now.UnixMilli(), now.Add(r.Interval).UnixMilli()); err != nil {
 				return rep, err
 			}
 			rep.Finished = true
@@ -246,7 +248,7 @@ func (r *Reconciler) Run(ctx context.Context, force bool) (rep Report, err error
 			return rep, fmt.Errorf("the account listing did not advance past %s", cursor)
 		}
 		cursor = page.Next
-		if err := r.Store.SaveJobCursor(ctx, JobName, holder, cursor, r.Clock.Now().Add(Lease).UnixMilli()); err != nil {
+		if err := r.Store.SaveJobCursor(saveCtx, JobName, holder, cursor, r.Clock.Now().Add(Lease).UnixMilli()); err != nil {
 			return rep, fmt.Errorf("lost the lease: %w", err)
 		}
 	}
