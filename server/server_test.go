@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/policy"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // TestEventsWebhookDeliversThroughPooledTransport: the worker that delivers
@@ -56,5 +58,51 @@ func TestEventsWebhookDeliversThroughPooledTransport(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event delivered within 10 s")
+	}
+}
+
+// TestLogsWhatStopsWorking: a Synapse without the mirror, or without the
+// admin API, starts, and says at startup what that costs.
+func TestLogsWhatStopsWorking(t *testing.T) {
+	tests := []struct {
+		name       string
+		kind       string
+		adminToken string
+		want       []string
+		wantNot    []string
+	}{
+		{"synapse, mirror none, no admin token", config.KindSynapse, "",
+			[]string{"homeserver.mirror is none", "do not reset passwords by e-mail", "homeserver.admin_token is empty", "runs no reconcile pass"}, nil},
+		{"synapse, mirror none, admin token", config.KindSynapse, "t",
+			[]string{"homeserver.mirror is none"}, []string{"homeserver.admin_token is empty"}},
+		{"dendrite", config.KindDendrite, "", nil, []string{"homeserver.mirror is none", "homeserver.admin_token is empty"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := support.CaptureLogs(t)
+			cfg := config.Defaults()
+			cfg.ServerName = "hs.test"
+			cfg.Listen = "127.0.0.1:0"
+			cfg.Database = config.Database{Driver: config.DriverSQLite, DSN: filepath.Join(t.TempDir(), "threepidd.db")}
+			cfg.Homeserver.URL = "http://127.0.0.1:1"
+			cfg.Homeserver.Kind = tt.kind
+			cfg.Homeserver.AdminToken = tt.adminToken
+			cfg.Homeserver.Mirror = config.MirrorNone
+			srv, err := New(context.Background(), &cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Shutdown()
+			for _, w := range tt.want {
+				if !strings.Contains(logs.String(), w) {
+					t.Errorf("the startup log does not say %q:\n%s", w, logs)
+				}
+			}
+			for _, w := range tt.wantNot {
+				if strings.Contains(logs.String(), w) {
+					t.Errorf("the startup log says %q:\n%s", w, logs)
+				}
+			}
+		})
 	}
 }

@@ -44,7 +44,7 @@ func TestImport(t *testing.T) {
 				{"second run changes nothing", []string{"import", "-config", synapse}, 0,
 					"imported:         0\n  already present:  2\n  conflicts:        0\n  not imported:     1\nnot imported: @bob:hs.test email \"@@\"", ""},
 				{"stray argument", []string{"import", "-config", synapse, "now"}, 2, "", `unexpected argument "now"`},
-				{"no admin token", []string{"import", "-config", configFile("no-token", ", kind: synapse")}, 1, "", "homeserver.admin_token is required"},
+				{"no admin token", []string{"import", "-config", configFile("no-token", ", kind: synapse")}, 1, "", "homeserver.admin_token: required"},
 				{"wrong admin token", []string{"import", "-config", configFile("wrong", ", kind: synapse, admin_token: nope")}, 1, "", "HTTP 401 M_UNKNOWN_TOKEN"},
 				{"dendrite without its database", []string{"import", "-config", configFile("dendrite", ", kind: dendrite")}, 1, "", "-dendrite-db"},
 				{"dendrite database for synapse", []string{"import", "-config", synapse, "-dendrite-db", "x.db"}, 1, "", "only for homeserver.kind dendrite"},
