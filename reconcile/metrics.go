@@ -20,6 +20,6 @@ var (
 		"1 while this instance runs a reconcile pass."))
 	readThroughs = metrics.Factory.NewCounterVec(metrics.CounterOpts("readthrough_users_total",
 		"Users seen for the first time by an authenticated request, by outcome: imported (3PIDs imported "+
-			"from the homeserver), nothing (none to import), unknown (not an active homeserver account), "+
+			"from the homeserver), nothing (none to import), seen (imported before, by another instance, an import or a pass), unknown (not an active homeserver account), "+
 			"deferred (mirror work queued: tried again later), error (tried again later)."), []string{"outcome"})
 )
