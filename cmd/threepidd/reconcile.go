@@ -3,13 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
 
-	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/server"
 )
 
@@ -21,23 +17,7 @@ import (
 // pass finished, 1 if it could not (the next run continues where it stopped)
 // or another instance is running it.
 func reconcileCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "threepidd.yaml", "configuration file")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: threepidd reconcile -config FILE")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "threepidd reconcile: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return errUsage
-	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	cfg, err := config.Load(*path, os.Environ())
+	cfg, err := newConfigCommand("reconcile", "usage: threepidd reconcile -config FILE", stderr).load(args)
 	if err != nil {
 		return err
 	}

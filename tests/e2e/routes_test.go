@@ -19,30 +19,27 @@ import (
 func TestRoutesEveryPrefix(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		e := harness.Start(t, b, harness.Options{IdentityServers: 1})
-		for _, kind := range support.RouteKinds {
-			list, err := support.LoadRoutes(kind)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range list.Routes {
-				for _, path := range r.URLs() {
-					t.Run(kind+" "+r.Method+" "+path, func(t *testing.T) {
-						var body any
-						if r.Method != http.MethodGet {
-							body = map[string]any{}
-						}
-						resp := e.Do(r.Method, path, "", body)
-						unrecognized := resp.Status == http.StatusNotFound && resp.ErrCode() == "M_UNRECOGNIZED" ||
-							resp.Status == http.StatusMethodNotAllowed
-						switch {
-						case r.To == support.ToThreepidd && unrecognized:
-							t.Fatalf("threepidd does not serve it (%s, from %s): %d %s", list.Version, r.From, resp.Status, resp.Body)
-						case r.To == support.ToHomeserver && !unrecognized:
-							t.Fatalf("threepidd answers a homeserver route (%s): %d %s", r.From, resp.Status, resp.Body)
-						}
-					})
+		reqs, err := support.RouteRequests()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, req := range reqs {
+			r := req.Route
+			t.Run(req.List.Homeserver+" "+req.Method+" "+req.Path, func(t *testing.T) {
+				var body any
+				if r.Method != http.MethodGet {
+					body = map[string]any{}
 				}
-			}
+				resp := e.Do(r.Method, req.Path, "", body)
+				unrecognized := resp.Status == http.StatusNotFound && resp.ErrCode() == "M_UNRECOGNIZED" ||
+					resp.Status == http.StatusMethodNotAllowed
+				switch {
+				case r.To == support.ToThreepidd && unrecognized:
+					t.Fatalf("threepidd does not serve it (%s, from %s): %d %s", req.List.Version, r.From, resp.Status, resp.Body)
+				case r.To == support.ToHomeserver && !unrecognized:
+					t.Fatalf("threepidd answers a homeserver route (%s): %d %s", r.From, resp.Status, resp.Body)
+				}
+			})
 		}
 	})
 }

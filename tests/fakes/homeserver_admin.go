@@ -210,15 +210,24 @@ func (hs *Homeserver) adminTarget(r *http.Request, notLocal string) (string, err
 	return userID, nil
 }
 
-// serveAdminUser is GET /_synapse/admin/v2/users/{userId}.
-func (hs *Homeserver) serveAdminUser(w http.ResponseWriter, r *http.Request) error {
-	userID, err := hs.adminTarget(r, "Can only look up local users")
+// adminUser is the user an admin path names, 404 M_NOT_FOUND when unknown.
+func (hs *Homeserver) adminUser(r *http.Request, notLocal string) (*hsUser, error) {
+	userID, err := hs.adminTarget(r, notLocal)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	u := hs.users[userID]
 	if u == nil {
-		return mxerr.NotFound.WithMessage("User not found")
+		return nil, mxerr.NotFound.WithMessage("User not found")
+	}
+	return u, nil
+}
+
+// serveAdminUser is GET /_synapse/admin/v2/users/{userId}.
+func (hs *Homeserver) serveAdminUser(w http.ResponseWriter, r *http.Request) error {
+	u, err := hs.adminUser(r, "Can only look up local users")
+	if err != nil {
+		return err
 	}
 	mxerr.WriteJSON(w, http.StatusOK, u.details())
 	return nil

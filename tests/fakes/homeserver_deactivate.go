@@ -76,7 +76,7 @@ func (hs *Homeserver) deactivate(userID string) {
 // ({"erase": bool}): the account is deactivated as by the user, without UIA,
 // and without threepidd hearing of it.
 func (hs *Homeserver) serveAdminDeactivate(w http.ResponseWriter, r *http.Request) error {
-	userID, err := hs.adminTarget(r, "Can only deactivate local users")
+	u, err := hs.adminUser(r, "Can only deactivate local users")
 	if err != nil {
 		return err
 	}
@@ -95,10 +95,7 @@ func (hs *Homeserver) serveAdminDeactivate(w http.ResponseWriter, r *http.Reques
 			}
 		}
 	}
-	if hs.users[userID] == nil {
-		return mxerr.NotFound.WithMessage("User not found")
-	}
-	hs.deactivate(userID)
+	hs.deactivate(u.id)
 	mxerr.WriteJSON(w, http.StatusOK, map[string]string{"id_server_unbind_result": hs.unbindResult})
 	return nil
 }

@@ -128,13 +128,9 @@ func (hs *Homeserver) serveAdminThreepidHolder(w http.ResponseWriter, r *http.Re
 
 // serveAdminPushers is GET /_synapse/admin/v1/users/{userId}/pushers.
 func (hs *Homeserver) serveAdminPushers(w http.ResponseWriter, r *http.Request) error {
-	userID, err := hs.adminTarget(r, "Can only look up local users")
+	u, err := hs.adminUser(r, "Can only look up local users")
 	if err != nil {
 		return err
-	}
-	u := hs.users[userID]
-	if u == nil {
-		return mxerr.NotFound.WithMessage("User not found")
 	}
 	mxerr.WriteJSON(w, http.StatusOK, map[string]any{"pushers": append([]HomeserverPusher{}, u.pushers...), "total": len(u.pushers)})
 	return nil

@@ -70,17 +70,13 @@ type routingCase struct {
 // homeserver kinds, every prefix), with where each must go.
 func routeListCases(t *testing.T) []routingCase {
 	t.Helper()
-	var out []routingCase
-	for _, kind := range support.RouteKinds {
-		list, err := support.LoadRoutes(kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range list.Routes {
-			for _, p := range r.URLs() {
-				out = append(out, routingCase{r.Method, p, r.To == support.ToThreepidd})
-			}
-		}
+	reqs, err := support.RouteRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]routingCase, 0, len(reqs))
+	for _, r := range reqs {
+		out = append(out, routingCase{r.Method, r.Path, r.Route.To == support.ToThreepidd})
 	}
 	return out
 }

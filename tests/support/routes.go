@@ -50,6 +50,32 @@ func (r Route) URLs() []string {
 	return out
 }
 
+// RouteRequest is one request of a route: its method, its path under one
+// prefix, and the route it comes from.
+type RouteRequest struct {
+	Method, Path string
+	Route        Route
+	// List is the route list it is from.
+	List *RouteList
+}
+
+// RouteRequests returns every request of every route of every kind's list.
+func RouteRequests() ([]RouteRequest, error) {
+	var out []RouteRequest
+	for _, kind := range RouteKinds {
+		list, err := LoadRoutes(kind)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range list.Routes {
+			for _, p := range r.URLs() {
+				out = append(out, RouteRequest{Method: r.Method, Path: p, Route: r, List: &list})
+			}
+		}
+	}
+	return out, nil
+}
+
 // RouteKinds are the homeserver kinds testdata/routes describes.
 var RouteKinds = []string{"synapse", "dendrite"}
 
