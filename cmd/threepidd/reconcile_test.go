@@ -63,26 +63,13 @@ func TestReconcileCommand(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			dir := t.TempDir()
-			configFile := func(name, hsKeys string) string {
-				path := filepath.Join(dir, name+".yaml")
-				y := fmt.Sprintf("server_name: hs.test\ndatabase: {driver: %s, dsn: %q}\nhomeserver: {url: %q%s}\n", b.Driver, b.DSN, hs.URL(), hsKeys)
-				if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				return path
-			}
+			configFile := configFiles(t, b, hs)
 			synapse := configFile("synapse", ", admin_token: hs-admin")
 			conflicts := fmt.Sprintf("conflicts:             2\n  not addresses:         0\n"+
 				"conflict: %s email \"shared@example.org\": %s (%s)\n"+
 				"conflict: %s email \"shared@example.org\": %s (%s)\n",
 				dave, reconcile.ReasonHeldInThreepidd, erin, erin, reconcile.ReasonHeldOnHomeserver, dave)
-			tests := []struct {
-				name           string
-				args           []string
-				exit           int
-				stdout, stderr string // substrings expected
-			}{
+			runCommandCases(t, []commandCase{
 				{"first run", []string{"reconcile", "-config", synapse}, 0,
 					"pass:                  finished\n  accounts compared:     4\n  imported:              1\n  written back:          1\n", "reconcile: 4 accounts compared"},
 				{"conflicts by user ID", []string{"reconcile", "-config", synapse}, 0, conflicts, ""},
@@ -91,18 +78,7 @@ func TestReconcileCommand(t *testing.T) {
 				{"stray argument", []string{"reconcile", "-config", synapse, "now"}, 2, "", `unexpected argument "now"`},
 				{"without the admin API", []string{"reconcile", "-config", configFile("none", ", mirror: none")}, 1, "",
 					"reconcile needs Synapse's admin API: homeserver.kind synapse and homeserver.admin_token"},
-			}
-			for _, tt := range tests {
-				t.Run(tt.name, func(t *testing.T) {
-					var stdout, stderr bytes.Buffer
-					if exit := run(ctx, tt.args, &stdout, &stderr); exit != tt.exit {
-						t.Fatalf("exit %d, want %d; stdout %q, stderr %q", exit, tt.exit, stdout.String(), stderr.String())
-					}
-					if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
-						t.Fatalf("stdout %q, stderr %q; want %q and %q in them", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
-					}
-				})
-			}
+			})
 			if got := hs.Holder("email", "carol@example.org"); got != carol {
 				t.Fatalf("carol's address written back to %q", got)
 			}

@@ -40,10 +40,8 @@ func (hs *Homeserver) serveDeactivate(w http.ResponseWriter, r *http.Request) er
 	if err != nil {
 		return err
 	}
-	if erase, ok := body["erase"]; ok {
-		if _, isBool := erase.(bool); !isBool {
-			return mxerr.BadJSON.WithMessage("erase: Input should be a valid boolean")
-		}
+	if err := hsCheckErase(body, "erase: Input should be a valid boolean"); err != nil {
+		return err
 	}
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
@@ -89,10 +87,8 @@ func (hs *Homeserver) serveAdminDeactivate(w http.ResponseWriter, r *http.Reques
 		if err != nil {
 			return err
 		}
-		if erase, ok := body["erase"]; ok {
-			if _, isBool := erase.(bool); !isBool {
-				return mxerr.BadJSON.WithMessage("Param 'erase' must be a boolean, if given")
-			}
+		if err := hsCheckErase(body, "Param 'erase' must be a boolean, if given"); err != nil {
+			return err
 		}
 	}
 	hs.deactivate(u.id)
@@ -106,4 +102,15 @@ func (hs *Homeserver) deleteDevices(userID string, deviceIDs []string) {
 	maps.DeleteFunc(hs.tokens, func(_ string, tok *hsToken) bool {
 		return tok.userID == userID && (len(deviceIDs) == 0 || slices.Contains(deviceIDs, tok.deviceID))
 	})
+}
+
+// hsCheckErase refuses a deactivation body whose "erase" is not a boolean,
+// with Synapse's message for that endpoint.
+func hsCheckErase(body map[string]any, message string) error {
+	if erase, ok := body["erase"]; ok {
+		if _, isBool := erase.(bool); !isBool {
+			return mxerr.BadJSON.WithMessage("%s", message)
+		}
+	}
+	return nil
 }
