@@ -166,13 +166,13 @@ func (e *NotDueError) Error() string {
 	return "the next reconcile pass is due " + e.Next.UTC().Format(time.RFC3339)
 }
 
-func (r *Reconciler) holder() string {
-	if r.Holder == "" {
-		host, _ := os.Hostname()
-		r.Holder = host + "/" + strconv.Itoa(os.Getpid()) + "/" + rand.Text()[:8]
-	}
-	return r.Holder
-}
+// defaultHolder names this process in leases: host/pid/random.
+var defaultHolder = func() string {
+	host, _ := os.Hostname()
+	return host + "/" + strconv.Itoa(os.Getpid()) + "/" + rand.Text()[:8]
+}()
+
+func (r *Reconciler) holder() string { return cmp.Or(r.Holder, defaultHolder) }
 
 func (r *Reconciler) progress(format string, args ...any) {
 	if r.Progress != nil {
@@ -182,8 +182,9 @@ func (r *Reconciler) progress(format string, args ...any) {
 
 // Run makes a pass, or continues the one under way at its cursor. force runs
 // it even if it is not due (the command); without it, a pass that is not due
-// returns a *NotDueError. Another instance holding the pass is a *BusyError. On an error or an interruption the cursor stays where the last
-// page finished, the lease is given up, and the next run continues there.
+// returns a *NotDueError. Another instance holding the pass is a *BusyError.
+// On an error or an interruption the cursor stays where the last page
+// finished, the lease is given up, and the next run continues there.
 func (r *Reconciler) Run(ctx context.Context, force bool) (rep Report, err error) {
 	holder := r.holder()
 	now := r.Clock.Now()
