@@ -136,7 +136,16 @@ type Service struct {
 	// HomeserverAdmin checks whether an account was deactivated when the
 	// homeserver's answer to a relayed deactivation was lost; nil: not checked.
 	HomeserverAdmin *homeserver.SynapseAdmin
-	Clock           clock.Func
+	// Holders is asked, before an address is granted (requestToken, add),
+	// who holds it in the homeserver's own 3PID table; nil: not asked.
+	Holders Holders
+	Clock   clock.Func
+}
+
+// Holders answers who holds a 3PID in the homeserver's own table
+// (homeserver.SynapseAdmin): "" for nobody.
+type Holders interface {
+	ThreepidHolder(ctx context.Context, medium, address string) (string, error)
 }
 
 var (
@@ -144,6 +153,9 @@ var (
 		"Validation e-mails and SMS handed to the SMTP server or gateway."), []string{"medium"})
 	messagesFailed = metrics.Factory.NewCounterVec(metrics.CounterOpts("validation_messages_failed_total",
 		"Validation e-mails and SMS that could not be sent."), []string{"medium"})
+	holderLookups = metrics.Factory.NewCounterVec(metrics.CounterOpts("homeserver_threepid_lookups_total",
+		"Questions to the homeserver of who holds an address before threepidd grants it, by outcome: "+
+			"free, same (the asking account), other (refused: M_THREEPID_IN_USE), error (refused: 502)."), []string{"outcome"})
 )
 
 func init() {
@@ -201,6 +213,9 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 		held = true
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return TokenResponse{}, fmt.Errorf("look up 3PID owner: %w", err)
+	}
+	if err := s.checkHomeserverHolder(ctx, "", req.Medium, req.Address); err != nil {
+		return TokenResponse{}, err
 	}
 	resp := TokenResponse{}
 	if req.Medium == threepid.MediumMSISDN {
@@ -446,6 +461,9 @@ func (s *Service) Add(ctx context.Context, userID, sid, clientSecret string) err
 	if err := s.checkUserThreepid(ctx, userID, sess.Medium, sess.Address, policy.OpAdd); err != nil {
 		return err
 	}
+	if err := s.checkHomeserverHolder(ctx, userID, sess.Medium, sess.Address); err != nil {
+		return err
+	}
 	return s.Store.WithTx(ctx, func(q storage.Querier) error {
 		holder, err := q.AssociationByAddress(ctx, sess.Medium, sess.Address)
 		switch {
@@ -524,6 +542,33 @@ func (s *Service) Delete(ctx context.Context, userID, medium, address, idServer 
 		return "", err
 	}
 	return result, nil
+}
+
+// checkHomeserverHolder asks the homeserver who holds (medium, address) in
+// its own table: 400 M_THREEPID_IN_USE when an account other than userID
+// does ("" at requestToken: any account). An address given at registration
+// lives there until threepidd imports it, and granting it to another account
+// would let the mirror move it on the homeserver. A homeserver that cannot
+// answer refuses the grant (502): granting is the point of the question.
+func (s *Service) checkHomeserverHolder(ctx context.Context, userID, medium, address string) error {
+	if s.Holders == nil {
+		return nil
+	}
+	holder, err := s.Holders.ThreepidHolder(ctx, medium, address)
+	switch {
+	case err != nil:
+		holderLookups.WithLabelValues("error").Inc()
+		slog.WarnContext(ctx, "could not ask the homeserver who holds an address; refused", "medium", medium, "err", err)
+		return mxerr.Unavailable.WithMessage("The homeserver could not say whether the address is in use; try again later")
+	case holder == "":
+		holderLookups.WithLabelValues("free").Inc()
+	case holder == userID:
+		holderLookups.WithLabelValues("same").Inc()
+	default:
+		holderLookups.WithLabelValues("other").Inc()
+		return mxerr.ThreepidInUse
+	}
+	return nil
 }
 
 // checkUserThreepid asks the policy; a block becomes 403 M_THREEPID_DENIED

@@ -17,6 +17,15 @@ import (
 type Auth struct {
 	Homeserver *homeserver.Client
 	Proxies    httpapi.Proxies
+	// Seen is told of every authenticated user before its request runs
+	// (the read-through import); nil: nobody is told.
+	Seen FirstSeen
+}
+
+// FirstSeen learns of the users making authenticated requests. It must cost
+// next to nothing for a user it has seen before: /sync goes through it.
+type FirstSeen interface {
+	FirstSeen(ctx context.Context, userID string)
 }
 
 // ClientIP returns the real address of r's client.
@@ -61,6 +70,9 @@ func (a *Auth) Require(h mxerr.Handler) mxerr.Handler {
 		}
 		if id.IsGuest {
 			return mxerr.GuestAccessForbidden
+		}
+		if a.Seen != nil {
+			a.Seen.FirstSeen(r.Context(), id.UserID)
 		}
 		ctx := context.WithValue(r.Context(), userKey{}, User{Identity: id, Caller: caller})
 		return h(w, r.WithContext(ctx))

@@ -2,13 +2,13 @@ package clientapi
 
 import (
 	"net/http"
-	"strconv"
 
 	"github.com/gorilla/mux"
 
 	"github.com/threepidd/threepidd/account"
 	"github.com/threepidd/threepidd/auth"
 	"github.com/threepidd/threepidd/httpapi"
+	"github.com/threepidd/threepidd/mxerr"
 )
 
 // Deactivate serves POST /account/deactivate: relayed to the homeserver, then
@@ -36,9 +36,6 @@ func (h *Deactivate) deactivate(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(resp)))
-	w.WriteHeader(status)
-	_, _ = w.Write(resp)
+	mxerr.WriteBody(w, status, resp)
 	return nil
 }

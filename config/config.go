@@ -43,7 +43,12 @@ type Homeserver struct {
 	UIARelay      *UIARelay     `yaml:"uia_relay"`
 	TokenCacheTTL time.Duration `yaml:"token_cache_ttl"`
 	AdminToken    string        `yaml:"admin_token"`
-	Mirror        string        `yaml:"mirror"` // synapse_admin | none
+	// Mirror is synapse_admin or none; "" (unset) is derived from Kind:
+	// synapse_admin for synapse, none for dendrite.
+	Mirror string `yaml:"mirror"`
+	// ReconcileInterval is how often the background reconcile pass runs
+	// (kind synapse with an admin_token); 0 turns it off.
+	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
 }
 
 // UIARelay overrides the homeserver call used to relay user-interactive auth.

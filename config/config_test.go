@@ -24,13 +24,13 @@ func writeConfig(t *testing.T, body string) string {
 func minimal(t *testing.T) string {
 	t.Helper()
 	return "server_name: example.org\n" +
-		"homeserver: {url: \"http://127.0.0.1:8008\"}\n" +
+		"homeserver: {url: \"http://127.0.0.1:8008\", admin_token: syt_admin}\n" +
 		"database: {dsn: " + filepath.Join(t.TempDir(), "threepidd.db") + "}\n"
 }
 
 func TestLoadDefaults(t *testing.T) {
 	t.Chdir(t.TempDir()) // the default SQLite file is relative
-	path := writeConfig(t, "server_name: example.org\nhomeserver: {url: \"http://127.0.0.1:8008\"}\n")
+	path := writeConfig(t, "server_name: example.org\nhomeserver: {url: \"http://127.0.0.1:8008\", admin_token: syt_admin}\n")
 	cfg, err := Load(path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +38,8 @@ func TestLoadDefaults(t *testing.T) {
 	want := Defaults()
 	want.ServerName = "example.org"
 	want.Homeserver.URL = "http://127.0.0.1:8008"
+	want.Homeserver.AdminToken = "syt_admin"
+	want.Homeserver.Mirror = MirrorSynapseAdmin
 	want.Database.DSN = DefaultSQLiteDSN
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Fatalf("Load = %+v\nwant %+v", *cfg, want)
@@ -47,7 +49,8 @@ func TestLoadDefaults(t *testing.T) {
 	case cfg.Listen != "127.0.0.1:8090", cfg.MetricsListen != "",
 		cfg.Database.Driver != "sqlite", cfg.Database.DSN != "threepidd.db",
 		cfg.Homeserver.Kind != "synapse", cfg.Homeserver.TokenCacheTTL != 10*time.Second,
-		cfg.Homeserver.Mirror != "none", cfg.Homeserver.UIARelay != nil,
+		cfg.Homeserver.Mirror != "synapse_admin", cfg.Homeserver.UIARelay != nil,
+		cfg.Homeserver.ReconcileInterval != time.Hour,
 		!reflect.DeepEqual(cfg.TrustedProxies, []string{"127.0.0.1/32", "::1/128"}),
 		cfg.RateLimit.RequestTokenPerIP != Bucket{PerSecond: 0.1, Burst: 10},
 		cfg.RateLimit.RequestTokenPerAddress != Bucket{PerSecond: 0.003, Burst: 5},
@@ -147,12 +150,13 @@ func TestLoadFullFile(t *testing.T) {
 		SigningKeyPath: "testdata/signing.key",
 		Database:       Database{Driver: "postgres", DSN: "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"},
 		Homeserver: Homeserver{
-			URL:           "http://127.0.0.1:8008",
-			Kind:          "dendrite",
-			UIARelay:      &UIARelay{Method: "DELETE", Path: "/_matrix/client/v3/devices/x"},
-			TokenCacheTTL: 90 * time.Second,
-			AdminToken:    "syt_admin",
-			Mirror:        "synapse_admin",
+			URL:               "http://127.0.0.1:8008",
+			Kind:              "dendrite",
+			UIARelay:          &UIARelay{Method: "DELETE", Path: "/_matrix/client/v3/devices/x"},
+			TokenCacheTTL:     90 * time.Second,
+			AdminToken:        "syt_admin",
+			Mirror:            "none",
+			ReconcileInterval: 15 * time.Minute,
 		},
 		TrustedProxies: []string{"10.0.0.0/8", "192.0.2.7", "2001:db8::/32"},
 		IdentityServers: []IdentityServer{
@@ -289,10 +293,36 @@ func TestEnvOverrides(t *testing.T) {
 	}
 }
 
+// TestMirrorDefault: homeserver.mirror follows the kind when unset, and an
+// explicit none stays none (so Synapse may run without an admin token).
+func TestMirrorDefault(t *testing.T) {
+	tests := []struct {
+		name, homeserver, want string
+	}{
+		{"synapse with an admin token", "{url: \"http://127.0.0.1:8008\", admin_token: t}", MirrorSynapseAdmin},
+		{"synapse, explicit none", "{url: \"http://127.0.0.1:8008\", mirror: none}", MirrorNone},
+		{"synapse, explicit none, admin token", "{url: \"http://127.0.0.1:8008\", mirror: none, admin_token: t}", MirrorNone},
+		{"dendrite", "{url: \"http://127.0.0.1:8008\", kind: dendrite}", MirrorNone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Load(writeConfig(t, "server_name: example.org\nhomeserver: "+tt.homeserver+"\n"+
+				"database: {dsn: \""+filepath.Join(t.TempDir(), "t.db")+"\"}\n"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Homeserver.Mirror != tt.want {
+				t.Fatalf("homeserver.mirror = %q, want %q", cfg.Homeserver.Mirror, tt.want)
+			}
+		})
+	}
+}
+
 func TestEnvWithoutFile(t *testing.T) {
 	cfg, err := Load("", []string{
 		"THREEPIDD_SERVER_NAME=example.org",
 		"THREEPIDD_HOMESERVER_URL=http://127.0.0.1:8008",
+		"THREEPIDD_HOMESERVER_MIRROR=none",
 		"THREEPIDD_DATABASE_DSN=" + filepath.Join(t.TempDir(), "t.db"),
 	})
 	if err != nil {
@@ -375,7 +405,13 @@ func TestLoadMistakes(t *testing.T) {
 		{name: "homeserver.url without host", env: []string{"THREEPIDD_HOMESERVER_URL=http:///x"}, want: "config: homeserver.url:"},
 		{name: "homeserver.kind unknown", env: []string{"THREEPIDD_HOMESERVER_KIND=conduit"}, want: "config: homeserver.kind:"},
 		{name: "homeserver.mirror unknown", env: []string{"THREEPIDD_HOMESERVER_MIRROR=dendrite_admin"}, want: "config: homeserver.mirror:"},
-		{name: "mirror without admin token", env: []string{"THREEPIDD_HOMESERVER_MIRROR=synapse_admin"}, want: "config: homeserver.admin_token: required"},
+		{name: "mirror without admin token", env: []string{"THREEPIDD_HOMESERVER_MIRROR=synapse_admin", "THREEPIDD_HOMESERVER_ADMIN_TOKEN="},
+			want: "config: homeserver.admin_token: required"},
+		{name: "synapse without admin token", env: []string{"THREEPIDD_HOMESERVER_ADMIN_TOKEN="},
+			want: "config: homeserver.admin_token: required with homeserver.kind synapse, for the mirror (homeserver.mirror defaults to synapse_admin); set homeserver.mirror: none to run without it"},
+		{name: "synapse_admin mirror of a dendrite", env: []string{"THREEPIDD_HOMESERVER_KIND=dendrite", "THREEPIDD_HOMESERVER_MIRROR=synapse_admin"},
+			want: `config: homeserver.mirror: synapse_admin needs homeserver.kind synapse, not "dendrite"`},
+		{name: "reconcile_interval negative", env: []string{"THREEPIDD_HOMESERVER_RECONCILE_INTERVAL=-1m"}, want: "config: homeserver.reconcile_interval:"},
 		{name: "uia_relay without path", env: []string{"THREEPIDD_HOMESERVER_UIA_RELAY_METHOD=POST"}, want: "config: homeserver.uia_relay.path: required"},
 		{name: "uia_relay without method", env: []string{"THREEPIDD_HOMESERVER_UIA_RELAY={path: /x}"}, want: "config: homeserver.uia_relay.method: required"},
 		{name: "uia_relay relative path", env: []string{"THREEPIDD_HOMESERVER_UIA_RELAY={method: POST, path: x}"}, want: "config: homeserver.uia_relay.path:"},

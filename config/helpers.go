@@ -108,7 +108,6 @@ func loadCertificates(path string) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", path)
 	}
 	return certs, nil
-
 }
 
 // TLSRequired reports whether mail may only be sent over TLS (STARTTLS):
@@ -131,3 +130,14 @@ func loopbackHost(host string) bool {
 	addr, err := netip.ParseAddr(strings.Trim(host, "[]"))
 	return err == nil && addr.Unmap().IsLoopback()
 }
+
+// SynapseAdmin reports whether threepidd can use Synapse's admin API: kind
+// synapse with homeserver.admin_token set. It carries the in-use check against
+// the homeserver's table, the read-through import and the reconcile pass.
+func (c *Config) SynapseAdmin() bool {
+	return c.Homeserver.Kind == KindSynapse && c.Homeserver.AdminToken != ""
+}
+
+// ThreepidChanges reports whether a client can add a 3PID: at least one
+// medium can be validated (m.3pid_changes).
+func (c *Config) ThreepidChanges() bool { return c.EmailEnabled() || c.MSISDNEnabled() }

@@ -58,6 +58,8 @@ const (
 	DefaultValidatedSessionLifetime = 24 * time.Hour
 	// DefaultEmailSubject is the subject of validation mails (a text/template).
 	DefaultEmailSubject = "[{{.ServerName}}] Confirm your e-mail address"
+	// DefaultReconcileInterval is how often the background reconcile pass runs.
+	DefaultReconcileInterval = time.Hour
 )
 
 // DefaultIPRangeDenylist is Synapse's default ip_range_blacklist: loopback,
@@ -79,9 +81,9 @@ func Defaults() Config {
 		Listen:   DefaultListen,
 		Database: Database{Driver: DriverSQLite},
 		Homeserver: Homeserver{
-			Kind:          KindSynapse,
-			TokenCacheTTL: DefaultTokenCacheTTL,
-			Mirror:        MirrorNone,
+			Kind:              KindSynapse,
+			TokenCacheTTL:     DefaultTokenCacheTTL,
+			ReconcileInterval: DefaultReconcileInterval,
 		},
 		TrustedProxies: []string{"127.0.0.1/32", "::1/128"},
 		Policy:         Policy{Webhook: PolicyWebhook{Timeout: DefaultPolicyTimeout}},
@@ -160,6 +162,21 @@ func (c *Config) applyDerivedDefaults() {
 		required := !loopbackHost(c.Email.SMTPHost)
 		c.Email.RequireTLS = &required
 	}
+	if c.Homeserver.Mirror == "" {
+		c.Homeserver.Mirror = c.Homeserver.defaultMirror()
+	}
+}
+
+// defaultMirror is homeserver.mirror when the file leaves it unset: Synapse's
+// password reset, 3PID login and e-mail pushers read its own 3PID table, so
+// the mirror keeps that table in step; Dendrite reads its table only in its
+// own 3PID endpoints, which threepidd serves, so it needs none (README,
+// "Homeserver kinds").
+func (hs Homeserver) defaultMirror() string {
+	if hs.Kind == KindSynapse {
+		return MirrorSynapseAdmin
+	}
+	return MirrorNone
 }
 
 // decodeNode decodes n into v strictly: a key that names no field of a

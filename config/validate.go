@@ -241,8 +241,12 @@ func (c *Config) validateHomeserver() error {
 	switch hs.Mirror {
 	case MirrorNone:
 	case MirrorSynapseAdmin:
-		if hs.AdminToken == "" {
-			return problem("homeserver.admin_token", "required when homeserver.mirror is synapse_admin")
+		switch {
+		case hs.Kind != KindSynapse:
+			return problem("homeserver.mirror", "synapse_admin needs homeserver.kind synapse, not %q", hs.Kind)
+		case hs.AdminToken == "":
+			return problem("homeserver.admin_token", "required with homeserver.kind synapse, for the mirror "+
+				"(homeserver.mirror defaults to synapse_admin); set homeserver.mirror: none to run without it")
 		}
 	default:
 		return problem("homeserver.mirror", "%q is not none or synapse_admin", hs.Mirror)
@@ -259,6 +263,9 @@ func (c *Config) validateHomeserver() error {
 	}
 	if hs.TokenCacheTTL < 0 {
 		return problem("homeserver.token_cache_ttl", "must not be negative")
+	}
+	if hs.ReconcileInterval < 0 {
+		return problem("homeserver.reconcile_interval", "must not be negative (0 turns the reconcile pass off)")
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,7 +37,8 @@ const (
 var mirrorCalls = metrics.Factory.NewCounterVec(metrics.CounterOpts("homeserver_mirror_total",
 	"Mirror items handled, by outcome: put (the homeserver's list was replaced), unchanged (it already "+
 		"matched), no_user (unknown or deactivated on the homeserver: never PUT), not_applied (PUT, "+
-		"but the homeserver's answer still differs: a legacy non-canonical row Synapse cannot delete)."), []string{"outcome"})
+		"but the homeserver's answer still differs: a legacy non-canonical row Synapse cannot delete), "+
+		"held_elsewhere (another homeserver account holds the added address: never moved)."), []string{"outcome"})
 
 func init() {
 	for _, outcome := range []string{"put", "unchanged", "no_user", "not_applied"} {
@@ -58,6 +60,10 @@ func init() {
 //     deactivated one is left alone: Synapse's PUT creates unknown users, and
 //     a deactivated account must not get 3PIDs back.
 //  2. Only if the homeserver's list differs from threepidd for that one 3PID,
+//     and, for an added one, no other homeserver account holds it (GET
+//     /_synapse/admin/v1/threepid/{medium}/users/{address}: Synapse's PUT
+//     would move it, and the other account's password reset would go to
+//     this one; it is logged and left for an operator, and reconcile reports it),
 //     PUT /_synapse/admin/v2/users/{userId} {"threepids": [...]}: the list
 //     exactly as Synapse returned it (its own spelling of each address) plus
 //     the added 3PID or minus the removed one. Nothing else is in the body, so
@@ -114,10 +120,26 @@ func (m *Mirror) Applied(ctx context.Context, q storage.Querier, c policy.Change
 		return nil
 	}
 	job := mirrorJob{UserID: c.UserID, Op: c.Op, Medium: c.Medium, Address: c.Address}
-	if err := outbox.Enqueue(ctx, q, MirrorKind, "", job, m.Clock.Now()); err != nil {
+	if err := outbox.Enqueue(ctx, q, MirrorKind, mirrorKeyPrefix(c.UserID)+rand.Text(), job, m.Clock.Now()); err != nil {
 		return fmt.Errorf("queue mirror of %s: %w", c.Op, err)
 	}
 	return nil
+}
+
+// mirrorKeyPrefix starts the key of every mirror item of userID: the keys are
+// unique (items are never merged), and grouped by user for [MirrorPending].
+// User IDs have no spaces.
+func mirrorKeyPrefix(userID string) string { return userID + " " }
+
+// MirrorPending reports whether mirror work for userID is queued: until it
+// has run, the homeserver's list of that user may still hold what threepidd
+// removed, or lack what it added.
+func MirrorPending(ctx context.Context, q storage.Querier, userID string) (bool, error) {
+	n, err := q.CountOutboxKeyPrefix(ctx, MirrorKind, mirrorKeyPrefix(userID))
+	if err != nil {
+		return false, fmt.Errorf("pending mirror work of %s: %w", userID, err)
+	}
+	return n > 0, nil
 }
 
 // Worker returns the outbox worker that performs the queued mirror calls.
@@ -163,6 +185,18 @@ func (m *Mirror) handle(ctx context.Context, item storage.OutboxItem) error {
 	if !changed {
 		mirrorCalls.WithLabelValues("unchanged").Inc()
 		return nil
+	}
+	if want {
+		holder, err := m.Admin.ThreepidHolder(ctx, job.Medium, job.Address)
+		if err != nil {
+			return adminFailure(err)
+		}
+		if holder != "" && holder != job.UserID {
+			mirrorCalls.WithLabelValues("held_elsewhere").Inc()
+			slog.WarnContext(ctx, "homeserver mirror: another homeserver account holds the address threepidd gave this user; "+
+				"not moved (threepidd reconcile reports it)", "user_id", job.UserID, "holder", holder, "medium", job.Medium)
+			return nil
+		}
 	}
 	after, err := m.Admin.SetThreepids(ctx, job.UserID, list)
 	if err != nil {
@@ -210,4 +244,53 @@ func withThreepid(list []homeserver.SynapseThreepid, medium, address string, wan
 		return slices.DeleteFunc(slices.Clone(list), same), true
 	}
 	return list, false
+}
+
+// Held is an address threepidd gives a user that another homeserver account
+// holds on the homeserver.
+type Held struct {
+	Medium, Address string
+	// Holder is the homeserver account holding it.
+	Holder string
+}
+
+// Restore writes back to the homeserver the 3PIDs of userID that threepidd
+// holds and the homeserver's list lacks (have is that list, as GET
+// /_synapse/admin/v2/users/{userId} answered it), in one PUT that keeps
+// every entry of have as spelled; an address another homeserver account
+// holds is left out and returned, never moved. It returns how many were
+// written back.
+func (m *Mirror) Restore(ctx context.Context, userID string, have []homeserver.SynapseThreepid, missing []storage.Association) (int, []Held, error) {
+	list := have
+	var held []Held
+	var added []storage.Association
+	for _, a := range missing {
+		holder, err := m.Admin.ThreepidHolder(ctx, a.Medium, a.Address)
+		if err != nil {
+			return 0, nil, err
+		}
+		if holder != "" && holder != userID {
+			held = append(held, Held{Medium: a.Medium, Address: a.Address, Holder: holder})
+			continue
+		}
+		var changed bool
+		if list, changed = withThreepid(list, a.Medium, a.Address, true); changed {
+			added = append(added, a)
+		}
+	}
+	if len(added) == 0 {
+		return 0, held, nil
+	}
+	after, err := m.Admin.SetThreepids(ctx, userID, list)
+	if err != nil {
+		return 0, held, err
+	}
+	restored := 0
+	for _, a := range added {
+		if _, differs := withThreepid(after, a.Medium, a.Address, true); !differs {
+			restored++
+		}
+	}
+	mirrorCalls.WithLabelValues("put").Inc()
+	return restored, held, nil
 }

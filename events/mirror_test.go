@@ -103,8 +103,8 @@ func TestMirror(t *testing.T) {
 		// An add is PUT with the homeserver's own entries unchanged: they keep
 		// their timestamps (and, on Synapse, their pushers).
 		f.change(policy.OpAdd, alice, "email", "new@example.org")
-		if n := f.run(0); n != 2 {
-			t.Fatalf("%d admin calls for an add, want GET and PUT", n)
+		if n := f.run(0); n != 3 {
+			t.Fatalf("%d admin calls for an add, want GET, the holder lookup and PUT", n)
 		}
 		f.expectThreepids(alice, old, phone, added("new@example.org"))
 		if len(f.next.Changes()) != 1 || f.next.Changes()[0].Address != "new@example.org" {
@@ -187,6 +187,60 @@ func TestMirror(t *testing.T) {
 		f.expectThreepids(alice, old, phone, legacy)
 		if got := mirrorOutcomes(t, "not_applied") - before; got != 1 || f.pending() != 0 {
 			t.Fatalf("legacy row: not_applied counted %v times, %d pending; want 1 and 0", got, f.pending())
+		}
+	})
+}
+
+// TestMirrorKeepsSynapseState: what Synapse's admin PUT does to the rest of
+// an account survives the mirror's changes: the addresses it does not touch
+// keep their timestamps and e-mail pushers; an added address can get a
+// pusher (Synapse allows one only for an address in its own table); a
+// removed address loses its pusher; an address another homeserver account
+// holds is never moved to this one.
+func TestMirrorKeepsSynapseState(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, store storage.Store) {
+		hs := fakes.NewHomeserver(t, "hs.test")
+		f := &mirrorFixture{t: t, hs: hs, store: store}
+		f.mirror = &events.Mirror{Admin: hs.AdminClient(hsAdminToken), Store: store}
+		f.sink = f.mirror
+		carol := hs.RegisterWithEmail("carol", "pw", "Carol@Example.org")
+		registered := hs.Threepids(carol)
+		registeredPusher := fakes.HomeserverPusher{Kind: "email", AppID: "m.email", PushKey: "carol@example.org"}
+		if len(registered) != 1 || !slices.Equal(hs.Pushers(carol), []fakes.HomeserverPusher{registeredPusher}) {
+			t.Fatalf("registration left %+v and pushers %+v", registered, hs.Pushers(carol))
+		}
+		time.Sleep(2 * time.Millisecond) // a later PUT would show in the timestamps
+
+		if err := hs.AddEmailPusher(carol, "work@example.org"); err == nil {
+			t.Fatal("Synapse gave a pusher for an address it does not hold")
+		}
+		f.change(policy.OpAdd, carol, "email", "work@example.org")
+		f.run(0)
+		f.expectThreepids(carol, registered[0], fakes.HomeserverThreepid{Medium: "email", Address: "work@example.org"})
+		if !slices.Equal(hs.Pushers(carol), []fakes.HomeserverPusher{registeredPusher}) {
+			t.Fatalf("pushers after an add: %+v", hs.Pushers(carol))
+		}
+		if err := hs.AddEmailPusher(carol, "work@example.org"); err != nil {
+			t.Fatalf("no pusher for a mirrored address: %v", err)
+		}
+
+		f.change(policy.OpRemove, carol, "email", "work@example.org")
+		f.run(0)
+		f.expectThreepids(carol, registered[0])
+		if !slices.Equal(hs.Pushers(carol), []fakes.HomeserverPusher{registeredPusher}) {
+			t.Fatalf("pushers after a removal: %+v, want the registered one only", hs.Pushers(carol))
+		}
+
+		dave := hs.RegisterWithEmail("dave", "pw", "dave@example.org")
+		before := mirrorOutcomes(t, "held_elsewhere")
+		f.change(policy.OpAdd, carol, "email", "dave@example.org")
+		f.run(0)
+		if hs.Holder("email", "dave@example.org") != dave || f.pending() != 0 {
+			t.Fatalf("dave's address is held by %q on the homeserver, %d pending", hs.Holder("email", "dave@example.org"), f.pending())
+		}
+		f.expectThreepids(carol, registered[0])
+		if got := mirrorOutcomes(t, "held_elsewhere") - before; got != 1 {
+			t.Fatalf("held_elsewhere counted %v times, want 1", got)
 		}
 	})
 }

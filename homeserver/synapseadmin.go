@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/threepidd/threepidd/mxerr"
@@ -67,12 +68,18 @@ func (u *SynapseUser) UnmarshalJSON(data []byte) error {
 
 // UserPage is one page of GET /_synapse/admin/v2/users.
 type UserPage struct {
-	// Users are the user IDs on this page.
-	Users []string
+	// Users are the users on this page, in the listing's order (by name).
+	Users []ListedUser
 	// Total is how many users the listing has in all.
 	Total int
 	// Next is the from of the next page, "" after the last one.
 	Next string
+}
+
+// ListedUser is a user as the listing shows it.
+type ListedUser struct {
+	Name        string
+	Deactivated bool
 }
 
 // AdminError is a refusal from the admin API.
@@ -112,16 +119,32 @@ func TemporaryAdminError(err error) bool {
 var errBadAnswer = errors.New("unreadable answer")
 
 // ListUsers returns the page of local users starting at from ("" or "0" for
-// the first), at most limit of them, guests excluded. Deactivated users are
-// not listed (Synapse's default).
+// the first), at most limit of them, guests excluded. Deactivated and locked
+// users are not listed (Synapse's default).
 func (a *SynapseAdmin) ListUsers(ctx context.Context, from string, limit int) (UserPage, error) {
+	return a.listUsers(ctx, from, limit, nil)
+}
+
+// ListAccounts is ListUsers with deactivated and locked users included:
+// every local account but guests, in a listing whose offsets only grow as
+// accounts are registered (Synapse never deletes an account), so that a
+// resumed walk skips nobody.
+func (a *SynapseAdmin) ListAccounts(ctx context.Context, from string, limit int) (UserPage, error) {
+	return a.listUsers(ctx, from, limit, url.Values{"deactivated": {"true"}, "locked": {"true"}})
+}
+
+func (a *SynapseAdmin) listUsers(ctx context.Context, from string, limit int, extra url.Values) (UserPage, error) {
 	if from == "" {
 		from = "0"
 	}
 	q := url.Values{"from": {from}, "limit": {strconv.Itoa(limit)}, "guests": {"false"}}
+	for k, v := range extra {
+		q[k] = v
+	}
 	var resp struct {
 		Users []struct {
-			Name string `json:"name"`
+			Name        string   `json:"name"`
+			Deactivated flexBool `json:"deactivated"`
 		} `json:"users"`
 		Total     int             `json:"total"`
 		NextToken json.RawMessage `json:"next_token"`
@@ -129,9 +152,9 @@ func (a *SynapseAdmin) ListUsers(ctx context.Context, from string, limit int) (U
 	if err := a.call(ctx, http.MethodGet, "/_synapse/admin/v2/users?"+q.Encode(), nil, &resp); err != nil {
 		return UserPage{}, fmt.Errorf("list users from %s: %w", from, err)
 	}
-	page := UserPage{Total: resp.Total, Users: make([]string, 0, len(resp.Users))}
+	page := UserPage{Total: resp.Total, Users: make([]ListedUser, 0, len(resp.Users))}
 	for _, u := range resp.Users {
-		page.Users = append(page.Users, u.Name)
+		page.Users = append(page.Users, ListedUser{Name: u.Name, Deactivated: bool(u.Deactivated)})
 	}
 	// Synapse sends next_token as a string; older versions sent a number.
 	if len(resp.NextToken) > 0 && string(resp.NextToken) != "null" {
@@ -142,6 +165,28 @@ func (a *SynapseAdmin) ListUsers(ctx context.Context, from string, limit int) (U
 		page.Next = s
 	}
 	return page, nil
+}
+
+// ThreepidHolder returns the local user holding (medium, address) in the
+// homeserver's own table, or "" when nobody does: GET
+// /_synapse/admin/v1/threepid/{medium}/users/{address}, whose 404 means
+// nobody. Synapse compares the address byte for byte, so address must be
+// canonical (as Synapse stores every 3PID it adds).
+func (a *SynapseAdmin) ThreepidHolder(ctx context.Context, medium, address string) (string, error) {
+	var resp struct {
+		UserID string `json:"user_id"`
+	}
+	err := a.call(ctx, http.MethodGet, "/_synapse/admin/v1/threepid/"+url.PathEscape(medium)+"/users/"+url.PathEscape(address), nil, &resp)
+	var ae *AdminError
+	switch {
+	case errors.As(err, &ae) && ae.Status == http.StatusNotFound:
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("look up the holder of a %s: %w", medium, err)
+	case resp.UserID == "":
+		return "", fmt.Errorf("look up the holder of a %s: %w: no user_id", medium, errBadAnswer)
+	}
+	return resp.UserID, nil
 }
 
 // User returns userID's account as the admin API shows it, or ErrUserNotFound.
@@ -156,6 +201,36 @@ func (a *SynapseAdmin) User(ctx context.Context, userID string) (SynapseUser, er
 		return SynapseUser{}, fmt.Errorf("get %s: %w", userID, err)
 	}
 	return u, nil
+}
+
+// Users returns the accounts of userIDs as [SynapseAdmin.User] does, in order,
+// at most parallel at a time; an account the homeserver no longer knows is
+// returned empty (Name ""). The first other error is returned.
+func (a *SynapseAdmin) Users(ctx context.Context, userIDs []string, parallel int) ([]SynapseUser, error) {
+	out := make([]SynapseUser, len(userIDs))
+	errs := make([]error, len(userIDs))
+	sem := make(chan struct{}, max(parallel, 1))
+	var wg sync.WaitGroup
+	for i, id := range userIDs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			u, err := a.User(ctx, id)
+			if errors.Is(err, ErrUserNotFound) {
+				return
+			}
+			out[i], errs[i] = u, err
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // SetThreepids replaces userID's 3PIDs with list (only medium and address are

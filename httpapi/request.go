@@ -8,8 +8,15 @@ import (
 	"github.com/threepidd/threepidd/mxerr"
 )
 
-// ClientPrefixes are the client-server API versions threepidd serves.
-var ClientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
+// ClientPrefixes are the client-server API versions threepidd serves its
+// endpoints under: every one a homeserver kind serves them under, so that no
+// path reaches the homeserver around threepidd. Synapse's client_patterns
+// registers each endpoint under r0, v3 and unstable (testdata/routes).
+var ClientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/unstable"}
+
+// LegacyPrefix is the client-server API's api/v1, under which Synapse still
+// serves a few endpoints (of threepidd's, /rooms/{roomId}/messages).
+const LegacyPrefix = "/_matrix/client/api/v1"
 
 // MaxBodyBytes bounds client request bodies (DESIGN.md: 64 KiB).
 const MaxBodyBytes = 64 << 10

@@ -76,7 +76,11 @@ type Conflict struct {
 // Snapshot is what a Source read.
 type Snapshot struct {
 	// Users is how many accounts were read.
-	Users    int
+	Users int
+	// Seen are the accounts whose 3PIDs were all read (a source that can
+	// tell): marked seen, so that the read-through of their first request
+	// does not read them again.
+	Seen     []string
 	Records  []Record
 	Rejected []Rejected
 }
@@ -153,6 +157,11 @@ func (im *Importer) Run(ctx context.Context) (Report, error) {
 		}
 		im.progress("%d/%d 3PIDs written or checked", min(start+writeBatch, len(todo)), len(todo))
 	}
+	for start := 0; start < len(snap.Seen); start += writeBatch {
+		if err := im.Store.MarkUsersSeen(ctx, snap.Seen[start:min(start+writeBatch, len(snap.Seen))], im.Clock.Now().UnixMilli()); err != nil {
+			return rep, err
+		}
+	}
 	slices.SortFunc(rep.Conflicts, func(a, b Conflict) int {
 		return cmp.Or(cmp.Compare(a.Medium, b.Medium), cmp.Compare(a.Address, b.Address))
 	})
@@ -209,26 +218,18 @@ func (im *Importer) write(ctx context.Context, batch []Record, rep *Report) erro
 	err := im.Store.WithTx(ctx, func(q storage.Querier) error {
 		imported, present, conflicts = 0, 0, nil
 		for _, r := range batch {
-			a := storage.Association{UserID: r.UserID, Medium: r.Medium, Address: r.Address,
-				ValidatedAt: cmp.Or(r.ValidatedAt, at), AddedAt: cmp.Or(r.AddedAt, at)}
-			err := q.InsertAssociation(ctx, a)
-			if err == nil {
+			outcome, holder, err := Insert(ctx, q, r, at)
+			switch {
+			case err != nil:
+				return err
+			case outcome == Imported:
 				imported++
-				continue
-			}
-			if !errors.Is(err, storage.ErrConflict) {
-				return fmt.Errorf("import %s of %s: %w", r.Medium, r.UserID, err)
-			}
-			owner, err := q.AssociationByAddress(ctx, r.Medium, r.Address)
-			if err != nil {
-				return fmt.Errorf("look up the holder of a %s of %s: %w", r.Medium, r.UserID, err)
-			}
-			if owner.UserID == r.UserID {
+			case outcome == Present:
 				present++
-				continue
+			default:
+				conflicts = append(conflicts, Conflict{Medium: r.Medium, Address: r.Address, Users: []string{r.UserID},
+					HeldBy: holder, Reason: ReasonHeldElsewhere})
 			}
-			conflicts = append(conflicts, Conflict{Medium: r.Medium, Address: r.Address, Users: []string{r.UserID},
-				HeldBy: owner.UserID, Reason: ReasonHeldElsewhere})
 		}
 		return nil
 	})
@@ -239,6 +240,42 @@ func (im *Importer) write(ctx context.Context, batch []Record, rep *Report) erro
 	rep.Present += present
 	rep.Conflicts = append(rep.Conflicts, conflicts...)
 	return nil
+}
+
+// Outcome is what [Insert] did with a record.
+type Outcome int
+
+// Outcomes of [Insert].
+const (
+	// Imported: the 3PID is now the record's account's.
+	Imported Outcome = iota
+	// Present: threepidd held it for that account already.
+	Present
+	// HeldElsewhere: threepidd holds it for another account, left as it is.
+	HeldElsewhere
+)
+
+// Insert writes one canonical record in q, without after-events (the
+// homeserver holds it already): its timestamps, or at where the homeserver
+// keeps none. It reports the holder when another account holds it.
+func Insert(ctx context.Context, q storage.Querier, r Record, at int64) (Outcome, string, error) {
+	a := storage.Association{UserID: r.UserID, Medium: r.Medium, Address: r.Address,
+		ValidatedAt: cmp.Or(r.ValidatedAt, at), AddedAt: cmp.Or(r.AddedAt, at)}
+	err := q.InsertAssociation(ctx, a)
+	if err == nil {
+		return Imported, "", nil
+	}
+	if !errors.Is(err, storage.ErrConflict) {
+		return 0, "", fmt.Errorf("import %s of %s: %w", r.Medium, r.UserID, err)
+	}
+	owner, err := q.AssociationByAddress(ctx, r.Medium, r.Address)
+	if err != nil {
+		return 0, "", fmt.Errorf("look up the holder of a %s of %s: %w", r.Medium, r.UserID, err)
+	}
+	if owner.UserID == r.UserID {
+		return Present, "", nil
+	}
+	return HeldElsewhere, owner.UserID, nil
 }
 
 // Write prints the report: the counts, then every conflict and every 3PID not

@@ -3,9 +3,7 @@ package importer
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/threepidd/threepidd/homeserver"
 )
@@ -43,7 +41,11 @@ func (s *Synapse) Read(ctx context.Context, progress func(format string, args ..
 		if err != nil {
 			return Snapshot{}, err
 		}
-		users, err := s.details(ctx, page.Users)
+		names := make([]string, len(page.Users))
+		for i, u := range page.Users {
+			names[i] = u.Name
+		}
+		users, err := s.Admin.Users(ctx, names, cmp.Or(s.Parallel, 4))
 		if err != nil {
 			return Snapshot{}, err
 		}
@@ -51,6 +53,7 @@ func (s *Synapse) Read(ctx context.Context, progress func(format string, args ..
 			if u.Name == "" || u.Deactivated {
 				continue
 			}
+			snap.Seen = append(snap.Seen, u.Name)
 			for _, tp := range u.Threepids {
 				snap.Records = append(snap.Records, Record{UserID: u.Name, Medium: tp.Medium, Address: tp.Address,
 					ValidatedAt: tp.ValidatedAt, AddedAt: tp.AddedAt})
@@ -67,33 +70,4 @@ func (s *Synapse) Read(ctx context.Context, progress func(format string, args ..
 		from = page.Next
 	}
 	return Snapshot{}, fmt.Errorf("the user listing did not end after %d pages", maxPages)
-}
-
-// details reads the accounts of one page, Parallel at a time. An account the
-// homeserver no longer knows is returned empty.
-func (s *Synapse) details(ctx context.Context, ids []string) ([]homeserver.SynapseUser, error) {
-	out := make([]homeserver.SynapseUser, len(ids))
-	errs := make([]error, len(ids))
-	sem := make(chan struct{}, cmp.Or(s.Parallel, 4))
-	var wg sync.WaitGroup
-	for i, id := range ids {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			u, err := s.Admin.User(ctx, id)
-			if errors.Is(err, homeserver.ErrUserNotFound) {
-				return
-			}
-			out[i], errs[i] = u, err
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
 }

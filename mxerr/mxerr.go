@@ -138,10 +138,7 @@ func Write(w http.ResponseWriter, r *http.Request, err error) {
 				w.Header().Add(k, v)
 			}
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", strconv.Itoa(len(raw.Body)))
-		w.WriteHeader(raw.Status)
-		_, _ = w.Write(raw.Body)
+		WriteBody(w, raw.Status, raw.Body)
 		return
 	}
 	var me *Error
@@ -162,6 +159,12 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, body = http.StatusInternalServerError, []byte(`{"errcode":"M_UNKNOWN","error":"Internal server error"}`)
 	}
+	WriteBody(w, status, body)
+}
+
+// WriteBody writes body, JSON already encoded (a homeserver's answer relayed),
+// with the given status.
+func WriteBody(w http.ResponseWriter, status int, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)

@@ -35,6 +35,7 @@ import (
 	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/policy"
 	"github.com/threepidd/threepidd/ratelimit"
+	"github.com/threepidd/threepidd/reconcile"
 	"github.com/threepidd/threepidd/router"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/backend"
@@ -56,6 +57,9 @@ type Server struct {
 	Account  *account.Service
 	Bindings *bindings.Service
 	OnUpdate *onupdate.Service
+	// Reconciler keeps Synapse's 3PID table and the store in step; nil
+	// without Synapse's admin API (kind dendrite, or no admin_token).
+	Reconciler *reconcile.Reconciler
 	// Events is the events webhook (off without policy.events_webhook.url).
 	Events *events.Webhook
 
@@ -118,6 +122,22 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	return s, nil
 }
 
+// Open builds every service from cfg on its store, without listeners or
+// background workers: for the subcommands that work beside a serving
+// instance (threepidd reconcile). Close releases it.
+func Open(ctx context.Context, cfg *config.Config) (*Server, error) {
+	s := &Server{cfg: cfg}
+	var err error
+	if s.Store, err = backend.Open(ctx, cfg.Database.Driver, cfg.Database.DSN); err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	if _, err := s.build(); err != nil {
+		s.Store.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
 // build constructs every service from the config, then registers the
 // routes, then lists the background workers. Nothing is changed once built.
 func (s *Server) build() (http.Handler, error) {
@@ -152,8 +172,8 @@ func (s *Server) build() (http.Handler, error) {
 		mirror = &events.Mirror{Admin: hs.SynapseAdmin(cfg.Homeserver.AdminToken), Store: s.Store}
 		sinks = events.Sinks{events.Counter{}, mirror, s.Events}
 	}
-	var hsAdmin *homeserver.SynapseAdmin // deactivation checks: only a Synapse has this API
-	if cfg.Homeserver.Kind == config.KindSynapse && cfg.Homeserver.AdminToken != "" {
+	var hsAdmin *homeserver.SynapseAdmin // only a Synapse has this API
+	if cfg.SynapseAdmin() {
 		hsAdmin = hs.SynapseAdmin(cfg.Homeserver.AdminToken)
 	}
 
@@ -194,6 +214,9 @@ func (s *Server) build() (http.Handler, error) {
 		Homeserver:            hs,
 		HomeserverAdmin:       hsAdmin,
 	}
+	if hsAdmin != nil {
+		s.Account.Holders = hsAdmin
+	}
 	if cfg.EmailEnabled() {
 		if s.Account.Templates, err = delivery.LoadTemplates(cfg.Email); err != nil {
 			return nil, fmt.Errorf("config: %w", err)
@@ -204,11 +227,21 @@ func (s *Server) build() (http.Handler, error) {
 		s.Account.SMS = delivery.NewSMSSender(cfg.MSISDN.WebhookURL, out)
 	}
 	s.OnUpdate = &onupdate.Service{Store: s.Store, Bindings: s.Bindings, MaxAge: cfg.OnUpdate.MaxAge, ClockSkew: cfg.OnUpdate.ClockSkew}
+	var readThrough *reconcile.ReadThrough
+	if hsAdmin != nil {
+		s.Reconciler = &reconcile.Reconciler{Store: s.Store, Admin: hsAdmin, Mirror: mirror, Deactivator: s.Account,
+			Interval: cfg.Homeserver.ReconcileInterval}
+		readThrough = reconcile.NewReadThrough(s.Reconciler)
+	}
+	logWhatStopsWorking(cfg)
 	stream := tpsync.New(s.Store, tpsync.Options{Retention: cfg.Sync.Retention})
 
 	// The routes.
 	authn := &auth.Auth{Homeserver: hs, Proxies: proxies}
 	unbindPerUser := ratelimit.New(s.Store, "unbind_per_user", cfg.RateLimit.UnbindPerUser) // /3pid/unbind and /3pid/delete together
+	if readThrough != nil {
+		authn.Seen = readThrough
+	}
 	routes := router.NewRouter()
 	ready := &readiness{store: s.Store, hs: hs}
 	routes.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
@@ -223,6 +256,7 @@ func (s *Server) build() (http.Handler, error) {
 		},
 		&clientapi.Bindings{Service: s.Bindings, Auth: authn, UnbindPerUser: unbindPerUser},
 		&clientapi.Deactivate{Service: s.Account, Auth: authn},
+		&clientapi.Capabilities{Homeserver: hs, Auth: authn, ThreepidChanges: cfg.ThreepidChanges()},
 		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs, Budget: proxy.NewBudget(cfg.Sync.SpliceBudgetBytes)},
 		&federationapi.OnUpdate{
 			Service:   s.OnUpdate,
@@ -244,10 +278,12 @@ func (s *Server) build() (http.Handler, error) {
 	if mirror != nil {
 		s.workers = append(s.workers, mirror.Worker())
 	}
+	if s.Reconciler != nil && cfg.Homeserver.ReconcileInterval > 0 {
+		s.workers = append(s.workers, &reconcile.Worker{R: s.Reconciler})
+	}
 	return router.Wrap(routes, proxies.FromProxy), nil
 }
 
-// health is the liveness check: the process answers and its database too.
 // namedIdentityServers returns the client of the identity servers clients
 // name: a transport that connects only to addresses outbound.ip_range_denylist
 // and _allowlist let through (checked after DNS resolution), with the roots of
@@ -265,6 +301,28 @@ func namedIdentityServers(cfg *config.Config, key *signingkey.Key) (*identity.Cl
 	return identity.NewClient(cfg.ServerName, key, federation.NewKeyRing(guarded), guarded), nil
 }
 
+// logWhatStopsWorking warns, at startup, of what a Synapse deployment loses
+// without the mirror or the admin API (homeserver.mirror: none set explicitly,
+// no homeserver.admin_token).
+func logWhatStopsWorking(cfg *config.Config) {
+	if cfg.Homeserver.Kind != config.KindSynapse {
+		return
+	}
+	if cfg.Homeserver.Mirror == config.MirrorNone {
+		slog.Warn("homeserver.mirror is none: Synapse's own 3PID table no longer follows threepidd. " +
+			"Addresses added through threepidd do not reset passwords by e-mail, do not log in with m.id.thirdparty " +
+			"and get no e-mail notification pusher; addresses removed through threepidd still do all three; " +
+			"Synapse's registration does not see them as taken.")
+	}
+	if !cfg.SynapseAdmin() {
+		slog.Warn("homeserver.admin_token is empty: threepidd does not ask Synapse who holds an address before granting it, " +
+			"does not import an address given at registration on the user's first request (GET /account/3pid omits it, and " +
+			"another account may add it), and runs no reconcile pass (accounts deactivated through Synapse's admin API keep " +
+			"their 3PIDs and identity-server bindings in threepidd).")
+	}
+}
+
+// health is the liveness check: the process answers and its database too.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 	if err := ping(r.Context(), s.Store); err != nil {
 		return err
@@ -320,13 +378,19 @@ func (s *Server) Shutdown() error {
 		s.cancel()
 	}
 	s.wg.Wait()
-	if mailer, ok := s.Account.Email.(io.Closer); ok {
-		_ = mailer.Close()
-	}
-	if cerr := s.Store.Close(); cerr != nil && err == nil {
+	if cerr := s.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// Close ends the idle SMTP connections and closes the database: all of
+// Shutdown for a Server from Open.
+func (s *Server) Close() error {
+	if mailer, ok := s.Account.Email.(io.Closer); ok {
+		_ = mailer.Close()
+	}
+	return s.Store.Close()
 }
 
 func (s *Server) closeListeners() {

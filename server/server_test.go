@@ -14,6 +14,7 @@ import (
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/policy"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // TestEventsWebhookDeliversThroughPooledTransport: the worker that delivers
@@ -85,5 +86,46 @@ func TestBrokenMailTemplate(t *testing.T) {
 	const want = "config: email.template_dir: template: validation.html:1:"
 	if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "Tokn") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("error %q, want one line starting %q", err, want)
+	}
+}
+
+// TestLogsWhatStopsWorking: a Synapse without the mirror, or without the
+// admin API, starts, and says at startup what that costs.
+func TestLogsWhatStopsWorking(t *testing.T) {
+	tests := []struct {
+		name       string
+		kind       string
+		adminToken string
+		want       []string
+		wantNot    []string
+	}{
+		{"synapse, mirror none, no admin token", config.KindSynapse, "",
+			[]string{"homeserver.mirror is none", "do not reset passwords by e-mail", "homeserver.admin_token is empty", "runs no reconcile pass"}, nil},
+		{"synapse, mirror none, admin token", config.KindSynapse, "t",
+			[]string{"homeserver.mirror is none"}, []string{"homeserver.admin_token is empty"}},
+		{"dendrite", config.KindDendrite, "", nil, []string{"homeserver.mirror is none", "homeserver.admin_token is empty"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := support.CaptureLogs(t)
+			cfg := testConfig(t)
+			cfg.Homeserver.Kind = tt.kind
+			cfg.Homeserver.AdminToken = tt.adminToken
+			srv, err := New(context.Background(), &cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Shutdown()
+			for _, w := range tt.want {
+				if !strings.Contains(logs.String(), w) {
+					t.Errorf("the startup log does not say %q:\n%s", w, logs)
+				}
+			}
+			for _, w := range tt.wantNot {
+				if strings.Contains(logs.String(), w) {
+					t.Errorf("the startup log says %q:\n%s", w, logs)
+				}
+			}
+		})
 	}
 }

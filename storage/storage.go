@@ -132,6 +132,8 @@ type Querier interface {
 	// committed, never after a rollback; outside a transaction, at once. For
 	// what must count only changes that happened (metrics).
 	AfterCommit(fn func())
+	SeenUsers
+	Jobs
 }
 
 // Sessions stores validation sessions and their tokens.
@@ -203,6 +205,9 @@ type Associations interface {
 	DeleteAssociation(ctx context.Context, userID, medium, address string) (bool, error)
 	// CountAssociations returns how many 3PIDs userID holds.
 	CountAssociations(ctx context.Context, userID string) (int, error)
+	// AssociationsOfUsers lists the associations of every user in userIDs,
+	// ordered by user, added_at, medium, address.
+	AssociationsOfUsers(ctx context.Context, userIDs []string) ([]Association, error)
 	// LockUser, inside WithTx, makes other transactions that lock userID wait
 	// until this one ends, so that a count of a user's associations stays
 	// true until the insert that depends on it commits. Outside a transaction
@@ -221,6 +226,9 @@ type Bindings interface {
 	BindingsOf3PID(ctx context.Context, medium, address, idServer string) ([]Binding, error)
 	// DeleteBinding removes one binding record; it reports whether a row was removed.
 	DeleteBinding(ctx context.Context, userID, medium, address, idServer string) (bool, error)
+	// UsersWithBindings returns the users of userIDs that have a binding
+	// recorded, sorted.
+	UsersWithBindings(ctx context.Context, userIDs []string) ([]string, error)
 }
 
 // Notifications is the per-user 3PID notification stream.
@@ -271,6 +279,9 @@ type Outbox interface {
 	// group to at least until (later ones keep theirs) and returns how many
 	// moved; group must not be empty.
 	DeferOutboxGroup(ctx context.Context, kind, group string, until int64) (int64, error)
+	// CountOutboxKeyPrefix returns how many items of kind whose Key starts
+	// with prefix (non-empty) are pending.
+	CountOutboxKeyPrefix(ctx context.Context, kind, prefix string) (int64, error)
 }
 
 // Replays remembers the requests already applied, so a replay is a no-op.
@@ -280,6 +291,54 @@ type Replays interface {
 	RememberRequest(ctx context.Context, hash string, at int64) (bool, error)
 	// ForgetRequestsBefore drops remembered hashes older than t.
 	ForgetRequestsBefore(ctx context.Context, t int64) (int64, error)
+}
+
+// SeenUsers remembers the users whose homeserver 3PIDs were imported at
+// least once (the read-through of a user's first request, an import, a
+// reconcile pass), so that they are not imported on every request again.
+type SeenUsers interface {
+	// UserSeen reports whether userID was marked seen.
+	UserSeen(ctx context.Context, userID string) (bool, error)
+	// MarkUsersSeen marks every user of userIDs seen at `at` (users already
+	// seen keep their time).
+	MarkUsersSeen(ctx context.Context, userIDs []string, at int64) error
+}
+
+// Job is the state of a periodic background job that walks a long listing:
+// who holds its lease, where an unfinished pass stopped, when the next is due.
+type Job struct {
+	Name string
+	// Holder is the lease holder ("" when free) and LeaseUntil when its lease
+	// ends, whether or not it released it.
+	Holder     string
+	LeaseUntil int64
+	// Cursor is where the unfinished pass resumes; "" when no pass is under way.
+	Cursor string
+	// StartedAt is when the current (or last) pass started, FinishedAt when
+	// the last one finished (0: never), NextRun when the next is due.
+	StartedAt, FinishedAt, NextRun int64
+}
+
+// Jobs stores the state of periodic jobs. One holder at a time runs a job:
+// the lease is taken and renewed in the database, so instances sharing it
+// take turns, and a holder that died is replaced once its lease ends.
+type Jobs interface {
+	// ClaimJob takes the lease of job name for holder until leaseUntil when
+	// it is free, expired (at or before now) or already holder's, and the
+	// job has work: a pass under way (a cursor), a pass due (NextRun at or
+	// before now), or force. A job never seen before is created with
+	// NextRun = firstRun. It returns the job as claimed (StartedAt set to now
+	// when a new pass begins) and true, or the job as it is and false.
+	ClaimJob(ctx context.Context, name, holder string, now, leaseUntil, firstRun int64, force bool) (Job, bool, error)
+	// SaveJobCursor records where holder's pass has got to and extends its
+	// lease; ErrNotFound if holder no longer holds the lease.
+	SaveJobCursor(ctx context.Context, name, holder, cursor string, leaseUntil int64) error
+	// FinishJob ends holder's pass: cursor cleared, FinishedAt and NextRun
+	// set, lease released; ErrNotFound if holder no longer holds the lease.
+	FinishJob(ctx context.Context, name, holder string, finishedAt, nextRun int64) error
+	// ReleaseJob gives holder's lease up, keeping the cursor for the next
+	// holder; nothing happens if holder does not hold it.
+	ReleaseJob(ctx context.Context, name, holder string) error
 }
 
 // Store is a database.

@@ -20,24 +20,9 @@ import (
 // reported, not errors: the exit status is 0 once the import finished, 1 if it
 // could not. Running it again changes nothing.
 func importThreepids(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("import", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "threepidd.yaml", "configuration file")
-	dendriteDB := fs.String("dendrite-db", "", "homeserver.kind dendrite: its user API database, a SQLite file or postgres:// URL (opened read-only)")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: threepidd import -config FILE [-dendrite-db DSN]")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "threepidd import: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return errUsage
-	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	cfg, err := config.Load(*path, os.Environ())
+	cmd := newConfigCommand("import", "usage: threepidd import -config FILE [-dendrite-db DSN]", stderr)
+	dendriteDB := cmd.flags.String("dendrite-db", "", "homeserver.kind dendrite: its user API database, a SQLite file or postgres:// URL (opened read-only)")
+	cfg, err := cmd.load(args)
 	if err != nil {
 		return err
 	}
@@ -59,4 +44,41 @@ func importThreepids(ctx context.Context, args []string, stdout, stderr io.Write
 		err = fmt.Errorf("write report: %w", werr)
 	}
 	return err
+}
+
+// configCommand is the command line of a subcommand that works on the
+// configuration file of a serving instance (import, reconcile).
+type configCommand struct {
+	name   string
+	flags  *flag.FlagSet
+	path   *string
+	stderr io.Writer
+}
+
+// newConfigCommand returns the flags of subcommand name, -config among them;
+// the caller may add its own before load.
+func newConfigCommand(name, usage string, stderr io.Writer) *configCommand {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &configCommand{name: name, flags: fs, path: fs.String("config", "threepidd.yaml", "configuration file"), stderr: stderr}
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	return c
+}
+
+// load parses args (no positional arguments), sends warnings and worse to
+// stderr, and loads the configuration with the environment's overrides.
+func (c *configCommand) load(args []string) (*config.Config, error) {
+	if err := c.flags.Parse(args); err != nil {
+		return nil, errUsage
+	}
+	if c.flags.NArg() > 0 {
+		fmt.Fprintf(c.stderr, "threepidd %s: unexpected argument %q\n", c.name, c.flags.Arg(0))
+		c.flags.Usage()
+		return nil, errUsage
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	return config.Load(*c.path, os.Environ())
 }

@@ -22,45 +22,59 @@ func TestImport(t *testing.T) {
 			alice, bob := hs.AddUser("alice", "pw"), hs.AddUser("bob", "pw")
 			hs.SetThreepids(alice, []fakes.HomeserverThreepid{{Medium: "email", Address: "alice@example.org"}})
 			hs.SetThreepids(bob, []fakes.HomeserverThreepid{{Medium: "msisdn", Address: "447700900002"}, {Medium: "email", Address: "@@"}})
-			dir := t.TempDir()
-			// configFile writes a configuration whose homeserver mapping holds hsKeys.
-			configFile := func(name, hsKeys string) string {
-				path := filepath.Join(dir, name+".yaml")
-				y := fmt.Sprintf("server_name: hs.test\ndatabase: {driver: %s, dsn: %q}\nhomeserver: {url: %q%s}\n", b.Driver, b.DSN, hs.URL(), hsKeys)
-				if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				return path
-			}
+			configFile := configFiles(t, b, hs)
 			synapse := configFile("synapse", ", kind: synapse, admin_token: hs-admin")
-			tests := []struct {
-				name           string
-				args           []string
-				exit           int
-				stdout, stderr string // substrings expected
-			}{
+			runCommandCases(t, []commandCase{
 				{"first run", []string{"import", "-config", synapse}, 0,
 					"imported:         2\n  already present:  0", "import: 2/2 accounts read, 3 3PIDs"},
 				{"second run changes nothing", []string{"import", "-config", synapse}, 0,
 					"imported:         0\n  already present:  2\n  conflicts:        0\n  not imported:     1\nnot imported: @bob:hs.test email \"@@\"", ""},
 				{"stray argument", []string{"import", "-config", synapse, "now"}, 2, "", `unexpected argument "now"`},
-				{"no admin token", []string{"import", "-config", configFile("no-token", ", kind: synapse")}, 1, "", "homeserver.admin_token is required"},
+				{"no admin token", []string{"import", "-config", configFile("no-token", ", kind: synapse")}, 1, "", "homeserver.admin_token: required"},
 				{"wrong admin token", []string{"import", "-config", configFile("wrong", ", kind: synapse, admin_token: nope")}, 1, "", "HTTP 401 M_UNKNOWN_TOKEN"},
 				{"dendrite without its database", []string{"import", "-config", configFile("dendrite", ", kind: dendrite")}, 1, "", "-dendrite-db"},
 				{"dendrite database for synapse", []string{"import", "-config", synapse, "-dendrite-db", "x.db"}, 1, "", "only for homeserver.kind dendrite"},
-				{"missing config", []string{"import", "-config", filepath.Join(dir, "absent.yaml")}, 1, "", "absent.yaml"},
+				{"missing config", []string{"import", "-config", filepath.Join(t.TempDir(), "absent.yaml")}, 1, "", "absent.yaml"},
+			})
+		})
+	}
+}
+
+// commandCase is one run of the command line and what it must print.
+type commandCase struct {
+	name           string
+	args           []string
+	exit           int
+	stdout, stderr string // substrings expected
+}
+
+// runCommandCases runs each case in-process, in order.
+func runCommandCases(t *testing.T, cases []commandCase) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if exit := run(context.Background(), tt.args, &stdout, &stderr); exit != tt.exit {
+				t.Fatalf("exit %d, want %d; stdout %q, stderr %q", exit, tt.exit, stdout.String(), stderr.String())
 			}
-			for _, tt := range tests {
-				t.Run(tt.name, func(t *testing.T) {
-					var stdout, stderr bytes.Buffer
-					if exit := run(context.Background(), tt.args, &stdout, &stderr); exit != tt.exit {
-						t.Fatalf("exit %d, want %d; stdout %q, stderr %q", exit, tt.exit, stdout.String(), stderr.String())
-					}
-					if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
-						t.Fatalf("stdout %q, stderr %q; want %q and %q in them", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
-					}
-				})
+			if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
+				t.Fatalf("stdout %q, stderr %q; want %q and %q in them", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
 			}
 		})
+	}
+}
+
+// configFiles returns a writer of configuration files on backend b in front
+// of hs: the file's name, and the keys added to its homeserver mapping.
+func configFiles(t *testing.T, b storagetest.Backend, hs *fakes.Homeserver) func(name, hsKeys string) string {
+	dir := t.TempDir()
+	return func(name, hsKeys string) string {
+		t.Helper()
+		path := filepath.Join(dir, name+".yaml")
+		y := fmt.Sprintf("server_name: hs.test\ndatabase: {driver: %s, dsn: %q}\nhomeserver: {url: %q%s}\n", b.Driver, b.DSN, hs.URL(), hsKeys)
+		if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
 	}
 }

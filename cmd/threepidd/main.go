@@ -4,6 +4,7 @@
 //	threepidd generate-key -out signing.key   write an ed25519 signing key
 //	threepidd notify ...                      send a signed onupdate
 //	threepidd import -config threepidd.yaml   import the homeserver's 3PIDs
+//	threepidd reconcile -config threepidd.yaml  compare with Synapse, repair
 //	threepidd demo                            a guided tour
 //
 // Run "threepidd help" for every subcommand.
@@ -38,6 +39,9 @@ const usage = `usage: threepidd [command] [flags]
                                send a signed onupdate, as an identity server would
   import -config FILE [-dendrite-db DSN]
                                copy the homeserver's existing 3PIDs into threepidd
+  reconcile -config FILE       compare every Synapse account with threepidd now:
+                               import, write back, clean up deactivations,
+                               report conflicts
   demo [-listen ADDR] [-v]     walk through the whole story against in-process stand-ins
   help                         this text
 
@@ -55,6 +59,7 @@ var commands = map[string]func(ctx context.Context, args []string, stdout, stder
 	"generate-key": generateKey,
 	"notify":       notify,
 	"import":       importThreepids,
+	"reconcile":    reconcileCommand,
 	"demo":         runDemo,
 }
 

@@ -37,6 +37,7 @@ func TestSubcommandUsageNamesEveryFlag(t *testing.T) {
 		"generate-key": {"-out", "-format", "-id"},
 		"notify":       {"-key", "-origin", "-destination", "-to", "-threepid", "-mxid", "-deleted", "-medium"},
 		"import":       {"-config", "-dendrite-db"},
+		"reconcile":    {"-config"},
 		"demo":         {"-listen", "-v"},
 		"serve":        {"-config"},
 	} {

@@ -3,6 +3,8 @@ package sqlstore
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/threepidd/threepidd/storage"
 )
@@ -19,7 +21,9 @@ var (
 	qDeleteAssociation = defineQuery(`DELETE FROM associations
 		WHERE user_id = ? AND medium = ? AND address = ?`)
 	qCountAssociations = defineQuery(`SELECT COUNT(*) FROM associations WHERE user_id = ?`)
-	qLockUser          = defineQuery(`{{userlock}}`)
+	// qAssociationsOfUsers is completed with the placeholders of the users.
+	qAssociationsOfUsers = `SELECT ` + associationColumns + ` FROM associations WHERE user_id IN (`
+	qLockUser            = defineQuery(`{{userlock}}`)
 )
 
 func scanAssociation(r scanner) (a storage.Association, err error) {
@@ -75,6 +79,23 @@ func (q *querier) CountAssociations(ctx context.Context, userID string) (int, er
 		return 0, fmt.Errorf("count associations of %q: %w", userID, err)
 	}
 	return n, nil
+}
+
+// AssociationsOfUsers lists the associations of every user in userIDs,
+// ordered by user, added_at, medium, address.
+func (q *querier) AssociationsOfUsers(ctx context.Context, userIDs []string) ([]storage.Association, error) {
+	out := []storage.Association{}
+	err := inChunks(userIDs, func(chunk []any) error {
+		as, err := listAd(ctx, q, qAssociationsOfUsers+placeholders(len(chunk))+`) ORDER BY user_id, added_at, medium, address`,
+			scanAssociation, chunk...)
+		out = append(out, as...)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("associations of %d users: %w", len(userIDs), err)
+	}
+	slices.SortStableFunc(out, func(a, b storage.Association) int { return strings.Compare(a.UserID, b.UserID) })
+	return out, nil
 }
 
 // LockUser takes the dialect's per-user lock, if it has one.

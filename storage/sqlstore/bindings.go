@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/threepidd/threepidd/storage"
 )
@@ -20,6 +21,8 @@ var (
 		WHERE medium = ? AND address = ? ORDER BY id_server, user_id`)
 	qDeleteBinding = defineQuery(`DELETE FROM bindings
 		WHERE user_id = ? AND medium = ? AND address = ? AND id_server = ?`)
+	// qUsersWithBindings is completed with the placeholders of the users.
+	qUsersWithBindings = `SELECT DISTINCT user_id FROM bindings WHERE user_id IN (`
 )
 
 func scanBinding(r scanner) (b storage.Binding, err error) {
@@ -69,4 +72,20 @@ func (q *querier) DeleteBinding(ctx context.Context, userID, medium, address, id
 		return false, fmt.Errorf("delete binding %s %q on %q: %w", medium, address, idServer, err)
 	}
 	return n > 0, nil
+}
+
+// UsersWithBindings returns the users of userIDs that have a binding recorded, sorted.
+func (q *querier) UsersWithBindings(ctx context.Context, userIDs []string) ([]string, error) {
+	out := []string{}
+	err := inChunks(userIDs, func(chunk []any) error {
+		users, err := listAd(ctx, q, qUsersWithBindings+placeholders(len(chunk))+`)`,
+			func(r scanner) (u string, err error) { return u, r.Scan(&u) }, chunk...)
+		out = append(out, users...)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("users with bindings among %d: %w", len(userIDs), err)
+	}
+	slices.Sort(out)
+	return out, nil
 }

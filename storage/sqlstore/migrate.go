@@ -134,6 +134,23 @@ var migrations = []migration{
 		)`,
 		`CREATE INDEX ratelimit_buckets_by_tat ON ratelimit_buckets (tat)`,
 	}},
+	{7, "users whose homeserver 3PIDs were imported", []string{
+		`CREATE TABLE seen_users (
+			user_id TEXT PRIMARY KEY,
+			seen_at BIGINT NOT NULL
+		)`,
+	}},
+	{8, "periodic jobs: lease, cursor, schedule", []string{
+		`CREATE TABLE jobs (
+			name        TEXT PRIMARY KEY,
+			holder      TEXT NOT NULL,
+			lease_until BIGINT NOT NULL,
+			cursor      TEXT NOT NULL,
+			started_at  BIGINT NOT NULL,
+			finished_at BIGINT NOT NULL,
+			next_run    BIGINT NOT NULL
+		)`,
+	}},
 }
 
 var (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/threepidd/threepidd/storage"
 )
@@ -37,6 +38,8 @@ var (
 		) ORDER BY next_attempt, id LIMIT ?{{skiplocked}}`)
 	qDeferOutboxGroup = defineQuery(`UPDATE outbox SET next_attempt = ?
 		WHERE kind = ? AND item_group = ? AND next_attempt < ?`)
+	qCountOutboxKeyPrefix = defineQuery(`SELECT COUNT(*) FROM outbox
+		WHERE kind = ? AND item_key <> '' AND substr(item_key, 1, ?) = ?`)
 )
 
 // leaseOutboxSQL is the UPDATE that leases claimed rows; Rebind runs on it
@@ -163,6 +166,19 @@ func (q *querier) DeferOutboxGroup(ctx context.Context, kind, group string, unti
 	n, err := q.exec(ctx, qDeferOutboxGroup, until, kind, group, until)
 	if err != nil {
 		return 0, fmt.Errorf("defer %s items of %s: %w", kind, group, err)
+	}
+	return n, nil
+}
+
+// CountOutboxKeyPrefix returns how many items of kind whose Key starts with
+// prefix are pending. substr counts characters on both backends.
+func (q *querier) CountOutboxKeyPrefix(ctx context.Context, kind, prefix string) (int64, error) {
+	if prefix == "" {
+		return 0, fmt.Errorf("count %s items: empty key prefix", kind)
+	}
+	n, err := scalar[int64](ctx, q, q.read, qCountOutboxKeyPrefix, kind, utf8.RuneCountInString(prefix), prefix)
+	if err != nil {
+		return 0, fmt.Errorf("count %s items by key prefix: %w", kind, err)
 	}
 	return n, nil
 }

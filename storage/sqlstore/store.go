@@ -357,6 +357,11 @@ func list[T any](ctx context.Context, q *querier, id query, scan func(scanner) (
 	if err != nil {
 		return nil, q.s.translate(err)
 	}
+	return scanRows(q.s, rows, scan)
+}
+
+// scanRows scans every row with scan and closes rows.
+func scanRows[T any](s *Store, rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
 	defer rows.Close()
 	out := []T{}
 	for rows.Next() {
@@ -367,9 +372,36 @@ func list[T any](ctx context.Context, q *querier, id query, scan func(scanner) (
 		out = append(out, v)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, q.s.translate(err)
+		return nil, s.translate(err)
 	}
 	return out, nil
+}
+
+// listAd is list for SQL made at run time (an IN list of a given length),
+// rebound for the dialect here.
+func listAd[T any](ctx context.Context, q *querier, sqlText string, scan func(scanner) (T, error), args ...any) ([]T, error) {
+	rows, err := q.read.QueryContext(ctx, q.s.dialect.Rebind(q.s.tokens.Replace(sqlText)), args...)
+	if err != nil {
+		return nil, q.s.translate(err)
+	}
+	return scanRows(q.s, rows, scan)
+}
+
+// inChunk is how many values one IN list holds at most.
+const inChunk = 500
+
+// inChunks calls fn with the values, inChunk at a time, as query arguments.
+func inChunks(values []string, fn func(chunk []any) error) error {
+	for start := 0; start < len(values); start += inChunk {
+		chunk := make([]any, 0, min(inChunk, len(values)-start))
+		for _, v := range values[start:min(start+inChunk, len(values))] {
+			chunk = append(chunk, v)
+		}
+		if err := fn(chunk); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // scanner is *sql.Row or *sql.Rows.

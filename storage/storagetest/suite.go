@@ -42,6 +42,9 @@ func TestSuite(t *testing.T) {
 		{"WithTx", testWithTx},
 		{"Reopen", testReopen},
 		{"NewerSchemaRefused", testNewerSchemaRefused},
+		{"BatchLookups", testBatchLookups},
+		{"SeenUsers", testSeenUsers},
+		{"Jobs", testJobs},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -29,10 +29,13 @@ import (
 // SlidingSyncPath is the simplified sliding sync endpoint (MSC4186).
 const SlidingSyncPath = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 
-// RelationsPath is the shortest of the relations endpoints, which take sync
+// relationsPrefixes are where the relations endpoints live: the spec's v1,
+// and Synapse's unstable (client_patterns with releases=("v1",)).
+var relationsPrefixes = []string{"/_matrix/client/v1", "/_matrix/client/unstable"}
+
+// relationsPath is the shortest of the relations endpoints, which take sync
 // tokens as from and to; the others add /{relType} and /{relType}/{eventType}.
-// The spec serves them under v1 only.
-const RelationsPath = "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"
+const relationsPath = "/rooms/{roomId}/relations/{eventId}"
 
 // passthrough labels the metrics of the requests forwarded with their tokens
 // stripped (passTokens).
@@ -81,19 +84,24 @@ func (p *Proxy) budget() *Budget {
 	return p.Budget
 }
 
-// Register adds the proxied routes under every client prefix. Room IDs are
-// matched percent-encoded, so that an encoded "/" stays inside its segment.
+// Register adds the proxied routes under every client prefix (room messages
+// under api/v1 too, as Synapse serves them). Room IDs are matched
+// percent-encoded, so that an encoded "/" stays inside its segment.
 func (p *Proxy) Register(r *mux.Router) {
 	encoded := router.EncodedSubrouter(r)
 	for _, prefix := range httpapi.ClientPrefixes {
 		r.Handle(prefix+"/sync", p.Auth.Require(p.sync)).Methods(http.MethodGet)
 		r.Handle(prefix+"/keys/changes", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
+	}
+	for _, prefix := range append([]string{httpapi.LegacyPrefix}, httpapi.ClientPrefixes...) {
 		encoded.Handle(prefix+"/rooms/{roomId}/messages", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
 		// matrix-js-sdk passes its last next_batch as "at" (lazy-loaded members).
 		encoded.Handle(prefix+"/rooms/{roomId}/members", mxerr.Handler(p.passTokens("at"))).Methods(http.MethodGet)
 	}
-	for _, tail := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
-		encoded.Handle(RelationsPath+tail, mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
+	for _, prefix := range relationsPrefixes {
+		for _, tail := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
+			encoded.Handle(prefix+relationsPath+tail, mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
+		}
 	}
 	r.Handle(SlidingSyncPath, p.Auth.Require(p.slidingSync)).Methods(http.MethodPost)
 }

@@ -32,6 +32,9 @@ const (
 	serverName = "hs.test"
 	isName     = "id1.test"
 	adminToken = "crash-admin-token"
+	// hsAdminToken is the fake Synapse's admin token: the binary runs with
+	// the mirror, as a Synapse deployment does.
+	hsAdminToken = "crash-synapse-admin-token"
 )
 
 func TestMain(m *testing.M) { os.Exit(support.RunTests(m)) }
@@ -69,6 +72,7 @@ func newFixture(t *testing.T, b storagetest.Backend) *fixture {
 	support.ThreepiddBinary(t) // built before the fakes start
 	f := &fixture{t: t, dir: t.TempDir(), Backend: b, listen: "127.0.0.1:0"}
 	f.HS = fakes.NewHomeserver(t, serverName)
+	f.HS.SetAdminToken(hsAdminToken)
 	f.SMTP = fakes.NewSMTPSink(t)
 	f.IS = fakes.NewIdentityServer(t, isName)
 	key, err := signingkey.Generate("")
@@ -103,7 +107,7 @@ func (f *fixture) writeConfig() string {
 	fmt.Fprintf(&y, "server_name: %s\nlisten: %s\nsigning_key_path: %q\nadmin_token: %s\n",
 		serverName, f.listen, filepath.Join(f.dir, "signing.key"), adminToken)
 	fmt.Fprintf(&y, "database: {driver: %s, dsn: %q}\n", f.Backend.Driver, f.Backend.DSN)
-	fmt.Fprintf(&y, "homeserver: {url: %q, kind: synapse, token_cache_ttl: 2s}\n", f.HS.URL())
+	fmt.Fprintf(&y, "homeserver: {url: %q, kind: synapse, token_cache_ttl: 2s, admin_token: %s}\n", f.HS.URL(), hsAdminToken)
 	fmt.Fprintf(&y, "email: {smtp_host: 127.0.0.1, smtp_port: %d, from: \"threepidd@hs.test\"}\n", f.SMTP.Port())
 	y.WriteString("ratelimit: {requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}, unbind_per_user: {per_second: 0}}\n")
 	fmt.Fprintf(&y, "identity_servers:\n  - {server_name: %s, base_url: %q, onupdate: true}\n", isName, f.IS.URL())

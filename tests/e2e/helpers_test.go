@@ -25,7 +25,7 @@ const (
 const (
 	adminToken   = "adm-s3cret"
 	adminPrefix  = "/_threepidd/admin/v1"
-	hsAdminToken = "syt_synapse_admin"
+	hsAdminToken = harness.HSAdminToken
 	// mirrorYAML turns the Synapse mirror on (harness.Options.HomeserverYAML).
 	mirrorYAML = "admin_token: " + hsAdminToken + ", mirror: synapse_admin"
 )

@@ -93,6 +93,28 @@ type Homeserver struct {
 
 	down         bool
 	unbindResult string
+
+	// holders indexes every user's 3PIDs: Synapse's user_threepids is
+	// unique on (medium, address).
+	holders map[hsThreepidKey]*hsUser
+	// emailNotifsForNewUsers is Synapse's email.enable_notifs together with
+	// email.notif_for_new_users: an e-mail given at registration (or with a
+	// user the admin PUT creates) gets an "m.email" pusher.
+	emailNotifsForNewUsers bool
+	// threepidChanges is Synapse's enable_3pid_changes, as /capabilities
+	// shows it (m.3pid_changes).
+	threepidChanges bool
+}
+
+// hsThreepidKey is a 3PID as Synapse's table is keyed.
+type hsThreepidKey struct{ medium, address string }
+
+// HomeserverPusher is a pusher as Synapse's admin API lists it (the fields
+// the fake models: e-mail pushers).
+type HomeserverPusher struct {
+	Kind    string `json:"kind"`
+	AppID   string `json:"app_id"`
+	PushKey string `json:"pushkey"`
 }
 
 type hsUser struct {
@@ -102,6 +124,7 @@ type hsUser struct {
 	deactivated bool
 	createdAt   int64 // seconds, as Synapse's creation_ts
 	threepids   []HomeserverThreepid
+	pushers     []HomeserverPusher
 }
 
 type hsToken struct {
@@ -173,6 +196,10 @@ func NewHomeserver(t testing.TB, serverName string) *Homeserver {
 		queries:          map[string][]url.Values{},
 		wake:             make(chan struct{}),
 		unbindResult:     "success",
+		holders:          map[hsThreepidKey]*hsUser{},
+
+		emailNotifsForNewUsers: true,
+		threepidChanges:        true,
 	}
 	hs.srv = httptest.NewServer(hs.routes())
 	t.Cleanup(func() {
@@ -185,7 +212,8 @@ func NewHomeserver(t testing.TB, serverName string) *Homeserver {
 func (hs *Homeserver) routes() http.Handler {
 	r := mux.NewRouter()
 	r.SkipClean(true)
-	const client = "/_matrix/client/{version:(?:r0|v3)}"
+	// Synapse's client_patterns: r0, v3 and unstable (testdata/routes).
+	const client = "/_matrix/client/{version:(?:r0|v3|unstable)}"
 	r.Handle("/_matrix/client/versions", hsHandler(hs.serveVersions)).Methods(http.MethodGet)
 	r.Handle(client+"/account/whoami", hsHandler(hs.serveWhoami)).Methods(http.MethodGet)
 	r.Handle(client+"/account/3pid/add", hsHandler(hs.serveThreepidAdd)).Methods(http.MethodPost)
@@ -194,15 +222,20 @@ func (hs *Homeserver) routes() http.Handler {
 	r.Handle(client+"/delete_devices", hsHandler(hs.serveDeleteDevices)).Methods(http.MethodPost)
 	r.Handle(client+"/sync", hsHandler(hs.serveSync)).Methods(http.MethodGet)
 	r.Handle(client+"/keys/changes", hsHandler(hs.serveKeyChanges)).Methods(http.MethodGet)
-	r.Handle(client+"/rooms/{roomId}/messages", hsHandler(hs.serveMessages)).Methods(http.MethodGet)
+	r.Handle("/_matrix/client/{version:(?:api/v1|r0|v3|unstable)}/rooms/{roomId}/messages", hsHandler(hs.serveMessages)).Methods(http.MethodGet)
 	r.Handle(client+"/rooms/{roomId}/members", hsHandler(hs.serveMembers)).Methods(http.MethodGet)
 	for _, tail := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
-		r.Handle("/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"+tail, hsHandler(hs.serveRelations)).Methods(http.MethodGet)
+		r.Handle("/_matrix/client/{version:(?:v1|unstable)}/rooms/{roomId}/relations/{eventId}"+tail, hsHandler(hs.serveRelations)).Methods(http.MethodGet)
 	}
+	r.Handle(client+"/capabilities", hsHandler(hs.serveCapabilities)).Methods(http.MethodGet)
 	const admin = "/_synapse/admin/v2"
 	r.Handle(admin+"/users", hs.admin(hs.serveAdminUsers)).Methods(http.MethodGet)
 	r.Handle(admin+"/users/{userId}", hs.admin(hs.serveAdminUser)).Methods(http.MethodGet)
 	r.Handle(admin+"/users/{userId}", hs.admin(hs.serveAdminPutUser)).Methods(http.MethodPut)
+	const adminV1 = "/_synapse/admin/v1"
+	r.Handle(adminV1+"/threepid/{medium}/users/{address}", hs.admin(hs.serveAdminThreepidHolder)).Methods(http.MethodGet)
+	r.Handle(adminV1+"/deactivate/{userId}", hs.admin(hs.serveAdminDeactivate)).Methods(http.MethodPost)
+	r.Handle(adminV1+"/users/{userId}/pushers", hs.admin(hs.serveAdminPushers)).Methods(http.MethodGet)
 	r.NotFoundHandler = hsHandler(func(http.ResponseWriter, *http.Request) error { return mxerr.Unrecognized })
 	r.MethodNotAllowedHandler = hsHandler(func(http.ResponseWriter, *http.Request) error { return mxerr.MethodNotAllowed })
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {

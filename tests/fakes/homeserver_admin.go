@@ -58,7 +58,9 @@ func (hs *Homeserver) SetThreepids(userID string, threepids []HomeserverThreepid
 	if u == nil {
 		hs.t.Fatalf("fake homeserver: no user %s", userID)
 	}
-	u.threepids = nil
+	for _, tp := range slices.Clone(u.threepids) {
+		hs.dropThreepid(u, tp.Medium, tp.Address)
+	}
 	now := hsNowMS()
 	for _, tp := range threepids {
 		if tp.AddedAt == 0 {
@@ -81,14 +83,30 @@ func (hs *Homeserver) Threepids(userID string) []HomeserverThreepid {
 	return nil
 }
 
-// upsertThreepid gives tp to u, taking it from whoever held it. hs.mu must be held.
+// upsertThreepid gives tp to u, taking it from whoever held it, as Synapse's
+// upsert on (medium, address) does. hs.mu must be held.
 func (hs *Homeserver) upsertThreepid(u *hsUser, tp HomeserverThreepid) {
-	for _, other := range hs.users {
-		other.threepids = slices.DeleteFunc(other.threepids, func(x HomeserverThreepid) bool {
-			return x.Medium == tp.Medium && x.Address == tp.Address
-		})
+	if holder := hs.holders[hsThreepidKey{tp.Medium, tp.Address}]; holder != nil {
+		hs.dropThreepid(holder, tp.Medium, tp.Address)
 	}
 	u.threepids = append(u.threepids, tp)
+	hs.holders[hsThreepidKey{tp.Medium, tp.Address}] = u
+}
+
+// dropThreepid removes (medium, address) from u, exactly as spelled, and its
+// "m.email" pusher, as Synapse's delete_local_threepid does. hs.mu must be held.
+func (hs *Homeserver) dropThreepid(u *hsUser, medium, address string) {
+	u.threepids = slices.DeleteFunc(u.threepids, func(x HomeserverThreepid) bool {
+		return x.Medium == medium && x.Address == address
+	})
+	if hs.holders[hsThreepidKey{medium, address}] == u {
+		delete(hs.holders, hsThreepidKey{medium, address})
+	}
+	if medium == "email" {
+		u.pushers = slices.DeleteFunc(u.pushers, func(p HomeserverPusher) bool {
+			return p.AppID == hsEmailPusherApp && p.PushKey == address
+		})
+	}
 }
 
 // admin wraps an admin API handler: SetDown, then Synapse's admin auth (missing
@@ -156,6 +174,9 @@ func (hs *Homeserver) serveAdminUsers(w http.ResponseWriter, r *http.Request) er
 	if err != nil {
 		return err
 	}
+	if _, err := hsQueryBool(q, "locked", false); err != nil { // the fake has no locked users
+		return err
+	}
 	var ids []string
 	for id, u := range hs.users {
 		if (guests || !u.guest) && (deactivated || !u.deactivated) {
@@ -190,15 +211,24 @@ func (hs *Homeserver) adminTarget(r *http.Request, notLocal string) (string, err
 	return userID, nil
 }
 
-// serveAdminUser is GET /_synapse/admin/v2/users/{userId}.
-func (hs *Homeserver) serveAdminUser(w http.ResponseWriter, r *http.Request) error {
-	userID, err := hs.adminTarget(r, "Can only look up local users")
+// adminUser is the user an admin path names, 404 M_NOT_FOUND when unknown.
+func (hs *Homeserver) adminUser(r *http.Request, notLocal string) (*hsUser, error) {
+	userID, err := hs.adminTarget(r, notLocal)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	u := hs.users[userID]
 	if u == nil {
-		return mxerr.NotFound.WithMessage("User not found")
+		return nil, mxerr.NotFound.WithMessage("User not found")
+	}
+	return u, nil
+}
+
+// serveAdminUser is GET /_synapse/admin/v2/users/{userId}.
+func (hs *Homeserver) serveAdminUser(w http.ResponseWriter, r *http.Request) error {
+	u, err := hs.adminUser(r, "Can only look up local users")
+	if err != nil {
+		return err
 	}
 	mxerr.WriteJSON(w, http.StatusOK, u.details())
 	return nil
@@ -231,6 +261,14 @@ func (hs *Homeserver) serveAdminPutUser(w http.ResponseWriter, r *http.Request) 
 	if wanted != nil {
 		if err := hs.replaceThreepids(u, wanted); err != nil {
 			return err
+		}
+	}
+	if status == http.StatusCreated && hs.emailNotifsForNewUsers {
+		// Only a user the PUT creates gets e-mail pushers (UserRestServletV2.on_PUT).
+		for _, tp := range u.threepids {
+			if tp.Medium == "email" {
+				u.pushers = append(u.pushers, hsEmailPusher(tp.Address))
+			}
 		}
 	}
 	mxerr.WriteJSON(w, status, u.details())
@@ -285,7 +323,7 @@ func (hs *Homeserver) replaceThreepids(u *hsUser, wanted []HomeserverThreepid) e
 			}
 			cur.Address = canonical
 		}
-		u.threepids = slices.DeleteFunc(u.threepids, func(x HomeserverThreepid) bool { return same(x, cur) })
+		hs.dropThreepid(u, cur.Medium, cur.Address)
 	}
 	held := slices.Clone(u.threepids)
 	now := hsNowMS()

@@ -3,6 +3,8 @@ package fakes
 // Account deactivation.
 
 import (
+	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
@@ -38,10 +40,8 @@ func (hs *Homeserver) serveDeactivate(w http.ResponseWriter, r *http.Request) er
 	if err != nil {
 		return err
 	}
-	if erase, ok := body["erase"]; ok {
-		if _, isBool := erase.(bool); !isBool {
-			return mxerr.BadJSON.WithMessage("erase: Input should be a valid boolean")
-		}
+	if err := hsCheckErase(body, "erase: Input should be a valid boolean"); err != nil {
+		return err
 	}
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
@@ -60,11 +60,40 @@ func (hs *Homeserver) serveDeactivate(w http.ResponseWriter, r *http.Request) er
 }
 
 // deactivate does what Synapse's deactivate_account does to the state the fake
-// models: local 3PIDs, devices, tokens and password go. hs.mu must be held.
+// models: local 3PIDs, devices, tokens, password and pushers go. hs.mu must be held.
 func (hs *Homeserver) deactivate(userID string) {
 	u := hs.users[userID]
-	u.deactivated, u.password, u.threepids = true, "", nil
+	for _, tp := range slices.Clone(u.threepids) {
+		hs.dropThreepid(u, tp.Medium, tp.Address)
+	}
+	u.deactivated, u.password, u.pushers = true, "", nil
 	hs.deleteDevices(userID, nil)
+}
+
+// serveAdminDeactivate is Synapse's POST /_synapse/admin/v1/deactivate/{userId}
+// ({"erase": bool}): the account is deactivated as by the user, without UIA,
+// and without threepidd hearing of it.
+func (hs *Homeserver) serveAdminDeactivate(w http.ResponseWriter, r *http.Request) error {
+	u, err := hs.adminUser(r, "Can only deactivate local users")
+	if err != nil {
+		return err
+	}
+	raw, err := io.ReadAll(io.LimitReader(r.Body, hsMaxBody))
+	if err != nil {
+		return fmt.Errorf("read request body: %w", err)
+	}
+	if len(raw) > 0 {
+		body, err := hsJSONObject(raw)
+		if err != nil {
+			return err
+		}
+		if err := hsCheckErase(body, "Param 'erase' must be a boolean, if given"); err != nil {
+			return err
+		}
+	}
+	hs.deactivate(u.id)
+	mxerr.WriteJSON(w, http.StatusOK, map[string]string{"id_server_unbind_result": hs.unbindResult})
+	return nil
 }
 
 // deleteDevices removes the listed devices of userID with their tokens, or every
@@ -73,4 +102,15 @@ func (hs *Homeserver) deleteDevices(userID string, deviceIDs []string) {
 	maps.DeleteFunc(hs.tokens, func(_ string, tok *hsToken) bool {
 		return tok.userID == userID && (len(deviceIDs) == 0 || slices.Contains(deviceIDs, tok.deviceID))
 	})
+}
+
+// hsCheckErase refuses a deactivation body whose "erase" is not a boolean,
+// with Synapse's message for that endpoint.
+func hsCheckErase(body map[string]any, message string) error {
+	if erase, ok := body["erase"]; ok {
+		if _, isBool := erase.(bool); !isBool {
+			return mxerr.BadJSON.WithMessage("%s", message)
+		}
+	}
+	return nil
 }

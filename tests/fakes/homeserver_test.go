@@ -640,3 +640,51 @@ func TestHomeserverUnknownRoutes(t *testing.T) {
 		})
 	}
 }
+
+// TestHomeserverSynapseThreepidTable: what Synapse's own 3PID table feeds,
+// with the answers of Synapse's admin API: an address given at registration
+// with its pusher, the 3PID lookup (404 for nobody), a deactivation through
+// the admin API (3PIDs and pushers gone), pushers only for held addresses,
+// and the capability.
+func TestHomeserverSynapseThreepidTable(t *testing.T) {
+	hs := NewHomeserver(t, hsTestServer)
+	hs.SetAdminToken("admin_tok")
+	alice := hs.RegisterWithEmail("alice", "pw", " Alice@Example.ORG")
+	lookup := hs.URL() + "/_synapse/admin/v1/threepid/email/users/"
+	status, body := hsCall(t, http.MethodGet, lookup+"alice%40example.org", "admin_tok", nil, nil)
+	hsCheck(t, status, body, 200, map[string]any{"user_id": alice})
+	status, body = hsCall(t, http.MethodGet, lookup+"Alice%40Example.ORG", "admin_tok", nil, nil)
+	hsCheck(t, status, body, 404, map[string]any{"errcode": "M_NOT_FOUND"})
+	status, body = hsCall(t, http.MethodGet, lookup+"alice%40example.org", "", nil, nil)
+	hsCheck(t, status, body, 401, map[string]any{"errcode": "M_MISSING_TOKEN"})
+	status, body = hsCall(t, http.MethodGet, hs.URL()+"/_synapse/admin/v1/users/"+url.PathEscape(alice)+"/pushers", "admin_tok", nil, nil)
+	hsCheck(t, status, body, 200, map[string]any{"total": 1,
+		"pushers": []any{map[string]any{"kind": "email", "app_id": "m.email", "pushkey": "alice@example.org"}}})
+
+	if err := hs.AddEmailPusher(alice, "other@example.org"); err == nil {
+		t.Error("a pusher for an address alice does not hold")
+	}
+	tok, _ := hs.Login(alice)
+	for _, prefix := range []string{"r0", "v3", "unstable"} {
+		status, body = hsCall(t, http.MethodGet, hs.URL()+"/_matrix/client/"+prefix+"/capabilities", tok, nil, nil)
+		hsCheck(t, status, body, 200, map[string]any{"capabilities": map[string]any{
+			"m.room_versions":   map[string]any{"default": "10", "available": map[string]any{"10": "stable", "11": "stable"}},
+			"m.change_password": map[string]any{"enabled": true}, "m.set_displayname": map[string]any{"enabled": true},
+			"m.set_avatar_url": map[string]any{"enabled": true}, "m.3pid_changes": map[string]any{"enabled": true},
+			"m.get_login_token": map[string]any{"enabled": false}, "m.profile_fields": map[string]any{"enabled": true},
+			"org.matrix.msc4140.delayed_events": map[string]any{"max_delay_ms": 86400000, "max_scheduled": 100},
+		}})
+	}
+
+	deactivate := hs.URL() + "/_synapse/admin/v1/deactivate/" + url.PathEscape(alice)
+	status, body = hsCall(t, http.MethodPost, deactivate, "admin_tok", map[string]any{"erase": "yes"}, nil)
+	hsCheck(t, status, body, 400, map[string]any{"errcode": "M_BAD_JSON"})
+	status, body = hsCall(t, http.MethodPost, deactivate, "admin_tok", map[string]any{"erase": false}, nil)
+	hsCheck(t, status, body, 200, map[string]any{"id_server_unbind_result": "success"})
+	if !hs.Deactivated(alice) || len(hs.Threepids(alice)) != 0 || len(hs.Pushers(alice)) != 0 || hs.TokenValid(tok) {
+		t.Errorf("after the admin deactivation: deactivated %t, 3PIDs %v, pushers %v, token valid %t",
+			hs.Deactivated(alice), hs.Threepids(alice), hs.Pushers(alice), hs.TokenValid(tok))
+	}
+	status, body = hsCall(t, http.MethodGet, lookup+"alice%40example.org", "admin_tok", nil, nil)
+	hsCheck(t, status, body, 404, map[string]any{"errcode": "M_NOT_FOUND"})
+}

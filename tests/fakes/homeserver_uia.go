@@ -148,13 +148,11 @@ func (hs *Homeserver) userFold(userID string) *hsUser {
 	return found
 }
 
+// threepidOwner is Synapse's get_user_id_by_threepid: the holder of
+// exactly (medium, address), or "". hs.mu must be held.
 func (hs *Homeserver) threepidOwner(medium, address string) string {
-	for _, u := range hs.users {
-		for _, tp := range u.threepids {
-			if tp.Medium == medium && tp.Address == address {
-				return u.id
-			}
-		}
+	if u := hs.holders[hsThreepidKey{medium, address}]; u != nil {
+		return u.id
 	}
 	return ""
 }

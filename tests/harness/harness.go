@@ -28,6 +28,11 @@ import (
 // ServerName is the fake homeserver's name.
 const ServerName = "hs.test"
 
+// HSAdminToken is the fake Synapse's admin token. A threepidd of kind synapse
+// gets it as homeserver.admin_token (the mirror runs, as in a real
+// deployment) unless Options.HomeserverYAML sets admin_token or mirror itself.
+const HSAdminToken = "syt_synapse_admin"
+
 // Options shape an Env.
 type Options struct {
 	// Kind is the homeserver kind (synapse by default).
@@ -45,7 +50,8 @@ type Options struct {
 	// ExtraYAML is appended to the generated configuration (top-level keys).
 	ExtraYAML string
 	// HomeserverYAML adds keys to the homeserver mapping, which is written in
-	// flow style: e.g. "admin_token: tok, mirror: synapse_admin".
+	// flow style: e.g. "admin_token: tok, mirror: synapse_admin". Without
+	// admin_token or mirror in it, kind synapse gets admin_token HSAdminToken.
 	HomeserverYAML string
 	// EmailYAML adds keys to the email mapping (flow style, as HomeserverYAML).
 	EmailYAML string
@@ -116,6 +122,10 @@ func Start(t testing.TB, b storagetest.Backend, opts Options) *Env {
 	hsExtra := ""
 	if opts.HomeserverYAML != "" {
 		hsExtra = ", " + opts.HomeserverYAML
+	}
+	e.HS.SetAdminToken(HSAdminToken)
+	if kind == "synapse" && !strings.Contains(opts.HomeserverYAML, "admin_token:") && !strings.Contains(opts.HomeserverYAML, "mirror:") {
+		hsExtra += ", admin_token: " + HSAdminToken
 	}
 	fmt.Fprintf(&y, "homeserver: {url: %q, kind: %s, token_cache_ttl: 2s%s}\n", e.HS.URL(), kind, hsExtra)
 	if !opts.NoEmail {

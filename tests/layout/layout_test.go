@@ -38,8 +38,9 @@ var layers = map[string]int{
 	// access-token auth, the importer, opening a backend.
 	"federation": 3, "events": 3, "auth": 3, "importer": 3, "storage/backend": 3,
 	"storage/storagetest": 4, "federation/identity": 4, "events/eventstest": 4, "metrics/metricstest": 1,
-	// 5-6: the services.
-	"bindings": 5, "account": 6, "onupdate": 6,
+	// 5-6: the services; reconcile keeps the store and the homeserver in
+	// step (over the mirror, the importer and a deactivation cleanup).
+	"bindings": 5, "account": 6, "onupdate": 6, "reconcile": 5,
 	// 7: HTTP handlers, each over one or two services.
 	"clientapi": 7, "adminapi": 7, "federationapi": 7, "sync/proxy": 7,
 	// 8-9: wiring and the binary.

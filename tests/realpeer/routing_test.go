@@ -8,9 +8,13 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // seenRequest is what the stand-in for threepidd saw of one request.
@@ -56,9 +60,32 @@ func (r *recorder) take() []seenRequest {
 	return seen
 }
 
+// routingCase is a request and whether nginx must send it to threepidd.
+type routingCase struct {
+	method, path string
+	toThreepidd  bool
+}
+
+// routeListCases are the requests of every route of testdata/routes (both
+// homeserver kinds, every prefix), with where each must go.
+func routeListCases(t *testing.T) []routingCase {
+	t.Helper()
+	reqs, err := support.RouteRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]routingCase, 0, len(reqs))
+	for _, r := range reqs {
+		out = append(out, routingCase{r.Method, r.Path, r.Route.To == support.ToThreepidd})
+	}
+	return out
+}
+
 // TestNginxRouting sends requests through nginx configured with
 // deploy/nginx/threepidd.conf and checks which upstream each one reaches,
-// with its URI unchanged and the forwarding headers set.
+// with its URI unchanged and the forwarding headers set: every route of the
+// route lists (testdata/routes, Synapse's and Dendrite's, every prefix) and
+// near misses around them.
 func TestNginxRouting(t *testing.T) {
 	ctx := ContextOf(t)
 	d := StartDendrite(ctx, t, env)
@@ -66,10 +93,7 @@ func TestNginxRouting(t *testing.T) {
 	threepidd := newRecorder(t, d.URL)
 	n := StartNginx(ctx, t, env, threepidd.addr(), d.Addr)
 
-	tests := []struct {
-		method, path string
-		toThreepidd  bool
-	}{
+	tests := append(routeListCases(t), []routingCase{
 		{http.MethodGet, "/_matrix/client/v3/account/3pid", true},
 		{http.MethodGet, "/_matrix/client/r0/account/3pid", true},
 		{http.MethodPost, "/_matrix/client/v3/account/3pid/add", true},
@@ -111,7 +135,10 @@ func TestNginxRouting(t *testing.T) {
 		{http.MethodPost, "/_matrix/federation/v1/3pid/onupdate/extra", false},
 		{http.MethodGet, "/_matrix/client/unstable/add_threepidx", false},
 		{http.MethodGet, "/_synapse/admin/v1/register", false},
-	}
+		{http.MethodGet, "/_matrix/client/unstable/account/3pidx", false},
+		{http.MethodGet, "/_matrix/client/api/v1/sync", false},
+		{http.MethodGet, "/_matrix/client/unstable/capabilities/extra", false},
+	}...)
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
 			threepidd.take()
@@ -147,5 +174,69 @@ func TestNginxRouting(t *testing.T) {
 				t.Errorf("Host %q, want the host clients asked for (%s)", got.Host, want)
 			}
 		})
+	}
+}
+
+// unrecognized reports whether a server answered that it has no such
+// endpoint (Dendrite and threepidd: 404 M_UNRECOGNIZED; 405 for another
+// method).
+func unrecognized(r support.Response) bool {
+	return r.Status == http.StatusNotFound && r.ErrCode() == "M_UNRECOGNIZED" || r.Status == http.StatusMethodNotAllowed
+}
+
+// TestDendriteRoutes proves testdata/routes/dendrite.json against the real
+// Dendrite and the shipped nginx file: Dendrite serves each listed route
+// under exactly the listed prefixes (r0, v3; nothing under unstable), and
+// every 3PID route it serves, under every prefix, is answered by threepidd
+// (in front of Dendrite, kind dendrite) through nginx, never by Dendrite
+// directly.
+func TestDendriteRoutes(t *testing.T) {
+	ctx := ContextOf(t)
+	d := StartDendrite(ctx, t, env)
+	alice := mustRegister(ctx, t, d, "alice", "alice-password")
+	b := storagetest.Backends(t)[0]
+	tp := StartThreepidd(ctx, t, ThreepiddOptions{Backend: b, Dendrite: d})
+	threepidd := newRecorder(t, tp.URL)
+	n := StartNginx(ctx, t, env, threepidd.addr(), d.Addr)
+	list, err := support.LoadRoutes("dendrite")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range list.Routes {
+		for _, prefix := range []string{"r0", "v3", "unstable"} {
+			route := r
+			route.Prefixes = []string{prefix}
+			path := route.URLs()[0]
+			t.Run(r.Method+" "+path, func(t *testing.T) {
+				var body any
+				if r.Method != http.MethodGet {
+					body = json.RawMessage(`{}`)
+				}
+				direct, err := peers.Do(ctx, r.Method, d.URL+path, alice.AccessToken, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				listed := slices.Contains(r.Prefixes, prefix)
+				if served := !unrecognized(direct); served != listed {
+					t.Fatalf("Dendrite serves it: %t (%d %s); %s says %t", served, direct.Status, direct.Body, list.Version, listed)
+				}
+				threepidd.take()
+				viaNginx, err := peers.Do(ctx, r.Method, n.URL+path, alice.AccessToken, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen := threepidd.take()
+				switch {
+				// Where Dendrite serves it, threepidd must answer it; under
+				// other prefixes the endpoints threepidd forwards (sync,
+				// deactivation, capabilities) get Dendrite's 404, as
+				// without threepidd.
+				case r.To == support.ToThreepidd && (len(seen) != 1 || listed && unrecognized(viaNginx)):
+					t.Fatalf("through nginx: threepidd saw %d requests and answered %d %s", len(seen), viaNginx.Status, viaNginx.Body)
+				case r.To == support.ToHomeserver && len(seen) != 0:
+					t.Fatalf("through nginx: threepidd got %+v, want Dendrite to", seen)
+				}
+			})
+		}
 	}
 }
