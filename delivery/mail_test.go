@@ -335,7 +335,7 @@ func TestMailerRequiresTLSByDefault(t *testing.T) {
 		{"smtp.example.org", "false", true},
 	} {
 		t.Run(tc.host+" "+tc.requireTLS, func(t *testing.T) {
-			env := []string{"THREEPIDD_SERVER_NAME=hs.test", "THREEPIDD_HOMESERVER_URL=http://127.0.0.1:1",
+			env := []string{"THREEPIDD_SERVER_NAME=hs.test", "THREEPIDD_HOMESERVER_URL=http://127.0.0.1:1", "THREEPIDD_HOMESERVER_MIRROR=none",
 				"THREEPIDD_DATABASE_DSN=" + filepath.Join(t.TempDir(), "t.db"),
 				"THREEPIDD_EMAIL_SMTP_HOST=" + tc.host, "THREEPIDD_EMAIL_SMTP_PORT=" + strconv.Itoa(srv.addr.Port),
 				"THREEPIDD_EMAIL_FROM=noreply@example.org"}

@@ -223,7 +223,7 @@ func (hs *Homeserver) routes() http.Handler {
 	r.Handle(client+"/sync", hsHandler(hs.serveSync)).Methods(http.MethodGet)
 	r.Handle(client+"/keys/changes", hsHandler(hs.serveKeyChanges)).Methods(http.MethodGet)
 	r.Handle("/_matrix/client/{version:(?:api/v1|r0|v3|unstable)}/rooms/{roomId}/messages", hsHandler(hs.serveMessages)).Methods(http.MethodGet)
-	r.Handle(client+"/rooms/{roomId}/members", hsHandler(hs.serveMembers)).Methods(http.MethodGet)
+	r.Handle("/_matrix/client/{version:(?:api/v1|r0|v3|unstable)}/rooms/{roomId}/members", hsHandler(hs.serveMembers)).Methods(http.MethodGet)
 	for _, tail := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
 		r.Handle("/_matrix/client/{version:(?:v1|unstable)}/rooms/{roomId}/relations/{eventId}"+tail, hsHandler(hs.serveRelations)).Methods(http.MethodGet)
 	}

@@ -86,7 +86,7 @@ func liveMetrics(t *testing.T) map[string]bool {
 	dir := t.TempDir()
 	configPath := filepath.Join(dir, "threepidd.yaml")
 	if err := os.WriteFile(configPath, fmt.Appendf(nil, "server_name: %s\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n"+
-		"database: {driver: sqlite, dsn: %q}\nhomeserver: {url: %q}\n",
+		"database: {driver: sqlite, dsn: %q}\nhomeserver: {url: %q, mirror: none}\n",
 		harness.ServerName, filepath.Join(dir, "threepidd.db"), hs.URL()), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -166,7 +166,7 @@ func TestSyncMemoryBounded(t *testing.T) {
 	hs := leanHomeserver(t, big)
 	configPath := filepath.Join(dir, "threepidd.yaml")
 	if err := os.WriteFile(configPath, fmt.Appendf(nil, "server_name: %s\nlisten: 127.0.0.1:0\n"+
-		"database: {driver: sqlite, dsn: %q}\nhomeserver: {url: %q, token_cache_ttl: 10m}\n",
+		"database: {driver: sqlite, dsn: %q}\nhomeserver: {url: %q, token_cache_ttl: 10m, mirror: none}\n",
 		harness.ServerName, dbPath, hs.URL), 0o600); err != nil {
 		t.Fatal(err)
 	}

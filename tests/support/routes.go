@@ -37,9 +37,13 @@ type Route struct {
 // ExampleRoomID replaces {roomId} in the paths of [Route.URLs], percent-encoded.
 const ExampleRoomID = "%21room%3Ahs.test"
 
-// URLs returns the request paths of r: one per prefix, {roomId} filled in.
+// examples fill the path variables of routes in [Route.URLs].
+var examples = strings.NewReplacer("{roomId}", ExampleRoomID, "{eventId}", "%24event",
+	"{relType}", "m.thread", "{eventType}", "m.room.message")
+
+// URLs returns the request paths of r: one per prefix, its variables filled in.
 func (r Route) URLs() []string {
-	path := strings.ReplaceAll(r.Path, "{roomId}", ExampleRoomID)
+	path := examples.Replace(r.Path)
 	if len(r.Prefixes) == 0 {
 		return []string{path}
 	}

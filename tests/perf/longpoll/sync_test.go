@@ -151,7 +151,7 @@ func BenchmarkSyncIdleLongPolls(b *testing.B) {
 	dir := b.TempDir()
 	configPath := filepath.Join(dir, "threepidd.yaml")
 	yaml := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n"+
-		"database: {driver: sqlite, dsn: %q}\nhomeserver: {url: %q, token_cache_ttl: 10m}\n",
+		"database: {driver: sqlite, dsn: %q}\nhomeserver: {url: %q, token_cache_ttl: 10m, mirror: none}\n",
 		harness.ServerName, filepath.Join(dir, "threepidd.db"), hs.URL())
 	if err := os.WriteFile(configPath, []byte(yaml), 0o600); err != nil {
 		b.Fatal(err)
