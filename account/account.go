@@ -164,6 +164,9 @@ func init() {
 		messagesSent.WithLabelValues(medium)
 		messagesFailed.WithLabelValues(medium)
 	}
+	for _, outcome := range []string{"free", "same", "other", "error"} {
+		holderLookups.WithLabelValues(outcome)
+	}
 }
 
 // TokenRequest is a requestToken call, already syntactically checked.

@@ -23,3 +23,16 @@ var (
 			"from the homeserver), nothing (none to import), seen (imported before, by another instance, an import or a pass), unknown (not an active homeserver account), "+
 			"deferred (mirror work queued: tried again later), error (tried again later)."), []string{"outcome"})
 )
+
+func init() {
+	// Every series exists from the start, at zero, for dashboards and rate().
+	for _, outcome := range []string{"finished", "failed", "interrupted"} {
+		runs.WithLabelValues(outcome)
+	}
+	for _, kind := range []string{"imported", "mirrored", "deactivated"} {
+		repairs.WithLabelValues(kind)
+	}
+	for _, outcome := range []string{"imported", "nothing", "seen", "unknown", "deferred", "error"} {
+		readThroughs.WithLabelValues(outcome)
+	}
+}
