@@ -34,6 +34,7 @@ import (
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/federation/signingkey"
 	"github.com/threepidd/threepidd/onupdate"
+	"github.com/threepidd/threepidd/outbound"
 	"github.com/threepidd/threepidd/server"
 )
 
@@ -149,7 +150,7 @@ func Run(ctx context.Context, out io.Writer, opts Options) error {
 	p.printf("  SMTP sink         %s\n", sink.Addr())
 
 	st := &story{p: p, base: base, hs: hs, is: is, sink: sink, idServer: strings.TrimPrefix(isURL, "http://"),
-		client: &http.Client{Timeout: storyTimeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+		client: outbound.NewClient(http.DefaultTransport, storyTimeout)}
 	storyCtx, cancel := context.WithTimeout(ctx, storyTimeout)
 	err = st.tell(storyCtx)
 	cancel()
