@@ -10,6 +10,7 @@ import (
 
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // BenchmarkWakeLatency measures, in library mode, the time from a
@@ -53,19 +54,10 @@ func BenchmarkWakeLatency(b *testing.B) {
 				fromAppend = append(fromAppend, returned.Sub(appended))
 				fromCommit = append(fromCommit, returned.Sub(committed))
 			}
-			reportPercentiles(b, "append", fromAppend)
-			reportPercentiles(b, "committed", fromCommit)
+			support.ReportPercentiles(b, "append", fromAppend)
+			support.ReportPercentiles(b, "committed", fromCommit)
 		})
 	}
-}
-
-// reportPercentiles reports the p50 and p99 of lat in milliseconds, as
-// <name>-p50-ms and <name>-p99-ms.
-func reportPercentiles(b *testing.B, name string, lat []time.Duration) {
-	slices.Sort(lat)
-	at := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond) }
-	b.ReportMetric(at(0.50), name+"-p50-ms")
-	b.ReportMetric(at(0.99), name+"-p99-ms")
 }
 
 // BenchmarkWaiters measures the memory of 100,000 long-polls waiting in

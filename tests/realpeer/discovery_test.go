@@ -7,9 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
-	"time"
 
 	"github.com/threepidd/threepidd/config"
 	"github.com/threepidd/threepidd/federation/signingkey"
@@ -68,28 +66,11 @@ func TestDiscoveryJourney(t *testing.T) {
 			ctlSrv := httptest.NewServer(ctl.handler())
 			t.Cleanup(ctlSrv.Close)
 
-			start := time.Now()
-			steps, err := RunJourney(ctx, env, JourneyOptions{
+			results := runSteps(ctx, t, env, JourneyOptions{
 				BaseURL: n.URL, User: localpart, Password: alice.Password, Email: email,
 				PhoneCountry: journeyPhoneCountry, PhoneNumber: journeyPhoneNumber,
 				IdentityServerURL: is.URL(), ControlURL: ctlSrv.URL, Steps: "discovery",
-			})
-			t.Logf("js-sdk discovery journey took %v", time.Since(start).Round(time.Millisecond))
-			for _, s := range steps {
-				t.Logf("discovery: %s ok=%v %d ms result=%s error=%+v", s.Step, s.OK, s.MS, s.Result, s.Error)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var names []string
-			results := journeyResults{}
-			for _, s := range steps {
-				names = append(names, s.Step)
-				results[s.Step] = s.Result
-			}
-			if !slices.Equal(names, discoverySteps) {
-				t.Fatalf("steps %v, want %v", names, discoverySteps)
-			}
+			}, discoverySteps)
 
 			// Each step's answer, and whom the identity server binds the
 			// address to afterwards.

@@ -108,28 +108,11 @@ func testJourney(ctx context.Context, t *testing.T, d *Dendrite, b storagetest.B
 	ctlSrv := httptest.NewServer(ctl.handler())
 	t.Cleanup(ctlSrv.Close)
 
-	start := time.Now()
-	steps, err := RunJourney(ctx, env, JourneyOptions{
+	results := runSteps(ctx, t, env, JourneyOptions{
 		BaseURL: n.URL, User: localpart, Password: alice.Password, Email: email,
 		PhoneCountry: journeyPhoneCountry, PhoneNumber: journeyPhoneNumber,
 		IdentityServerURL: is.URL(), ControlURL: ctlSrv.URL,
-	})
-	t.Logf("js-sdk journey took %v", time.Since(start).Round(time.Millisecond))
-	for _, s := range steps {
-		t.Logf("journey: %s ok=%v %d ms result=%s error=%+v", s.Step, s.OK, s.MS, s.Result, s.Error)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	results := journeyResults{}
-	for _, s := range steps {
-		names = append(names, s.Step)
-		results[s.Step] = s.Result
-	}
-	if !slices.Equal(names, journeySteps) {
-		t.Fatalf("steps %v, want %v", names, journeySteps)
-	}
+	}, journeySteps)
 	decode := func(step string, v any) {
 		t.Helper()
 		results.decode(t, step, v)
@@ -366,6 +349,32 @@ func checkMSISDNSteps(t *testing.T, results journeyResults, nginxURL string) {
 
 // journeyResults are the results of a journey's steps, by step name.
 type journeyResults map[string]json.RawMessage
+
+// runSteps runs the matrix-js-sdk journey with opts, logs every step, fails
+// t unless it ran exactly the steps want (in order, each ok), and returns
+// each step's result.
+func runSteps(ctx context.Context, t *testing.T, env Env, opts JourneyOptions, want []string) journeyResults {
+	t.Helper()
+	start := time.Now()
+	steps, err := RunJourney(ctx, env, opts)
+	t.Logf("js-sdk journey (steps %q) took %v", opts.Steps, time.Since(start).Round(time.Millisecond))
+	for _, s := range steps {
+		t.Logf("journey: %s ok=%v %d ms result=%s error=%+v", s.Step, s.OK, s.MS, s.Result, s.Error)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	results := journeyResults{}
+	for _, s := range steps {
+		names = append(names, s.Step)
+		results[s.Step] = s.Result
+	}
+	if !slices.Equal(names, want) {
+		t.Fatalf("steps %v, want %v", names, want)
+	}
+	return results
+}
 
 // decode unmarshals step's result into v; it stops the test when it cannot.
 func (r journeyResults) decode(t *testing.T, step string, v any) {

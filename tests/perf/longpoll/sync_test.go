@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	gosync "sync"
@@ -107,8 +106,8 @@ func BenchmarkSyncWakeLatency(b *testing.B) {
 				fromAccept = append(fromAccept, r.at.Sub(accepted))
 			}
 			b.StopTimer()
-			report(b, "sent", fromSend)
-			report(b, "accepted", fromAccept)
+			support.ReportPercentiles(b, "sent", fromSend)
+			support.ReportPercentiles(b, "accepted", fromAccept)
 		})
 	}
 }
@@ -123,14 +122,6 @@ func nextBatch(b *testing.B, r result) string {
 		b.Fatalf("sync: %v: %.300s", r.err, r.body)
 	}
 	return body.NextBatch
-}
-
-// report reports the p50 and p99 of lat in milliseconds as <name>-p50-ms, <name>-p99-ms.
-func report(b *testing.B, name string, lat []time.Duration) {
-	slices.Sort(lat)
-	at := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond) }
-	b.ReportMetric(at(0.50), name+"-p50-ms")
-	b.ReportMetric(at(0.99), name+"-p99-ms")
 }
 
 // BenchmarkSyncIdleLongPolls measures threepidd's memory with 5,000 idle
