@@ -52,15 +52,7 @@ type commandCase struct {
 func runCommandCases(t *testing.T, cases []commandCase) {
 	t.Helper()
 	for _, tt := range cases {
-		t.Run(tt.name, func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			if exit := run(context.Background(), tt.args, &stdout, &stderr); exit != tt.exit {
-				t.Fatalf("exit %d, want %d; stdout %q, stderr %q", exit, tt.exit, stdout.String(), stderr.String())
-			}
-			if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
-				t.Fatalf("stdout %q, stderr %q; want %q and %q in them", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { runCommand(t, tt.args, tt.exit, tt.stdout, tt.stderr) })
 	}
 }
 
@@ -76,5 +68,18 @@ func configFiles(t *testing.T, b storagetest.Backend, hs *fakes.Homeserver) func
 			t.Fatal(err)
 		}
 		return path
+	}
+}
+
+// runCommand runs the command line args in-process and fails t unless it
+// exits with exit and its stdout and stderr contain wantOut and wantErr.
+func runCommand(t *testing.T, args []string, exit int, wantOut, wantErr string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if got := run(context.Background(), args, &stdout, &stderr); got != exit {
+		t.Fatalf("exit %d, want %d; stdout %q, stderr %q", got, exit, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), wantOut) || !strings.Contains(stderr.String(), wantErr) {
+		t.Fatalf("stdout %q, stderr %q; want %q and %q in them", stdout.String(), stderr.String(), wantOut, wantErr)
 	}
 }

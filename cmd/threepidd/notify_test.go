@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -61,13 +60,7 @@ func TestNotify(t *testing.T) {
 
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
-				var stdout, stderr bytes.Buffer
-				if exit := run(context.Background(), tt.args, &stdout, &stderr); exit != tt.exit {
-					t.Fatalf("exit %d, want %d; stdout %q, stderr %q", exit, tt.exit, stdout.String(), stderr.String())
-				}
-				if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
-					t.Fatalf("stdout %q, stderr %q; want %q and %q in them", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
-				}
+				runCommand(t, tt.args, tt.exit, tt.stdout, tt.stderr)
 				ns := e.Notifications(t, tt.user)
 				if tt.lost == nil {
 					if len(ns) != 0 {
