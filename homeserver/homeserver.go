@@ -118,8 +118,15 @@ func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 // URL returns the homeserver URL for path (which may carry a query).
 func (c *Client) URL(path string) string { return c.baseURL + path }
 
-// HTTPClient returns the client (pooled transport, no redirects) used for the homeserver.
-func (c *Client) HTTPClient() *http.Client { return c.http }
+// RoundTrip sends req, a request for the homeserver (at [Client.URL]), on
+// the pooled transport, and returns the answer as it came: a redirect is an
+// answer, never followed. It is what a reverse proxy does (the /sync proxy
+// relays a request this way per client request); http.Client.Do would come
+// to the same, after copying the request's headers for redirects it never
+// follows. The caller closes the body.
+func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	return c.http.Transport.RoundTrip(req)
+}
 
 // SetHeaders puts the caller's credentials and forwarded headers on req, and
 // those the outbound transport adds (outbound.SetHeaders), so that the

@@ -46,8 +46,8 @@ func DecodeJSON(r *http.Request, v any) error {
 
 // AccessToken returns the token from the Authorization header or ?access_token=.
 func AccessToken(r *http.Request) string {
-	if r.Header.Get("Authorization") != "" {
-		return BearerToken(r)
+	if h := r.Header.Get("Authorization"); h != "" {
+		return bearer(h)
 	}
 	return QueryValue(r, "access_token")
 }
@@ -65,8 +65,11 @@ func QueryValue(r *http.Request, name string) string {
 }
 
 // BearerToken returns the token of an "Authorization: Bearer" header only.
-func BearerToken(r *http.Request) string {
-	h := r.Header.Get("Authorization")
+func BearerToken(r *http.Request) string { return bearer(r.Header.Get("Authorization")) }
+
+// bearer is the token of an Authorization header value, "" when it is not
+// "Bearer <token>".
+func bearer(h string) string {
 	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
 		return strings.TrimSpace(h[7:])
 	}

@@ -41,7 +41,7 @@ func (p *Proxy) roundTrip(ctx context.Context, r *http.Request, caller homeserve
 		req.Header.Set("Accept-Encoding", acceptEncoding)
 	}
 	start := time.Now()
-	resp, err := p.Homeserver.HTTPClient().Do(req)
+	resp, err := p.Homeserver.RoundTrip(req)
 	if err == nil {
 		upstreamSeconds[endpoint].Observe(time.Since(start).Seconds())
 	}
