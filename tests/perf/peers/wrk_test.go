@@ -28,6 +28,7 @@ type wrkResult struct {
 	rate     float64       // requests/s
 	p50, p99 time.Duration // latencies
 	requests int
+	cpu      time.Duration // CPU time of the process under test per request (TestProxyBench)
 }
 
 // installWrk runs setup.sh beside this file, which installs wrk from
