@@ -18,7 +18,7 @@ import (
 )
 
 // leanSyncBody is what Dendrite v0.15.2 answers an incremental /sync with
-// nothing new (TestProxyBench's user), and its token.
+// nothing new (TestProxyBench's user); leanSince is its token.
 const (
 	leanSince    = "s64_0_0_0_0_1_0_0_0"
 	leanSyncBody = `{"next_batch":"` + leanSince + `","device_unused_fallback_key_types":[]}`
