@@ -35,7 +35,7 @@ func (a *Auth) ClientIP(r *http.Request) string { return a.Proxies.ClientIP(r) }
 func (a *Auth) Caller(r *http.Request) homeserver.Caller {
 	return homeserver.Caller{
 		AccessToken: httpapi.AccessToken(r),
-		AsUserID:    r.URL.Query().Get("user_id"),
+		AsUserID:    httpapi.QueryValue(r, "user_id"),
 		ClientIP:    a.ClientIP(r),
 		UserAgent:   r.UserAgent(),
 	}

@@ -42,10 +42,12 @@ var (
 		"1 when the homeserver answered its last reachability check (GET /_matrix/client/versions), 0 when it did not."))
 )
 
-func init() {
-	whoamiCache.WithLabelValues("hit")
-	whoamiCache.WithLabelValues("miss")
-}
+// The series of whoamiCache, looked up once (a lookup by label values costs
+// a hash and a lock per request); they exist from the start, at zero.
+var (
+	whoamiHits   = whoamiCache.WithLabelValues("hit")
+	whoamiMisses = whoamiCache.WithLabelValues("miss")
+)
 
 // Identity is who an access token belongs to.
 type Identity struct {
@@ -67,10 +69,12 @@ type Caller struct {
 
 // Client talks to the upstream homeserver.
 type Client struct {
-	base  *url.URL
-	http  *http.Client
-	relay config.UIARelay
-	cache *expirable.LRU[string, cachedIdentity]
+	// baseURL is the homeserver's URL, parsed and printed once: every
+	// request's URL starts with it.
+	baseURL string
+	http    *http.Client
+	relay   config.UIARelay
+	cache   *expirable.LRU[string, cachedIdentity]
 	// callTimeout bounds each call; CallTimeout except in tests.
 	callTimeout time.Duration
 }
@@ -100,7 +104,7 @@ func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 	}
 	ttl := cfg.TokenCacheTTL
 	c := &Client{
-		base:        base,
+		baseURL:     base.String(),
 		http:        outbound.NewClient(transport, 0),
 		relay:       relay,
 		callTimeout: CallTimeout,
@@ -112,13 +116,23 @@ func New(cfg config.Homeserver, transport http.RoundTripper) (*Client, error) {
 }
 
 // URL returns the homeserver URL for path (which may carry a query).
-func (c *Client) URL(path string) string { return c.base.String() + path }
+func (c *Client) URL(path string) string { return c.baseURL + path }
 
-// HTTPClient returns the client (pooled transport, no redirects) used for the homeserver.
-func (c *Client) HTTPClient() *http.Client { return c.http }
+// RoundTrip sends req, a request for the homeserver (at [Client.URL]), on
+// the pooled transport, and returns the answer as it came: a redirect is an
+// answer, never followed. It is what a reverse proxy does (the /sync proxy
+// relays a request this way per client request); http.Client.Do would come
+// to the same, after copying the request's headers for redirects it never
+// follows. The caller closes the body.
+func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	return c.http.Transport.RoundTrip(req)
+}
 
-// SetHeaders puts the caller's credentials and forwarded headers on req.
+// SetHeaders puts the caller's credentials and forwarded headers on req, and
+// those the outbound transport adds (outbound.SetHeaders), so that the
+// transport has no need to clone it.
 func (caller Caller) SetHeaders(req *http.Request) {
+	defer outbound.SetHeaders(req)
 	if caller.AccessToken != "" {
 		req.Header.Set("Authorization", "Bearer "+caller.AccessToken)
 	}
@@ -159,11 +173,11 @@ type cachedIdentity struct {
 // cannot force a whoami per request.
 func (c *Client) WhoAmI(ctx context.Context, caller Caller) (Identity, error) {
 	if id, ok := c.cached(caller); ok {
-		whoamiCache.WithLabelValues("hit").Inc()
+		whoamiHits.Inc()
 		return id, nil
 	}
 	if c.cache != nil {
-		whoamiCache.WithLabelValues("miss").Inc()
+		whoamiMisses.Inc()
 	}
 	status, body, err := c.do(ctx, caller, http.MethodGet, "/_matrix/client/v3/account/whoami"+caller.query(), nil)
 	if err != nil {

@@ -17,8 +17,8 @@ import (
 
 // TestNoRedirect: a homeserver answering a redirect gets no request to the
 // redirect's target (which would carry the user's access token and password):
-// whoami, the UIA relay and a forwarded call all see the 3xx itself, and it
-// counts as no answer.
+// whoami and the UIA relay count the 3xx as no answer; a forwarded call and
+// the /sync proxy's round trip get the 3xx itself.
 func TestNoRedirect(t *testing.T) {
 	var elsewhere atomic.Int32
 	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -44,6 +44,18 @@ func TestNoRedirect(t *testing.T) {
 	status, _, err := c.Forward(context.Background(), caller, http.MethodPost, "/_matrix/client/v3/account/deactivate", []byte(`{}`))
 	if err != nil || status != http.StatusTemporaryRedirect {
 		t.Errorf("forward: %d, %v; want the 307 itself", status, err)
+	}
+	req, err := http.NewRequest(http.MethodGet, c.URL("/_matrix/client/v3/sync?timeout=0"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caller.SetHeaders(req)
+	resp, err := c.RoundTrip(req)
+	if err != nil || resp.StatusCode != http.StatusTemporaryRedirect {
+		t.Errorf("round trip (the /sync proxy): %v, %v; want the 307 itself", resp, err)
+	}
+	if resp != nil {
+		resp.Body.Close()
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Fatalf("the redirect target got %d requests", n)

@@ -53,15 +53,30 @@ func DecodeJSON(r *http.Request, v any) error {
 
 // AccessToken returns the token from the Authorization header or ?access_token=.
 func AccessToken(r *http.Request) string {
-	if r.Header.Get("Authorization") != "" {
-		return BearerToken(r)
+	if h := r.Header.Get("Authorization"); h != "" {
+		return bearer(h)
 	}
-	return r.URL.Query().Get("access_token")
+	return QueryValue(r, "access_token")
+}
+
+// QueryValue is r.URL.Query().Get(name) for a name without spaces or
+// escapes, but skips parsing the query (a map and strings per parameter) when
+// the name cannot be in it: in a query without "%", a parameter name is
+// spelled out as it is. The access token and an appservice's user_id are
+// looked for on every request, and are seldom there.
+func QueryValue(r *http.Request, name string) string {
+	if raw := r.URL.RawQuery; !strings.Contains(raw, name) && !strings.Contains(raw, "%") {
+		return ""
+	}
+	return r.URL.Query().Get(name)
 }
 
 // BearerToken returns the token of an "Authorization: Bearer" header only.
-func BearerToken(r *http.Request) string {
-	h := r.Header.Get("Authorization")
+func BearerToken(r *http.Request) string { return bearer(r.Header.Get("Authorization")) }
+
+// bearer is the token of an Authorization header value, "" when it is not
+// "Bearer <token>".
+func bearer(h string) string {
 	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
 		return strings.TrimSpace(h[7:])
 	}

@@ -6,7 +6,6 @@
 package router
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -32,11 +31,6 @@ var (
 	panicsTotal = metrics.Factory.NewCounter(metrics.CounterOpts("http_panics_total", "Handler panics recovered."))
 )
 
-type routeKey struct{}
-
-// routeLabel is filled by the router with the matched route template.
-type routeLabel struct{ name string }
-
 // NewRouter returns a router whose unknown paths answer 404 M_UNRECOGNIZED and
 // wrong methods 405 M_UNRECOGNIZED. Register routes on it, then serve it
 // through [Wrap].
@@ -44,12 +38,14 @@ func NewRouter() *mux.Router {
 	r := mux.NewRouter()
 	r.NotFoundHandler = mxerr.Handler(func(http.ResponseWriter, *http.Request) error { return mxerr.Unrecognized })
 	r.MethodNotAllowedHandler = mxerr.Handler(func(http.ResponseWriter, *http.Request) error { return mxerr.MethodNotAllowed })
+	// The matched route's template labels the request's metrics: Wrap's
+	// writer takes it.
 	r.Use(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			if l, ok := req.Context().Value(routeKey{}).(*routeLabel); ok {
+			if sw, ok := w.(*statusWriter); ok {
 				if route := mux.CurrentRoute(req); route != nil {
 					if tpl, err := route.GetPathTemplate(); err == nil {
-						l.name = tpl
+						sw.route = tpl
 					}
 				}
 			}
@@ -69,15 +65,15 @@ func NewRouter() *mux.Router {
 func Wrap(h http.Handler, trusted func(*http.Request) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		label := &routeLabel{name: "unmatched"}
 		id := r.Header.Get(requestid.Header)
-		if trusted == nil || !trusted(r) || !requestid.Valid(id) {
+		if !requestid.Valid(id) || trusted == nil || !trusted(r) {
 			id = requestid.New()
 		}
-		r = r.WithContext(requestid.NewContext(context.WithValue(r.Context(), routeKey{}, label), id))
-		sw := &statusWriter{ResponseWriter: w}
-		sw.Header().Set(requestid.Header, id)
-		setCORS(sw.Header())
+		r = r.WithContext(requestid.NewContext(r.Context(), id))
+		sw := &statusWriter{ResponseWriter: w, route: "unmatched"}
+		header := sw.Header()
+		header[requestIDKey] = []string{id}
+		setCORS(header)
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
@@ -90,9 +86,11 @@ func Wrap(h http.Handler, trusted func(*http.Request) bool) http.Handler {
 				}
 			}
 			took := time.Since(start)
-			requestsTotal.WithLabelValues(label.name, r.Method, strconv.Itoa(sw.statusOr200())).Inc()
-			requestDuration.WithLabelValues(label.name).Observe(took.Seconds())
-			slog.DebugContext(r.Context(), "request", "method", r.Method, "route", label.name, "status", sw.statusOr200(), "ms", took.Milliseconds())
+			requestsTotal.WithLabelValues(sw.route, methodLabel(r.Method), statusLabel(sw.statusOr200())).Inc()
+			requestDuration.WithLabelValues(sw.route).Observe(took.Seconds())
+			if slog.Default().Enabled(r.Context(), slog.LevelDebug) { // spare building the line's arguments
+				slog.DebugContext(r.Context(), "request", "method", r.Method, "route", sw.route, "status", sw.statusOr200(), "ms", took.Milliseconds())
+			}
 		}()
 		if r.Method == http.MethodOptions {
 			mxerr.WriteJSON(sw, http.StatusOK, struct{}{})
@@ -103,15 +101,33 @@ func Wrap(h http.Handler, trusted func(*http.Request) bool) http.Handler {
 }
 
 // setCORS sets the headers the client-server spec asks of every response.
+// Every response shares the same value slices (net/http and our handlers
+// replace header values, never write into them), and the keys are in
+// canonical form: nothing is allocated or canonicalised per request.
 func setCORS(h http.Header) {
-	h.Set("Access-Control-Allow-Origin", "*")
-	h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
-	h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
+	for _, c := range corsHeaders {
+		h[c.key] = c.value
+	}
 }
 
-// statusWriter records the status a handler wrote.
+// corsHeaders are the CORS headers of every response.
+var corsHeaders = []struct {
+	key   string
+	value []string
+}{
+	{"Access-Control-Allow-Origin", []string{"*"}},
+	{"Access-Control-Allow-Methods", []string{"GET, POST, PUT, DELETE, OPTIONS"}},
+	{"Access-Control-Allow-Headers", []string{"X-Requested-With, Content-Type, Authorization"}},
+}
+
+// requestIDKey is requestid.Header in canonical form.
+var requestIDKey = http.CanonicalHeaderKey(requestid.Header)
+
+// statusWriter records the status a handler wrote, and the template of the
+// route that matched ("unmatched" when none did).
 type statusWriter struct {
 	http.ResponseWriter
+	route  string
 	status int
 	wrote  bool
 }
@@ -145,6 +161,34 @@ func (w *statusWriter) statusOr200() int {
 		return http.StatusOK
 	}
 	return w.status
+}
+
+// methodLabel is the method as a metric label: the methods of HTTP and
+// WebDAV's few, else "other", so that a client sending made-up methods
+// cannot create series without bound.
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return method
+	}
+	return "other"
+}
+
+// statusLabels are the status codes as metric labels, made once.
+var statusLabels = func() (labels [600]string) {
+	for code := range labels {
+		labels[code] = strconv.Itoa(code)
+	}
+	return labels
+}()
+
+// statusLabel is strconv.Itoa(code), without allocating for a valid code.
+func statusLabel(code int) string {
+	if code >= 0 && code < len(statusLabels) {
+		return statusLabels[code]
+	}
+	return strconv.Itoa(code)
 }
 
 // PathVar returns the decoded path variable name of a route registered on an

@@ -247,6 +247,9 @@ func (s *Server) build() (http.Handler, error) {
 	routes.Handle("/health", mxerr.Handler(s.health)).Methods(http.MethodGet)
 	routes.Handle("/ready", mxerr.Handler(ready.serve)).Methods(http.MethodGet)
 	for _, h := range []interface{ Register(*mux.Router) }{
+		// The /sync proxy first: gorilla/mux tries the routes in order, and
+		// /sync is what every client calls over and over.
+		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs, Budget: proxy.NewBudget(cfg.Sync.SpliceBudgetBytes)},
 		&clientapi.Account{
 			Service:       s.Account,
 			Auth:          authn,
@@ -257,7 +260,6 @@ func (s *Server) build() (http.Handler, error) {
 		&clientapi.Bindings{Service: s.Bindings, Auth: authn, UnbindPerUser: unbindPerUser},
 		&clientapi.Deactivate{Service: s.Account, Auth: authn},
 		&clientapi.Capabilities{Homeserver: hs, Auth: authn, ThreepidChanges: cfg.ThreepidChanges()},
-		&proxy.Proxy{Stream: stream, Auth: authn, Homeserver: hs, Budget: proxy.NewBudget(cfg.Sync.SpliceBudgetBytes)},
 		&federationapi.OnUpdate{
 			Service:   s.OnUpdate,
 			Verifier:  federation.NewVerifier(cfg.ServerName, cfg.IdentityServers, keys, proxies),

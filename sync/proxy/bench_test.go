@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +17,7 @@ import (
 	"github.com/threepidd/threepidd/mxerr"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	tpsync "github.com/threepidd/threepidd/sync"
+	"github.com/threepidd/threepidd/tests/support"
 )
 
 // benchSizes are the body sizes of the proxy benchmarks.
@@ -51,28 +51,9 @@ func leanUpstream(b *testing.B, body []byte) *httptest.Server {
 
 // benchGet fetches url and discards the body, failing on anything but 200.
 func benchGet(b *testing.B, client *http.Client, url string, buf []byte) {
-	if err := fetch(client, url, buf); err != nil {
+	if err := support.Drain(client, url, "tok-alice", buf); err != nil {
 		b.Fatal(err)
 	}
-}
-
-// fetch is benchGet for goroutines other than the benchmark's.
-func fetch(client *http.Client, url string, buf []byte) error {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer tok-alice")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	_, err = io.CopyBuffer(io.Discard, resp.Body, buf)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %d %v", url, resp.StatusCode, err)
-	}
-	return nil
 }
 
 // proxyBench is a proxy on SQLite in front of a lean upstream, and the URLs
@@ -207,7 +188,7 @@ func BenchmarkProxySpliceConcurrent(b *testing.B) {
 		var wg gosync.WaitGroup
 		for range clients {
 			wg.Go(func() {
-				if err := fetch(client, url, make([]byte, 32<<10)); err != nil {
+				if err := support.Drain(client, url, "tok-alice", make([]byte, 32<<10)); err != nil {
 					b.Error(err)
 				}
 			})

@@ -26,7 +26,8 @@ import (
 // homeserver is asked with timeout=0, so the client gets both at once.
 func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, reqBody []byte) error {
 	ctx := r.Context()
-	userID := auth.UserFrom(ctx).UserID
+	user := auth.UserFrom(ctx)
+	userID := user.UserID
 	query := r.URL.Query()
 	tok, err := tokenParam(query, fl.param)
 	if err != nil {
@@ -38,8 +39,10 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 	set := map[string]string{fl.param: tok.Upstream}
 	woken := false
 	for {
-		// Watch before reading the section, so nothing slips in between.
-		wctx, stop := ctx, context.CancelFunc(func() {})
+		// Watch before reading the section, so nothing slips in between. A
+		// request that does not long-poll has nothing to watch (wctx nil).
+		var wctx context.Context
+		stop := context.CancelFunc(func() {})
 		remaining := time.Until(deadline)
 		watching := longPoll && remaining > 0
 		if watching {
@@ -67,14 +70,14 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 		case len(sec) > 0 && longPoll:
 			// Already pending: the homeserver must not hold the request.
 			stop()
-			wctx, stop = ctx, func() {}
+			wctx, stop = nil, func() {}
 			set["timeout"] = "0"
 		case longPoll && !watching: // the deadline passed after a wake for nothing new
 			set["timeout"] = "0"
 		case woken: // a wake for nothing new: poll on for the time left
 			set["timeout"] = strconv.FormatInt(remaining.Milliseconds(), 10)
 		}
-		err = p.exchange(w, r, wctx, fl, reqBody, set, sec, prev, next)
+		err = p.exchange(w, r, user.Caller, wctx, fl, reqBody, set, sec, prev, next)
 		stop()
 		if !errors.Is(err, errWoken) {
 			return unlessGone(ctx, err)
@@ -83,27 +86,33 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 	}
 }
 
-// exchange forwards the request with the query changes in set and writes the
-// answer: a 200 body extended with the token for next (and the section, if
-// any; see relayBody for when it waits for the next sync, the token then
-// keeping prev), anything else as it came. It returns errWoken, having written nothing, when
-// wctx was woken before the answer was committed.
+// exchange forwards the request as caller with the query changes in set and
+// writes the answer: a 200 body extended with the token for next (and the
+// section, if any; see relayBody for when it waits for the next sync, the
+// token then keeping prev), anything else as it came. It returns errWoken,
+// having written nothing, when wctx (nil: nothing watched) was woken before
+// the answer was committed.
 //
-// The upstream request has a context of its own, cancelled by a wake only
-// until the answer is committed: from the first byte sent to the client on,
-// the upstream body is relayed to its end.
-func (p *Proxy) exchange(w http.ResponseWriter, r *http.Request, wctx context.Context, fl *flavour, reqBody []byte, set map[string]string, sec tpsync.Section, prev, next int64) error {
-	reqCtx, cancelReq := context.WithCancel(r.Context())
-	defer cancelReq()
+// The upstream request of a watched exchange has a context of its own,
+// cancelled by a wake only until the answer is committed: from the first
+// byte sent to the client on, the upstream body is relayed to its end. An
+// exchange that watches nothing (timeout=0, most syncs) needs none of that.
+func (p *Proxy) exchange(w http.ResponseWriter, r *http.Request, caller homeserver.Caller, wctx context.Context, fl *flavour, reqBody []byte, set map[string]string, sec tpsync.Section, prev, next int64) error {
+	reqCtx := r.Context()
 	var state atomic.Int32 // 0 open, 1 committed, 2 woken
-	defer context.AfterFunc(wctx, func() {
-		if errors.Is(context.Cause(wctx), tpsync.ErrWoken) && state.CompareAndSwap(0, 2) {
-			cancelReq()
-		}
-	})()
+	if wctx != nil {
+		var cancelReq context.CancelFunc
+		reqCtx, cancelReq = context.WithCancel(reqCtx)
+		defer cancelReq()
+		defer context.AfterFunc(wctx, func() {
+			if errors.Is(context.Cause(wctx), tpsync.ErrWoken) && state.CompareAndSwap(0, 2) {
+				cancelReq()
+			}
+		})()
+	}
 	commit := func() bool { return state.CompareAndSwap(0, 1) }
 
-	resp, err := p.roundTrip(reqCtx, r, reqBody, set, forwardEncoding(r.Header.Get("Accept-Encoding")), fl.endpoint)
+	resp, err := p.roundTrip(reqCtx, r, caller, reqBody, set, forwardEncoding(r.Header.Get("Accept-Encoding")), fl.endpoint)
 	if err != nil {
 		if state.Load() == 2 {
 			return errWoken

@@ -24,12 +24,17 @@ var (
 		"Bytes of upstream sync bodies held for splicing (sync.splice_budget_bytes bounds them)."))
 )
 
+// upstreamSeconds and splicedBytes are the series of upstreamDuration and
+// spliceBytes by endpoint, looked up once: a lookup by label values costs a
+// hash and a lock on every request.
+var upstreamSeconds, splicedBytes = map[string]prometheus.Observer{}, map[string]prometheus.Observer{}
+
 func init() {
 	// Every series exists from the start, at zero, for dashboards and rate().
 	for _, endpoint := range []string{syncFlavour.endpoint, slidingFlavour.endpoint} {
 		sectionsDeferred.WithLabelValues(endpoint)
-		spliceBytes.WithLabelValues(endpoint)
-		upstreamDuration.WithLabelValues(endpoint)
+		splicedBytes[endpoint] = spliceBytes.WithLabelValues(endpoint)
+		upstreamSeconds[endpoint] = upstreamDuration.WithLabelValues(endpoint)
 	}
-	upstreamDuration.WithLabelValues(passthrough)
+	upstreamSeconds[passthrough] = upstreamDuration.WithLabelValues(passthrough)
 }

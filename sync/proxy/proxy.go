@@ -85,12 +85,19 @@ func (p *Proxy) budget() *Budget {
 }
 
 // Register adds the proxied routes under every client prefix (room messages
-// under api/v1 too, as Synapse serves them). Room IDs are matched
-// percent-encoded, so that an encoded "/" stays inside its segment.
+// and members under api/v1 too, relations under v1 and unstable, as Synapse
+// serves them). Room IDs are matched percent-encoded, so that an encoded "/"
+// stays inside its segment.
+//
+// gorilla/mux tries routes in the order they were added, one regular
+// expression each: /sync, which every client calls over and over, comes
+// first (and package server registers the proxy before the other handlers).
 func (p *Proxy) Register(r *mux.Router) {
-	encoded := router.EncodedSubrouter(r)
 	for _, prefix := range httpapi.ClientPrefixes {
 		r.Handle(prefix+"/sync", p.Auth.Require(p.sync)).Methods(http.MethodGet)
+	}
+	encoded := router.EncodedSubrouter(r)
+	for _, prefix := range httpapi.ClientPrefixes {
 		r.Handle(prefix+"/keys/changes", mxerr.Handler(p.passTokens("from", "to"))).Methods(http.MethodGet)
 	}
 	for _, prefix := range append([]string{httpapi.LegacyPrefix}, httpapi.ClientPrefixes...) {
@@ -176,7 +183,7 @@ func (p *Proxy) pass(w http.ResponseWriter, r *http.Request, body []byte, params
 		}
 		set[name] = tok.Upstream
 	}
-	resp, err := p.roundTrip(r.Context(), r, body, set, r.Header.Get("Accept-Encoding"), passthrough)
+	resp, err := p.roundTrip(r.Context(), r, p.Auth.Caller(r), body, set, r.Header.Get("Accept-Encoding"), passthrough)
 	if err != nil {
 		return unlessGone(r.Context(), homeserver.UpstreamError(r.Context(), err))
 	}

@@ -89,7 +89,7 @@ func (p *Proxy) relayBody(w http.ResponseWriter, r *http.Request, resp *http.Res
 	}
 	copied, err := io.CopyBuffer(w, rd, (*buf)[:cap(*buf)])
 	abortOn(err)
-	spliceBytes.WithLabelValues(fl.endpoint).Observe(float64(len(held)) + float64(copied))
+	splicedBytes[fl.endpoint].Observe(float64(len(held)) + float64(copied))
 	return nil
 }
 
@@ -143,7 +143,7 @@ func writeSpliced(w http.ResponseWriter, r *http.Request, fl *flavour, upstream 
 		writeBody(w, upstream, body)
 		return
 	}
-	spliceBytes.WithLabelValues(fl.endpoint).Observe(float64(len(body)))
+	splicedBytes[fl.endpoint].Observe(float64(len(body)))
 	writeHeader(w, upstream, spliced.Len())
 	_, _ = spliced.WriteTo(w)
 }

@@ -9,13 +9,15 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/threepidd/threepidd/homeserver"
 )
 
-// roundTrip sends r to the homeserver under ctx: same method and path, the
-// query with the changes in set (an empty value drops the parameter), body as
-// the request body, acceptEncoding as Accept-Encoding.
-func (p *Proxy) roundTrip(ctx context.Context, r *http.Request, body []byte, set map[string]string, acceptEncoding, endpoint string) (*http.Response, error) {
-	caller := p.Auth.Caller(r)
+// roundTrip sends r to the homeserver under ctx as caller (what the
+// homeserver sees of the client): same method and path, the query with the
+// changes in set (an empty value drops the parameter), body as the request
+// body, acceptEncoding as Accept-Encoding.
+func (p *Proxy) roundTrip(ctx context.Context, r *http.Request, caller homeserver.Caller, body []byte, set map[string]string, acceptEncoding, endpoint string) (*http.Response, error) {
 	set["access_token"] = "" // sent as a header by SetHeaders
 	target := r.URL.EscapedPath()
 	if q := rewriteQuery(r.URL.RawQuery, set); q != "" {
@@ -39,9 +41,9 @@ func (p *Proxy) roundTrip(ctx context.Context, r *http.Request, body []byte, set
 		req.Header.Set("Accept-Encoding", acceptEncoding)
 	}
 	start := time.Now()
-	resp, err := p.Homeserver.HTTPClient().Do(req)
+	resp, err := p.Homeserver.RoundTrip(req)
 	if err == nil {
-		upstreamDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+		upstreamSeconds[endpoint].Observe(time.Since(start).Seconds())
 	}
 	return resp, err
 }
@@ -50,7 +52,7 @@ func (p *Proxy) roundTrip(ctx context.Context, r *http.Request, body []byte, set
 // splice: gzip if the client takes it (so a body we cannot read never comes
 // back), else identity.
 func forwardEncoding(clientAccepts string) string {
-	for _, part := range strings.Split(clientAccepts, ",") {
+	for part := range strings.SplitSeq(clientAccepts, ",") {
 		name, params, _ := strings.Cut(part, ";")
 		name = strings.TrimSpace(name)
 		if !strings.EqualFold(name, "gzip") && name != "*" {
@@ -91,9 +93,21 @@ func rewriteQuery(raw string, set map[string]string) string {
 	return b.String()
 }
 
-// hopHeaders are the hop-by-hop headers a proxy does not relay.
+// hopHeaders are the hop-by-hop headers a proxy does not relay, in canonical
+// form (the header map is indexed with them as they are).
 var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// copyHeaders sets the upstream headers on dst, upstream values replacing
+// ours (e.g. CORS), without the hop-by-hop ones.
+func copyHeaders(dst, upstream http.Header) {
+	for k, vs := range upstream {
+		dst[k] = vs
+	}
+	for _, h := range hopHeaders {
+		delete(dst, h)
+	}
+}
 
 // writeHeader answers 200 with Content-Length n (none when n < 0: the body
 // goes chunked) and the upstream headers (those of a decoded body: no
@@ -101,19 +115,14 @@ var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy
 // CORS).
 func writeHeader(w http.ResponseWriter, upstream http.Header, n int) {
 	dst := w.Header()
-	for k, vs := range upstream {
-		dst[k] = vs
-	}
-	for _, h := range hopHeaders {
-		dst.Del(h)
-	}
-	dst.Del("Content-Encoding")
-	dst.Del("Content-Length")
+	copyHeaders(dst, upstream)
+	delete(dst, "Content-Encoding")
+	delete(dst, "Content-Length")
 	if n >= 0 {
-		dst.Set("Content-Length", strconv.Itoa(n))
+		dst["Content-Length"] = []string{strconv.Itoa(n)}
 	}
 	if dst.Get("Content-Type") == "" {
-		dst.Set("Content-Type", "application/json")
+		dst["Content-Type"] = []string{"application/json"}
 	}
 	w.WriteHeader(http.StatusOK)
 }
@@ -126,13 +135,7 @@ func writeBody(w http.ResponseWriter, upstream http.Header, body []byte) {
 
 // relay writes an upstream answer as it came: status, headers, body.
 func relay(w http.ResponseWriter, resp *http.Response) {
-	dst := w.Header()
-	for k, vs := range resp.Header {
-		dst[k] = vs
-	}
-	for _, h := range hopHeaders {
-		dst.Del(h)
-	}
+	copyHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	buf := getBuffer(32 << 10)
 	defer putBuffer(buf)
