@@ -217,8 +217,15 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return TokenResponse{}, fmt.Errorf("look up 3PID owner: %w", err)
 	}
-	if err := s.checkHomeserverHolder(ctx, "", req.Medium, req.Address); err != nil {
-		return TokenResponse{}, err
+	if !held {
+		// The homeserver may hold it too (its own registration, or our
+		// mirror's copy); inhibited, that is as held as a row of ours.
+		switch err := s.checkHomeserverHolder(ctx, "", req.Medium, req.Address); {
+		case errors.Is(err, mxerr.ThreepidInUse) && s.InhibitThreepidErrors:
+			held = true
+		case err != nil:
+			return TokenResponse{}, err
+		}
 	}
 	resp := TokenResponse{}
 	if req.Medium == threepid.MediumMSISDN {

@@ -383,6 +383,20 @@ func TestInhibitThreepidErrors(t *testing.T) {
 		if len(mail.sent) != 1 {
 			t.Fatalf("%d mails", len(mail.sent))
 		}
+		// Held only in the homeserver's own table: the same quiet answer.
+		svc.Holders = holderMap{"hsonly@example.org": "@other:hs"}
+		hs := account.TokenRequest{ClientSecret: "s5", Medium: "email", Address: "hsonly@example.org", SendAttempt: 1}
+		r3, err := svc.RequestToken(ctx, hs)
+		if err != nil || !threepid.ValidSID(r3.SID) {
+			t.Fatalf("held by the homeserver: %+v %v", r3, err)
+		}
+		if r4, err := svc.RequestToken(ctx, hs); err != nil || r4.SID != r3.SID {
+			t.Fatalf("repeat, held by the homeserver: %+v %v, want sid %s", r4, err, r3.SID)
+		}
+		if len(mail.sent) != 1 {
+			t.Fatalf("%d mails", len(mail.sent))
+		}
+		svc.Holders = nil
 		// The rules before it still answer.
 		req.NextLink = "https://elsewhere.example/"
 		_, err = svc.RequestToken(ctx, req)
@@ -394,7 +408,17 @@ func TestInhibitThreepidErrors(t *testing.T) {
 		svc.Policy, svc.InhibitThreepidErrors = nil, false
 		_, err = svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "s4", Medium: "email", Address: "held@example.org", SendAttempt: 1})
 		wantErr(t, err, mxerr.ThreepidInUse)
+		svc.Holders = holderMap{"hsonly@example.org": "@other:hs"}
+		_, err = svc.RequestToken(ctx, account.TokenRequest{ClientSecret: "s6", Medium: "email", Address: "hsonly@example.org", SendAttempt: 1})
+		wantErr(t, err, mxerr.ThreepidInUse)
 	})
+}
+
+// holderMap is the homeserver's own 3PID table: address to holder.
+type holderMap map[string]string
+
+func (h holderMap) ThreepidHolder(_ context.Context, _, address string) (string, error) {
+	return h[address], nil
 }
 
 // TestNextLinkDomains: next_link_domains_allowed is checked at requestToken,
