@@ -6,7 +6,7 @@ export THREEPIDD_TEST_POSTGRES
 FUZZTIME ?= 30000x
 CONFIG ?= threepidd.example.yaml
 
-.PHONY: run build test vet tools race fuzz-smoke realpeer bench fmt
+.PHONY: run build test vet tools peers race fuzz-smoke realpeer bench fmt
 
 run:
 	$(GO) run ./cmd/threepidd -config $(CONFIG)
@@ -14,11 +14,12 @@ run:
 build:
 	$(GO) build -o bin/threepidd ./cmd/threepidd
 
-# The README's test command: vet, the tools the suite needs (promtool), the
-# race suite on SQLite and Postgres (tests/monitoring checks the alerting rules
-# with promtool and the dashboard's metrics against the binary), a short run of
+# The README's test command: vet, the tools the suite needs (promtool; nginx
+# for the cluster tests of tests/e2e), the race suite on SQLite and Postgres
+# (tests/monitoring checks the alerting rules with promtool and the
+# dashboard's metrics against the binary), a short run of
 # every fuzz target, and the real-peer suite (Dendrite, nginx, matrix-js-sdk).
-test: vet tools race fuzz-smoke realpeer
+test: vet tools peers race fuzz-smoke realpeer
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
@@ -28,6 +29,11 @@ vet:
 # promtool, from Debian's prometheus package (idempotent).
 tools:
 	bash deploy/prometheus/setup.sh
+
+# nginx, from Debian's packages (idempotent): tests/e2e puts several
+# instances behind deploy/nginx/threepidd.conf.
+peers:
+	bash deploy/nginx/setup.sh >/dev/null
 
 race:
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -1,5 +1,5 @@
 # debian.sh: helpers for the project's install scripts, sourced by
-# tests/realpeer/setup.sh and deploy/prometheus/setup.sh. Output goes to
+# deploy/nginx/setup.sh and deploy/prometheus/setup.sh. Output goes to
 # stderr.
 
 # as_root CMD...: runs CMD as root (directly, or through sudo).

@@ -30,11 +30,6 @@ type Env struct {
 	RepoRoot string
 }
 
-// NginxConf is the operators' location blocks that StartNginx includes.
-func (e Env) NginxConf() string {
-	return filepath.Join(e.RepoRoot, "deploy", "nginx", "threepidd.conf")
-}
-
 var setupOnce = sync.OnceValues(func() (Env, error) {
 	return runSetup(context.Background())
 })

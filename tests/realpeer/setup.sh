@@ -2,8 +2,8 @@
 # setup.sh: install and build the real peers that tests/realpeer runs against.
 # Idempotent; a second run only checks what is there.
 #
-#   - nginx, from Debian's packages (nginx-light, else nginx), when no nginx
-#     binary is installed. Needs root (or sudo) the first time.
+#   - nginx, from Debian's packages, through deploy/nginx/setup.sh (when no
+#     nginx binary is installed). Needs root (or sudo) the first time.
 #   - Dendrite's commands (dendrite, create-account, generate-config,
 #     generate-keys), built from the pinned tools module tools/dendrite and
 #     cached under ${XDG_CACHE_HOME:-$HOME/.cache}/threepidd-realpeer/,
@@ -27,20 +27,6 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/threepidd-realpeer"
 
 log() { echo "setup.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
-
-# shellcheck source=../../scripts/debian.sh
-. "$root/scripts/debian.sh"
-
-find_nginx() {
-	command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true
-}
-
-ensure_nginx() {
-	[ -n "$(find_nginx)" ] && return
-	log "installing nginx from Debian's packages"
-	apt_install nginx-light || apt_install nginx
-	[ -n "$(find_nginx)" ] || die "nginx installed but not found on PATH or in /usr/sbin"
-}
 
 ensure_dendrite() {
 	local key dir tmp
@@ -84,11 +70,11 @@ ensure_js() {
 	echo "$want" >"$stamp"
 }
 
-ensure_nginx
+nginx=$(bash "$root/deploy/nginx/setup.sh")
 bin=$(ensure_dendrite)
 ensure_js
 
 echo "DENDRITE_BIN_DIR=$bin"
-echo "NGINX=$(find_nginx)"
+echo "NGINX=$nginx"
 echo "NODE=$(command -v node)"
 echo "JS_DIR=$js"
