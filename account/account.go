@@ -233,13 +233,19 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 		resp.MSISDN, resp.IntlFmt, resp.Success = req.Address, threepid.InternationalFormat(req.Address), true
 	}
 	now := s.Clock.Now()
-	existing, err := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address)
-	switch {
-	case err == nil:
+	existing, release, err := s.claimSend(ctx, req, now)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	if release == nil { // an identical request sent it
 		resp.SID = existing.SID
-		if req.SendAttempt <= existing.SendAttempt {
-			return resp, nil
-		}
+		return resp, nil
+	}
+	// Released whatever happens: once the session holds the attempt, an
+	// identical request finds it; after a failure, a retry must send again.
+	defer release()
+	if existing.SID != "" {
+		resp.SID = existing.SID
 		token, err := s.sendToken(ctx, req, existing.SID, held, now)
 		if err != nil {
 			return TokenResponse{}, err
@@ -248,9 +254,6 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 			return TokenResponse{}, fmt.Errorf("add session token: %w", err)
 		}
 		return resp, nil
-	case errors.Is(err, storage.ErrNotFound):
-	default:
-		return TokenResponse{}, fmt.Errorf("load session: %w", err)
 	}
 	sid := threepid.NewSID()
 	// Send first: a session whose message never left must not swallow the
@@ -263,18 +266,78 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 		SID: sid, ClientSecret: req.ClientSecret, Medium: req.Medium, Address: req.Address,
 		SendAttempt: req.SendAttempt, NextLink: req.NextLink, ExpiresAt: token.ExpiresAt, CreatedAt: now.UnixMilli(),
 	}, token)
-	if errors.Is(err, storage.ErrConflict) {
-		// A concurrent identical request created the session first.
-		if s2, err2 := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address); err2 == nil {
-			resp.SID = s2.SID
-			return resp, nil
-		}
-	}
 	if err != nil {
 		return TokenResponse{}, fmt.Errorf("create session: %w", err)
 	}
 	resp.SID = sid
 	return resp, nil
+}
+
+// Identical requestTokens (client_secret, 3PID, send_attempt), concurrent on
+// one instance or several, send one message: the first claims the send in
+// the store, the others wait for its session (DESIGN.md, "Several instances").
+const (
+	// sendClaimStale is the age past which a claim belongs to a request
+	// that died while sending: longer than any send takes.
+	sendClaimStale = 2 * time.Minute
+	// sendClaimWait bounds how long a request waits for an identical one
+	// that is sending; past it, the client is asked to try again.
+	sendClaimWait = 30 * time.Second
+	// sendClaimPoll is how often a waiting request looks again.
+	sendClaimPoll = 20 * time.Millisecond
+)
+
+// claimSend returns the session of req's key (zero if none) and, when req
+// must send its message, the function that releases the claim to send it.
+// A nil release means an identical request already sent it: the session
+// returned holds the attempt.
+func (s *Service) claimSend(ctx context.Context, req TokenRequest, now time.Time) (storage.Session, func(), error) {
+	key := threepid.HashToken(fmt.Sprintf("%s\x00%s\x00%s\x00%d", req.ClientSecret, req.Medium, req.Address, req.SendAttempt))
+	deadline := time.Now().Add(sendClaimWait)
+	for {
+		existing, err := s.sessionByKey(ctx, req)
+		if err != nil || (existing.SID != "" && req.SendAttempt <= existing.SendAttempt) {
+			return existing, nil, err
+		}
+		got, err := s.Store.ClaimSend(ctx, key, now.UnixMilli(), now.Add(-sendClaimStale).UnixMilli())
+		if err != nil {
+			return storage.Session{}, nil, err
+		}
+		if got {
+			release := func() {
+				if err := s.Store.ReleaseSend(context.WithoutCancel(ctx), key); err != nil {
+					slog.WarnContext(ctx, "release requestToken send claim", "err", err)
+				}
+			}
+			// The holder before us may have stored its session and released
+			// between our look and our claim.
+			if existing, err = s.sessionByKey(ctx, req); err != nil || (existing.SID != "" && req.SendAttempt <= existing.SendAttempt) {
+				release()
+				return existing, nil, err
+			}
+			return existing, release, nil
+		}
+		if time.Now().After(deadline) {
+			return storage.Session{}, nil, mxerr.Unavailable.WithMessage("The validation message is still being sent; try again later")
+		}
+		select {
+		case <-ctx.Done():
+			return storage.Session{}, nil, ctx.Err()
+		case <-time.After(sendClaimPoll):
+		}
+	}
+}
+
+// sessionByKey is the session of req's key, or a zero Session when there is none.
+func (s *Service) sessionByKey(ctx context.Context, req TokenRequest) (storage.Session, error) {
+	existing, err := s.Store.SessionByKey(ctx, req.ClientSecret, req.Medium, req.Address)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return storage.Session{}, nil
+	case err != nil:
+		return storage.Session{}, fmt.Errorf("load session: %w", err)
+	}
+	return existing, nil
 }
 
 // sendToken makes a token for session sid and sends it, or, for an address

@@ -128,6 +128,62 @@ func TestRequestTokenAndAdd(t *testing.T) {
 	})
 }
 
+// slowMailer delays every message, so that concurrent requests overlap.
+type slowMailer struct{ *outbox }
+
+func (m slowMailer) Send(ctx context.Context, msg delivery.Message) error {
+	time.Sleep(20 * time.Millisecond)
+	return m.outbox.Send(ctx, msg)
+}
+
+// TestRequestTokenConcurrent: identical requestTokens at once (as on two
+// instances behind one load balancer) send one message and answer one sid;
+// a higher send_attempt at once sends one more. Each service is its own
+// instance on the shared store.
+func TestRequestTokenConcurrent(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		ctx := context.Background()
+		mail := &outbox{}
+		instances := make([]*account.Service, 2)
+		for i := range instances {
+			instances[i], _, _ = newService(t, s)
+			instances[i].Email = slowMailer{mail}
+		}
+		for _, c := range []struct {
+			attempt int64
+			sent    int
+		}{{1, 1}, {1, 1}, {2, 2}} {
+			sids := make(chan string, 8)
+			var wg sync.WaitGroup
+			for i := range cap(sids) {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r, err := instances[i%2].RequestToken(ctx, account.TokenRequest{ClientSecret: "sec", Medium: "email", Address: "c@example.org", SendAttempt: c.attempt})
+					if err != nil {
+						t.Errorf("attempt %d: %v", c.attempt, err)
+					}
+					sids <- r.SID
+				}()
+			}
+			wg.Wait()
+			close(sids)
+			first := <-sids
+			for sid := range sids {
+				if sid != first {
+					t.Fatalf("attempt %d: sids %s and %s", c.attempt, first, sid)
+				}
+			}
+			mail.mu.Lock()
+			sent := len(mail.sent)
+			mail.mu.Unlock()
+			if sent != c.sent {
+				t.Fatalf("after attempt %d: %d messages sent, want %d", c.attempt, sent, c.sent)
+			}
+		}
+	})
+}
+
 func TestSubmitToken(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
 		ctx := context.Background()

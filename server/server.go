@@ -415,8 +415,9 @@ func (s *Server) startWorkers(ctx context.Context) {
 
 // expiry drops, every minute, the rate-limit buckets that are full again
 // (so that the table holds only the keys used within a refill time), the
-// validation sessions past their use, the token attempts that count no more
-// and the replay hashes older than 30 days.
+// validation sessions past their use, the token attempts that count no more,
+// the replay hashes older than 30 days and the requestToken send claims left
+// by requests that died (older than an hour).
 type expiry struct {
 	store storage.Store
 	// validated is validated_session_lifetime: a session is of use until
@@ -449,6 +450,9 @@ func (e expiry) Run(ctx context.Context) {
 		}
 		if _, err := e.store.ForgetRequestsBefore(ctx, now.Add(-30*24*time.Hour).UnixMilli()); err != nil {
 			slog.WarnContext(ctx, "expire replay hashes", "err", err)
+		}
+		if _, err := e.store.ForgetSendClaimsBefore(ctx, now.Add(-time.Hour).UnixMilli()); err != nil {
+			slog.WarnContext(ctx, "expire requestToken send claims", "err", err)
 		}
 	}
 }

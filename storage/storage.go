@@ -121,6 +121,7 @@ type OutboxItem struct {
 // Querier is every query the service layer can make, inside or outside a transaction.
 type Querier interface {
 	Sessions
+	SendClaims
 	TokenAttempts
 	RateLimits
 	Associations
@@ -163,6 +164,22 @@ type Sessions interface {
 	// DeleteSessionsExpiredBefore removes the sessions whose expiry is
 	// before t, and their tokens; it returns how many sessions.
 	DeleteSessionsExpiredBefore(ctx context.Context, t int64) (int64, error)
+}
+
+// SendClaims let one request of several identical ones, on any instance, send
+// a validation message: the others wait for its session instead of sending
+// the message again.
+type SendClaims interface {
+	// ClaimSend claims key at `at` and reports whether it got it: true when
+	// nobody held it, or its holder claimed it before staleBefore (a request
+	// that died while sending), false while another holds it.
+	ClaimSend(ctx context.Context, key string, at, staleBefore int64) (bool, error)
+	// ReleaseSend gives key up (the message was sent and its session
+	// stored, or sending failed and a retry must send again).
+	ReleaseSend(ctx context.Context, key string) error
+	// ForgetSendClaimsBefore drops the claims made before t (left by
+	// requests that died) and returns how many.
+	ForgetSendClaimsBefore(ctx context.Context, t int64) (int64, error)
 }
 
 // TokenAttempts counts the tokens submitted for each 3PID, across its

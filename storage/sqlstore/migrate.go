@@ -151,6 +151,12 @@ var migrations = []migration{
 			next_run    BIGINT NOT NULL
 		)`,
 	}},
+	{9, "validation messages being sent, claimed by one request", []string{
+		`CREATE TABLE send_claims (
+			claim_key  TEXT PRIMARY KEY,
+			claimed_at BIGINT NOT NULL
+		)`,
+	}},
 }
 
 var (

@@ -458,3 +458,34 @@ func testReplayRace(t *testing.T, _ Backend, s storage.Store) {
 	}
 	equal(t, count, 1, "callers told the request is new")
 }
+
+func testSendClaims(t *testing.T, _ Backend, s storage.Store) {
+	ctx := t.Context()
+	for _, c := range []struct {
+		what            string
+		key             string
+		at, staleBefore int64
+		release         bool
+		want            bool
+	}{
+		{what: "a free key", key: "k1", at: 10, staleBefore: 0, want: true},
+		{what: "a key held since 10", key: "k1", at: 11, staleBefore: 5, want: false},
+		{what: "another key", key: "k2", at: 12, staleBefore: 5, want: true},
+		{what: "a key held since before the stale time", key: "k1", at: 20, staleBefore: 15, want: true},
+		{what: "a key taken over at 20", key: "k1", at: 21, staleBefore: 15, want: false},
+		{what: "a released key", key: "k2", at: 22, staleBefore: 5, release: true, want: true},
+	} {
+		if c.release {
+			check(t, s.ReleaseSend(ctx, c.key), "release")
+		}
+		got, err := s.ClaimSend(ctx, c.key, c.at, c.staleBefore)
+		check(t, err, "claim")
+		equal(t, got, c.want, "claim "+c.what)
+	}
+	n, err := s.ForgetSendClaimsBefore(ctx, 21)
+	check(t, err, "forget")
+	equal(t, n, int64(1), "claims forgotten before 21") // k1 (20); k2 was claimed again at 22
+	got, err := s.ClaimSend(ctx, "k1", 30, 0)
+	check(t, err, "claim forgotten")
+	equal(t, got, true, "claim a forgotten key")
+}

@@ -31,6 +31,8 @@ type NginxOptions struct {
 	Threepidd []string
 	// Homeserver is upstream homeserver (host:port).
 	Homeserver string
+	// Listen is the address to listen on ("": a free 127.0.0.1 port).
+	Listen string
 	// WorkerConnections is each worker's connection limit (default 256).
 	WorkerConnections int
 	// Workers is how many worker processes nginx runs (default 1).
@@ -133,11 +135,14 @@ func StartNginx(ctx context.Context, t testing.TB, opts NginxOptions) (*Nginx, e
 	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o700); err != nil {
 		return nil, fmt.Errorf("create nginx temp dir: %w", err)
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	listen := opts.Listen
+	if listen == "" {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		listen = "127.0.0.1:" + strconv.Itoa(port)
 	}
-	listen := "127.0.0.1:" + strconv.Itoa(port)
 	// Workers run as the "user" directive's account, nobody by default,
 	// which cannot enter the test's 0700 directories: run them as the
 	// account that owns them. nginx honours the directive only as root.
