@@ -164,6 +164,9 @@ func (w *Worker) RunOnce(ctx context.Context) int {
 		wg.Wait()
 	} else {
 		for _, item := range items {
+			if ctx.Err() != nil {
+				break // shutting down: the others' leases expire and another worker takes them
+			}
 			w.handle(ctx, item)
 		}
 	}
@@ -180,10 +183,17 @@ func (w *Worker) RunOnce(ctx context.Context) int {
 	return len(items)
 }
 
+// handle does item and records the outcome. An item begun is finished even
+// when ctx ends (a shutdown, a rolling restart): its call completes and is
+// recorded once, rather than being cut off and repeated by another instance
+// after the lease. It is bounded by half the lease, so that nobody else
+// claims the item while it is handled.
 func (w *Worker) handle(ctx context.Context, item storage.OutboxItem) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.Lease/2)
+	defer cancel()
 	err := w.Do(ctx, item)
 	if ctx.Err() != nil {
-		return // shutting down: the lease expires and the item is retried
+		return // out of time: the lease expires and the item is retried
 	}
 	now := w.Clock.Now()
 	switch {

@@ -174,3 +174,35 @@ func TestWorkerGrouped(t *testing.T) {
 		}
 	})
 }
+
+// TestWorkerFinishesOnShutdown: an item being handled when the worker's
+// context ends (a shutdown) is finished and recorded, not cut off to be
+// repeated by another instance once its lease expires.
+func TestWorkerFinishesOnShutdown(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
+		now := time.Now()
+		if err := outbox.Enqueue(context.Background(), s, "work", "k", map[string]int{"n": 1}, now); err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		begun := make(chan struct{})
+		var cutOff atomic.Bool
+		w := &outbox.Worker{Store: s, Kind: "work", Do: func(ctx context.Context, _ storage.OutboxItem) error {
+			close(begun)
+			stop() // the shutdown, while the call is in flight
+			time.Sleep(10 * time.Millisecond)
+			cutOff.Store(ctx.Err() != nil)
+			return nil
+		}}
+		done := make(chan struct{})
+		go func() { w.Run(ctx); close(done) }()
+		<-begun
+		<-done
+		if cutOff.Load() {
+			t.Fatal("the call's context ended with the worker's")
+		}
+		if n, err := s.CountOutbox(context.Background(), "work"); err != nil || n != 0 {
+			t.Fatalf("%d items left after the call succeeded (%v), want 0", n, err)
+		}
+	})
+}
