@@ -65,6 +65,8 @@ type Server struct {
 
 	// workers run in the background from Serve until Shutdown.
 	workers []worker
+	// stream is the /sync notification stream, drained by Shutdown.
+	stream *tpsync.Stream
 
 	listener, metricsListener net.Listener
 	http, metricsHTTP         *http.Server
@@ -114,6 +116,10 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
+	// Once the listener is closed, long-polls answer at once (their clients
+	// come back through the load balancer to another instance) rather than
+	// hold the shutdown up until ShutdownTimeout cuts them off.
+	s.http.RegisterOnShutdown(s.stream.Drain)
 	if s.metricsListener != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
@@ -235,6 +241,7 @@ func (s *Server) build() (http.Handler, error) {
 	}
 	logWhatStopsWorking(cfg)
 	stream := tpsync.New(s.Store, tpsync.Options{Retention: cfg.Sync.Retention})
+	s.stream = stream
 
 	// The routes.
 	authn := &auth.Auth{Homeserver: hs, Proxies: proxies}
@@ -366,9 +373,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 }
 
-// Shutdown stops accepting, lets in-flight requests finish (bounded by
-// ShutdownTimeout), stops the workers, ends the idle SMTP connections and
-// closes the database.
+// Shutdown stops accepting, answers the /sync long-polls at once, lets
+// in-flight requests finish (bounded by ShutdownTimeout), stops the workers
+// (an outbox item being handled is finished first), ends the idle SMTP
+// connections and closes the database: a rolling restart behind a load
+// balancer loses no request that was accepted.
 func (s *Server) Shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
 	defer cancel()

@@ -10,6 +10,11 @@ import (
 // for its user was appended.
 var ErrWoken = errors.New("sync: woken by a 3PID notification")
 
+// ErrDraining is the cause of a watch context that ended because its hub is
+// draining (the server shuts down): the long-poll should answer now with
+// what it has, so that the client's next request goes to another instance.
+var ErrDraining = errors.New("sync: draining for a shutdown")
+
 // Hub fans wake-ups out to the watchers of each user. Wake is meant to be the
 // callback of one storage.Store.Subscribe; it never blocks. A watcher costs a
 // cancellable context and a list node: no goroutine, no channel per watcher.
@@ -20,6 +25,8 @@ type Hub struct {
 	users map[string]*watcher
 	// n counts the listed watchers.
 	n int
+	// draining is set by Drain: watches end at once.
+	draining bool
 }
 
 // watcher is one Watch call, a node of its user's doubly linked list.
@@ -43,6 +50,11 @@ func (h *Hub) Watch(ctx context.Context, userID string) (context.Context, contex
 	wctx, cancel := context.WithCancelCause(ctx)
 	w := &watcher{user: userID, cancel: cancel, listed: true}
 	h.mu.Lock()
+	if h.draining {
+		h.mu.Unlock()
+		cancel(ErrDraining)
+		return wctx, func() { cancel(context.Canceled) }
+	}
 	if head := h.users[userID]; head != nil {
 		w.next, head.prev = head, w
 	}
@@ -102,6 +114,28 @@ func (h *Hub) Wake(userID string) {
 	// cancellation (which propagates to child contexts) runs outside the lock.
 	for w := head; w != nil; w = w.next {
 		w.cancel(ErrWoken)
+	}
+}
+
+// Drain ends every watch context with cause ErrDraining, and every later
+// one at once: a shutting-down server's long-polls answer instead of holding
+// the shutdown up.
+func (h *Hub) Drain() {
+	h.mu.Lock()
+	h.draining = true
+	var all []*watcher
+	for user, head := range h.users {
+		for w := head; w != nil; w = w.next {
+			w.listed = false
+			all = append(all, w)
+		}
+		delete(h.users, user)
+	}
+	h.n -= len(all)
+	h.mu.Unlock()
+	waiting.Sub(float64(len(all)))
+	for _, w := range all {
+		w.cancel(ErrDraining)
 	}
 }
 

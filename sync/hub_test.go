@@ -60,3 +60,23 @@ func TestHubParentContext(t *testing.T) {
 		t.Fatalf("Waiting = %d after stop", n)
 	}
 }
+
+func TestHubDrain(t *testing.T) {
+	h := NewHub()
+	ctx := context.Background()
+	a, stopA := h.Watch(ctx, "@a:hs")
+	defer stopA()
+	b, stopB := h.Watch(ctx, "@b:hs")
+	defer stopB()
+	h.Drain()
+	for i, c := range []context.Context{a, b} {
+		if !errors.Is(context.Cause(c), ErrDraining) {
+			t.Errorf("watcher %d: cause %v, want ErrDraining", i, context.Cause(c))
+		}
+	}
+	later, stopLater := h.Watch(ctx, "@a:hs")
+	defer stopLater()
+	if !errors.Is(context.Cause(later), ErrDraining) || h.Waiting() != 0 {
+		t.Fatalf("a watch after the drain: cause %v, %d waiting", context.Cause(later), h.Waiting())
+	}
+}

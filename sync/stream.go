@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -88,6 +89,10 @@ func (s *Stream) wake(userID string) {
 
 // Close ends the subscription: nobody is woken any more.
 func (s *Stream) Close() { s.stop() }
+
+// Drain ends the current and later watches with cause ErrDraining (the
+// server shuts down): long-polls answer at once, Wait with what it has.
+func (s *Stream) Drain() { s.hub.Drain() }
 
 // Hub returns the stream's wake-up hub.
 func (s *Stream) Hub() *Hub { return s.hub }
@@ -190,7 +195,7 @@ func (s *Stream) Watch(ctx context.Context, userID string) (context.Context, con
 
 // Wait is Section that long-polls: it returns as soon as the section is
 // non-empty, or with an empty section (and no error) when ctx ends first, ctx's
-// deadline being the client's timeout. The position returned is the one to put
+// deadline being the client's timeout, or the stream drains (Drain). The position returned is the one to put
 // into the next token. Errors come from the store only.
 func (s *Stream) Wait(ctx context.Context, userID string, tok Token) (Section, int64, error) {
 	for {
@@ -202,7 +207,7 @@ func (s *Stream) Wait(ctx context.Context, userID string, tok Token) (Section, i
 		}
 		<-wctx.Done()
 		stop()
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(context.Cause(wctx), ErrDraining) {
 			return nil, next, nil
 		}
 		// Woken: whatever arrived is after next.

@@ -23,7 +23,9 @@ import (
 // upstream request is cancelled and the client gets a minimal body: the
 // section, and a token whose upstream part is the one the client sent, so no
 // upstream event is skipped. When notifications are already pending, the
-// homeserver is asked with timeout=0, so the client gets both at once.
+// homeserver is asked with timeout=0, so the client gets both at once. When
+// the stream drains (a shutdown), a long-poll answers the same way at once,
+// with whatever section it has (often none).
 func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, reqBody []byte) error {
 	ctx := r.Context()
 	user := auth.UserFrom(ctx)
@@ -37,7 +39,7 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 	longPoll := query.Get(fl.param) != "" && timeout > 0
 	deadline := time.Now().Add(time.Duration(timeout) * time.Millisecond)
 	set := map[string]string{fl.param: tok.Upstream}
-	woken := false
+	woken, draining := false, false
 	for {
 		// Watch before reading the section, so nothing slips in between. A
 		// request that does not long-poll has nothing to watch (wctx nil).
@@ -63,8 +65,13 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 			tok = tpsync.NewToken(tok.Upstream, next)
 		}
 		switch {
-		case len(sec) > 0 && woken:
+		case woken && (len(sec) > 0 || draining):
+			// A notification, or the shutdown of this instance: answer now
+			// (the client's next request goes to another instance).
 			stop()
+			if sec == nil {
+				sec = tpsync.Section{} // "threepids":{}, not null
+			}
 			writeBody(w, nil, fl.minimal(sec, tpsync.NewToken(tok.Upstream, next)))
 			return nil
 		case len(sec) > 0 && longPoll:
@@ -78,6 +85,7 @@ func (p *Proxy) serveSync(w http.ResponseWriter, r *http.Request, fl *flavour, r
 			set["timeout"] = strconv.FormatInt(remaining.Milliseconds(), 10)
 		}
 		err = p.exchange(w, r, user.Caller, wctx, fl, reqBody, set, sec, prev, next)
+		draining = wctx != nil && errors.Is(context.Cause(wctx), tpsync.ErrDraining)
 		stop()
 		if !errors.Is(err, errWoken) {
 			return unlessGone(ctx, err)
@@ -105,7 +113,7 @@ func (p *Proxy) exchange(w http.ResponseWriter, r *http.Request, caller homeserv
 		reqCtx, cancelReq = context.WithCancel(reqCtx)
 		defer cancelReq()
 		defer context.AfterFunc(wctx, func() {
-			if errors.Is(context.Cause(wctx), tpsync.ErrWoken) && state.CompareAndSwap(0, 2) {
+			if cause := context.Cause(wctx); (errors.Is(cause, tpsync.ErrWoken) || errors.Is(cause, tpsync.ErrDraining)) && state.CompareAndSwap(0, 2) {
 				cancelReq()
 			}
 		})()

@@ -473,6 +473,29 @@ func TestProxyWake(t *testing.T) {
 			if r.status != 200 || string(r.body) != want {
 				t.Fatalf("got %d %s\nwant %s", r.status, r.body, want)
 			}
+			since = tpsync.NewToken("s5", pos).String()
+		})
+		// Last: a drain is for good.
+		t.Run("a drain answers at once with the upstream token kept", func(t *testing.T) {
+			e.up.setHandler(holdAll)
+			done := longPoll("GET", "/_matrix/client/v3/sync?timeout=30000&since="+since, "")
+			e.stream.Drain()
+			r := receive(done)
+			var body struct {
+				NextBatch string                  `json:"next_batch"`
+				Threepids map[string]tpsync.Entry `json:"threepids"`
+			}
+			if err := json.Unmarshal(r.body, &body); r.status != 200 || err != nil || body.Threepids == nil || len(body.Threepids) != 0 {
+				t.Fatalf("got %d %s (%v), want 200 with an empty threepids section", r.status, r.body, err)
+			}
+			if tok, err := tpsync.ParseToken(body.NextBatch); err != nil || tok.Upstream != "s5" {
+				t.Fatalf("next_batch %q (%v): want the client's upstream token s5", body.NextBatch, err)
+			}
+			// A long-poll that comes during the shutdown answers at once too.
+			r = e.do(t, "GET", "/_matrix/client/v3/sync?timeout=30000&since="+since, alice, "")
+			if r.status != 200 || !strings.Contains(string(r.body), `"threepids":{}`) {
+				t.Fatalf("a long-poll after the drain: %d %s", r.status, r.body)
+			}
 		})
 	})
 }
