@@ -8,8 +8,10 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,4 +224,143 @@ func mailsTo(sink *fakes.SMTPSink, address string) int {
 		}
 	}
 	return n
+}
+
+// TestClusterRollingRestart: clients keep calling through nginx while one
+// instance, then the other, is shut down and started again. Every request
+// gets an HTTP answer; a client retries a 502 (nginx could not reach an
+// instance that was going away) with the same request, as clients do, and
+// nothing else fails. Each validation session acknowledged with a 200 is in
+// the store afterwards, with exactly one mail sent for it; a /sync long-poll
+// held by the instance going away is answered (the drain), not cut off.
+func TestClusterRollingRestart(t *testing.T) {
+	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
+		c := harness.StartCluster(t, b, 2, harness.Options{})
+		const clients, rounds = 4, 12
+		type session struct{ sid, address string }
+		var (
+			progress atomic.Int32
+			mu       sync.Mutex
+			sessions []session
+			retried  = map[int]int{} // status → retries
+			failures []string
+		)
+		fail := func(format string, args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			failures = append(failures, fmt.Sprintf(format, args...))
+		}
+		// call sends req until it gets an answer other than 502 (at most 10
+		// tries) and returns that answer; ok is false after a failure.
+		call := func(req support.Request, want int) (support.Response, bool) {
+			for range 10 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				r, err := support.Send(ctx, req)
+				cancel()
+				switch {
+				case err != nil:
+					fail("%s %s: %v", req.Method, req.URL, err)
+					return r, false
+				case r.Status == 502:
+					mu.Lock()
+					retried[r.Status]++
+					mu.Unlock()
+					time.Sleep(20 * time.Millisecond)
+					continue
+				case r.Status != want:
+					fail("%s %s: %s", req.Method, req.URL, r)
+					return r, false
+				}
+				return r, true
+			}
+			fail("%s %s: 502 ten times", req.Method, req.URL)
+			return support.Response{}, false
+		}
+		users := make([]harness.User, clients)
+		for i := range users {
+			users[i] = c.Instances[0].NewUser(fmt.Sprintf("roller%d", i))
+		}
+		var wg sync.WaitGroup
+		for i, u := range users {
+			wg.Go(func() {
+				since := ""
+				for round := range rounds {
+					address := fmt.Sprintf("roll%d-%d@example.org", i, round)
+					r, ok := call(support.Request{Method: "POST", URL: c.URL + requestTokenPath,
+						Body: map[string]any{"client_secret": fmt.Sprintf("roll-%d-%d", i, round), "email": address, "send_attempt": 1}}, 200)
+					if !ok {
+						return
+					}
+					obj, err := r.Object()
+					sid, _ := obj["sid"].(string)
+					if err != nil || sid == "" {
+						fail("requestToken answer %s", r)
+						return
+					}
+					mu.Lock()
+					sessions = append(sessions, session{sid, address})
+					mu.Unlock()
+					if _, ok := call(support.Request{Method: "GET", URL: c.URL + "/_matrix/client/v3/account/3pid", Token: u.Token}, 200); !ok {
+						return
+					}
+					query := "timeout=0"
+					if since != "" {
+						query = "timeout=300&since=" + url.QueryEscape(since)
+					}
+					r, ok = call(support.Request{Method: "GET", URL: c.URL + syncPath + "?" + query, Token: u.Token}, 200)
+					if !ok {
+						return
+					}
+					if obj, err = r.Object(); err != nil {
+						fail("sync answer %s", r)
+						return
+					}
+					since, _ = obj["next_batch"].(string)
+					progress.Add(1)
+				}
+			})
+		}
+		// A rolling restart: one instance, then the other, each while the
+		// clients are busy.
+		for i, at := range []int32{clients * rounds / 4, clients * rounds / 2} {
+			support.WaitFor(t, "the clients' progress", func() bool { return progress.Load() >= at || len(failures) > 0 }, time.Minute)
+			// A 30 s long-poll held by the instance going away.
+			e, u := c.Instances[i], users[0]
+			first := doSync(t, e, u, "")
+			before := len(e.HS.SyncRequests())
+			held := syncAsync(e.URL, u.Token, "timeout=30000&since="+url.QueryEscape(first.NextBatch))
+			support.WaitFor(t, "the long-poll to reach the homeserver", func() bool {
+				for _, q := range e.HS.SyncRequests()[before:] {
+					if q.Get("timeout") == "30000" {
+						return true
+					}
+				}
+				return false
+			}, 10*time.Second)
+			e.Restart()
+			if drained, raw := receive(t, held, 10*time.Second); upstreamPart(t, drained.NextBatch) != upstreamPart(t, first.NextBatch) {
+				t.Fatalf("the drained long-poll skipped upstream: %s", raw)
+			}
+		}
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf("%d requests retried after a 502", retried[502])
+		if len(failures) > 0 {
+			log, _ := support.Tail(filepath.Join(c.Nginx.Dir, "error.log"), 20)
+			t.Fatalf("%d failures, the first: %s\nnginx's error log:\n%s", len(failures), failures[0], log)
+		}
+		if len(sessions) != clients*rounds {
+			t.Fatalf("%d sessions acknowledged, want %d", len(sessions), clients*rounds)
+		}
+		store := c.Instances[1].Server.Store
+		for _, s := range sessions {
+			if _, err := store.SessionByID(context.Background(), s.sid); err != nil {
+				t.Fatalf("session %s acknowledged for %s is not in the store: %v", s.sid, s.address, err)
+			}
+			if n := mailsTo(c.Instances[0].SMTP, s.address); n != 1 {
+				t.Fatalf("%d mails to %s, want 1", n, s.address)
+			}
+		}
+	})
 }

@@ -23,6 +23,8 @@ type Cluster struct {
 	// URL is nginx's base URL: what clients use. public_baseurl is this
 	// URL, so validation links go through nginx too.
 	URL string
+	// Nginx is the nginx in front (its Dir holds error.log and access.log).
+	Nginx *support.Nginx
 }
 
 // StartCluster starts n instances on backend b (Postgres only: a SQLite file
@@ -54,7 +56,7 @@ func StartCluster(t testing.TB, b storagetest.Backend, n int, opts Options) *Clu
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := support.StartNginx(ctx, t, support.NginxOptions{Binary: nginx, Threepidd: addrs,
+	if c.Nginx, err = support.StartNginx(ctx, t, support.NginxOptions{Binary: nginx, Threepidd: addrs,
 		Homeserver: strings.TrimPrefix(first.HS.URL(), "http://"), Listen: listen}); err != nil {
 		t.Fatalf("start nginx: %v", err)
 	}

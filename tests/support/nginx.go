@@ -92,8 +92,13 @@ http {
     scgi_temp_path {{.Dir}}/tmp/scgi;
 
     upstream threepidd {
+{{- /* max_fails=0: an instance being restarted refuses connections,
+       and nginx passes each request on to the next (proxy_next_upstream
+       error) rather than counting it out for fail_timeout; with the
+       default (1 failure, 10 s) a rolling restart would soon leave nginx
+       without a live instance ("no live upstreams"). */}}
 {{- range .Threepidd}}
-        server {{.}};
+        server {{.}} max_fails=0;
 {{- end}}
         keepalive 32;
     }
