@@ -15,8 +15,8 @@ const clockTick = 10 * time.Millisecond
 // Pid is the process's ID.
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
-// ProcessCPU is the CPU time (user and system) process pid has used so far,
-// from /proc/<pid>/stat (Linux only).
+// ProcessCPU is the CPU time (user and system, with its reaped children's)
+// process pid has used so far, from /proc/<pid>/stat (Linux only).
 func ProcessCPU(pid int) (time.Duration, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -26,28 +26,35 @@ func ProcessCPU(pid int) (time.Duration, error) {
 	return cpu, err
 }
 
-// parseStat returns the command name and the user+system CPU time of a
-// /proc/<pid>/stat line. The name is in parentheses and may hold spaces.
+// parseStat returns the command name and the CPU time of a /proc/<pid>/stat
+// line: user and system, its own and that of the children it reaped (a
+// Postgres server's exited backends, an nginx master's old workers). The
+// name is in parentheses and may hold spaces.
 func parseStat(line string) (string, time.Duration, error) {
 	open, closing := strings.IndexByte(line, '('), strings.LastIndexByte(line, ')')
 	if open < 0 || closing < open {
 		return "", 0, fmt.Errorf("malformed stat line %.60q", line)
 	}
-	// After the name: state (field 3) ... utime (14), stime (15).
+	// After the name: state (field 3) ... utime (14), stime (15), cutime
+	// (16), cstime (17).
 	fields := strings.Fields(line[closing+1:])
-	if len(fields) < 13 {
+	if len(fields) < 15 {
 		return "", 0, fmt.Errorf("short stat line %.60q", line)
 	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return "", 0, fmt.Errorf("stat line %.60q: bad CPU times", line)
+	var ticks int64
+	for _, f := range fields[11:15] {
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return "", 0, fmt.Errorf("stat line %.60q: bad CPU time %q", line, f)
+		}
+		ticks += v
 	}
-	return line[open+1 : closing], time.Duration(utime+stime) * clockTick, nil
+	return line[open+1 : closing], time.Duration(ticks) * clockTick, nil
 }
 
 // CommandCPU is the CPU time used so far by the running processes whose
-// command name is name (e.g. every "postgres" backend and its server).
+// command name is name (e.g. every "postgres" backend and its server, whose
+// count includes the backends that exited).
 func CommandCPU(name string) time.Duration {
 	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var total time.Duration
