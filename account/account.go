@@ -275,7 +275,7 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 
 // Identical requestTokens (client_secret, 3PID, send_attempt), concurrent on
 // one instance or several, send one message: the first claims the send in
-// the store, the others wait for its session (DESIGN.md, "Several instances").
+// the store, the others wait for its session and answer its sid.
 const (
 	// sendClaimStale is the age past which a claim belongs to a request
 	// that died while sending: longer than any send takes.
