@@ -163,9 +163,10 @@ func (w *Worker) RunOnce(ctx context.Context) int {
 		}
 		wg.Wait()
 	} else {
-		for _, item := range items {
+		for i, item := range items {
 			if ctx.Err() != nil {
-				break // shutting down: the others' leases expire and another worker takes them
+				w.release(ctx, items[i:]) // shutting down: another instance takes them now
+				break
 			}
 			w.handle(ctx, item)
 		}
@@ -222,6 +223,18 @@ func (w *Worker) handle(ctx context.Context, item storage.OutboxItem) {
 		}
 		slog.WarnContext(ctx, "outbox: giving up", "kind", w.Kind, "id", item.ID, "attempts", item.Attempts+1, "err", err)
 		w.remove(ctx, item)
+	}
+}
+
+// release makes claimed items that were not attempted due again at once,
+// for another worker (another instance) to take before their lease ends.
+func (w *Worker) release(ctx context.Context, items []storage.OutboxItem) {
+	ctx = context.WithoutCancel(ctx)
+	now := w.Clock.Now().UnixMilli()
+	for _, item := range items {
+		if err := w.Store.ReleaseOutbox(ctx, item.ID, now); err != nil {
+			slog.WarnContext(ctx, "outbox: release failed", "kind", w.Kind, "id", item.ID, "err", err)
+		}
 	}
 }
 

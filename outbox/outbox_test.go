@@ -177,32 +177,38 @@ func TestWorkerGrouped(t *testing.T) {
 
 // TestWorkerFinishesOnShutdown: an item being handled when the worker's
 // context ends (a shutdown) is finished and recorded, not cut off to be
-// repeated by another instance once its lease expires.
+// repeated by another instance once its lease expires; the items of its
+// batch not yet begun are released, due again at once for another instance.
 func TestWorkerFinishesOnShutdown(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, _ storagetest.Backend, s storage.Store) {
 		now := time.Now()
-		if err := outbox.Enqueue(context.Background(), s, "work", "k", map[string]int{"n": 1}, now); err != nil {
-			t.Fatal(err)
+		for _, key := range []string{"k1", "k2", "k3"} {
+			if err := outbox.Enqueue(context.Background(), s, "work", key, map[string]int{"n": 1}, now); err != nil {
+				t.Fatal(err)
+			}
 		}
 		ctx, stop := context.WithCancel(context.Background())
-		begun := make(chan struct{})
+		var calls atomic.Int32
 		var cutOff atomic.Bool
 		w := &outbox.Worker{Store: s, Kind: "work", Do: func(ctx context.Context, _ storage.OutboxItem) error {
-			close(begun)
+			calls.Add(1)
 			stop() // the shutdown, while the call is in flight
 			time.Sleep(10 * time.Millisecond)
 			cutOff.Store(ctx.Err() != nil)
 			return nil
 		}}
-		done := make(chan struct{})
-		go func() { w.Run(ctx); close(done) }()
-		<-begun
-		<-done
-		if cutOff.Load() {
-			t.Fatal("the call's context ended with the worker's")
+		w.Run(ctx)
+		if cutOff.Load() || calls.Load() != 1 {
+			t.Fatalf("%d calls; the call's context ended with the worker's: %v", calls.Load(), cutOff.Load())
 		}
-		if n, err := s.CountOutbox(context.Background(), "work"); err != nil || n != 0 {
-			t.Fatalf("%d items left after the call succeeded (%v), want 0", n, err)
+		released, err := s.ClaimOutbox(context.Background(), "work", time.Now().UnixMilli(), time.Now().Add(time.Minute).UnixMilli(), 10)
+		if err != nil || len(released) != 2 {
+			t.Fatalf("due after the shutdown: %+v (%v), want the 2 items not begun", released, err)
+		}
+		for _, item := range released {
+			if item.Attempts != 0 {
+				t.Fatalf("released item %+v counts an attempt", item)
+			}
 		}
 	})
 }

@@ -375,7 +375,8 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // Shutdown stops accepting, answers the /sync long-polls at once, lets
 // in-flight requests finish (bounded by ShutdownTimeout), stops the workers
-// (an outbox item being handled is finished first), ends the idle SMTP
+// (an outbox item being handled is finished first, the rest of its batch
+// released for another instance), ends the idle SMTP
 // connections and closes the database: a rolling restart behind a load
 // balancer loses no request that was accepted.
 func (s *Server) Shutdown() error {

@@ -278,6 +278,10 @@ type Outbox interface {
 	// RescheduleOutbox records a failed attempt: attempts+1, next attempt, last
 	// error. ErrNotFound if the item is gone.
 	RescheduleOutbox(ctx context.Context, id int64, nextAttempt int64, lastErr string) error
+	// ReleaseOutbox ends the lease of a claimed item that was not attempted
+	// (its worker shuts down): it is due again at nextAttempt, its attempts
+	// unchanged. ErrNotFound if the item is gone.
+	ReleaseOutbox(ctx context.Context, id int64, nextAttempt int64) error
 	// DeleteOutbox removes a finished (or abandoned) item. ErrNotFound if it is
 	// gone already.
 	DeleteOutbox(ctx context.Context, id int64) error

@@ -20,6 +20,7 @@ var (
 		WHERE kind = ? AND next_attempt <= ? ORDER BY next_attempt, id LIMIT ?{{skiplocked}}`)
 	qRescheduleOutbox = defineQuery(`UPDATE outbox
 		SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?`)
+	qReleaseOutbox = defineQuery(`UPDATE outbox SET next_attempt = ? WHERE id = ?`)
 	qDeleteOutbox  = defineQuery(`DELETE FROM outbox WHERE id = ?`)
 	qPendingOutbox = defineQuery(`SELECT ` + outboxColumns + ` FROM outbox
 		WHERE kind = ? AND item_key = ? ORDER BY id`)
@@ -117,6 +118,15 @@ func (q *querier) claim(ctx context.Context, due query, kind string, now, leaseU
 func (q *querier) RescheduleOutbox(ctx context.Context, id int64, nextAttempt int64, lastErr string) error {
 	if err := q.execOne(ctx, qRescheduleOutbox, nextAttempt, lastErr, id); err != nil {
 		return fmt.Errorf("reschedule outbox item %d: %w", id, err)
+	}
+	return nil
+}
+
+// ReleaseOutbox makes a claimed, unattempted item due at nextAttempt.
+// ErrNotFound if id is gone.
+func (q *querier) ReleaseOutbox(ctx context.Context, id int64, nextAttempt int64) error {
+	if err := q.execOne(ctx, qReleaseOutbox, nextAttempt, id); err != nil {
+		return fmt.Errorf("release outbox item %d: %w", id, err)
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ func TestSuite(t *testing.T) {
 		{"LockUser", testLockUser},
 		{"Bindings", testBindings},
 		{"Replays", testReplays},
+		{"OutboxRelease", testOutboxRelease},
 		{"SendClaims", testSendClaims},
 		{"ReplayRace", testReplayRace},
 		{"Notifications", testNotifications},

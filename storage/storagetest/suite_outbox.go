@@ -218,3 +218,22 @@ func testOutboxGroups(t *testing.T, _ Backend, s storage.Store) {
 	check(t, err, "claim before the deferral ends")
 	equal(t, got, leased(4000, b2), "claimed before the deferral ends")
 }
+
+func testOutboxRelease(t *testing.T, _ Backend, s storage.Store) {
+	ctx := t.Context()
+	id, err := s.EnqueueOutbox(ctx, storage.OutboxItem{Kind: "release", Payload: []byte("p"), NextAttempt: 10, CreatedAt: 1})
+	check(t, err, "enqueue")
+	got, err := s.ClaimOutbox(ctx, "release", 10, 1000, 10)
+	check(t, err, "claim")
+	equal(t, len(got), 1, "claimed")
+	got, err = s.ClaimOutbox(ctx, "release", 20, 1000, 10)
+	check(t, err, "claim leased")
+	equal(t, len(got), 0, "claimed while leased")
+	check(t, s.ReleaseOutbox(ctx, id, 20), "release")
+	got, err = s.ClaimOutbox(ctx, "release", 20, 1000, 10)
+	check(t, err, "claim released")
+	if len(got) != 1 || got[0].ID != id || got[0].Attempts != 0 {
+		t.Fatalf("claimed after the release: %+v, want item %d with 0 attempts", got, id)
+	}
+	wantErr(t, s.ReleaseOutbox(ctx, id+1000, 20), storage.ErrNotFound, "release a missing item")
+}
