@@ -70,6 +70,8 @@ type Server struct {
 
 	listener, metricsListener net.Listener
 	http, metricsHTTP         *http.Server
+	// drain closes the API's connections without crossing a request.
+	drain drainer
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -83,12 +85,12 @@ type worker interface {
 // New opens the store, builds the services and binds the listeners. Serve
 // starts answering.
 func New(ctx context.Context, cfg *config.Config) (*Server, error) {
-	s := &Server{cfg: cfg}
-	var err error
-	s.listener, err = net.Listen("tcp", cfg.Listen)
+	s := &Server{cfg: cfg, drain: drainer{quiet: drainQuiet, grace: drainGrace}}
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	s.listener = &onceCloseListener{Listener: ln}
 	if cfg.PublicBaseURL == "" {
 		cfg.PublicBaseURL = "http://" + s.listener.Addr().String()
 	}
@@ -110,16 +112,13 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		return nil, err
 	}
 	s.http = &http.Server{
-		Handler:           handler,
+		Handler:           s.drain.wrap(handler),
+		ConnState:         s.drain.connState,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
-	// Once the listener is closed, long-polls answer at once (their clients
-	// come back through the load balancer to another instance) rather than
-	// hold the shutdown up until ShutdownTimeout cuts them off.
-	s.http.RegisterOnShutdown(s.stream.Drain)
 	if s.metricsListener != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
@@ -366,15 +365,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	case err := <-errc:
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
+		if errors.Is(err, http.ErrServerClosed) || s.drain.draining.Load() {
+			return nil // Shutdown closed the listener
 		}
 		return fmt.Errorf("serve: %w", err)
 	}
 }
 
-// Shutdown stops accepting, answers the /sync long-polls at once, lets
-// in-flight requests finish (bounded by ShutdownTimeout), stops the workers
+// Shutdown stops accepting, answers the /sync long-polls at once, asks the
+// clients of the open connections to close them (answers with "Connection:
+// close", up to drainGrace), lets in-flight requests finish (bounded by
+// ShutdownTimeout), stops the workers
 // (an outbox item being handled is finished first, the rest of its batch
 // released for another instance), ends the idle SMTP
 // connections and closes the database: a rolling restart behind a load
@@ -382,6 +383,15 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
 	defer cancel()
+	// Refuse new connections (a load balancer sends them to another
+	// instance), answer the long-polls at once (their clients come back
+	// through the load balancer) rather than hold the shutdown up until
+	// ShutdownTimeout cuts them off, and let the clients of the open
+	// connections close them (drainer).
+	s.stream.Drain()
+	s.drain.draining.Store(true)
+	_ = s.listener.Close()
+	s.drain.drain()
 	err := s.http.Shutdown(ctx)
 	if s.metricsHTTP != nil {
 		_ = s.metricsHTTP.Shutdown(ctx)

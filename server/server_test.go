@@ -1,8 +1,10 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -127,5 +129,63 @@ func TestLogsWhatStopsWorking(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestShutdownLetsClientsClose: a shutdown refuses new connections at once,
+// and a request that comes on a kept-alive connection meanwhile is answered,
+// with "Connection: close", so that its client (a load balancer) closes the
+// connection rather than have it closed under a request it is sending.
+func TestShutdownLetsClientsClose(t *testing.T) {
+	cfg := testConfig(t)
+	srv, err := New(context.Background(), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.drain.quiet, srv.drain.grace = time.Minute, time.Minute // the test's request ends the drain
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+
+	conn, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	get := func() *http.Response {
+		t.Helper()
+		if _, err := conn.Write([]byte("GET /health HTTP/1.1\r\nHost: threepidd\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get(); resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("before the shutdown: %d, close %v", resp.StatusCode, resp.Close)
+	}
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown() }()
+	support.WaitFor(t, "new connections to be refused", func() bool {
+		c, err := net.Dial("tcp", srv.Addr())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, 10*time.Second)
+	if resp := get(); resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("during the shutdown: %d, close %v; want 200 with Connection: close", resp.StatusCode, resp.Close)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("serve: %v", err)
 	}
 }
