@@ -103,7 +103,7 @@ func TestClusterLimits(t *testing.T) {
 	harness.Run(t, func(t *testing.T, b storagetest.Backend) {
 		c := harness.StartCluster(t, b, 2, harness.Options{
 			IdentityServers: 1,
-			RateLimitYAML:   "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0.001, burst: 3}, unbind_per_user: {per_second: 0}}",
+			RateLimitYAML:   "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0.001, burst: 8}, unbind_per_user: {per_second: 0}}",
 			ExtraYAML:       "policy: {max_threepids_per_user: 2}\n",
 		})
 		a, other := c.Instances[0], c.Instances[1]
@@ -135,12 +135,17 @@ func TestClusterLimits(t *testing.T) {
 
 		t.Run("rate limit per address", func(t *testing.T) {
 			var reqs []support.Request
-			for i := range 8 {
+			for i := range 16 {
 				reqs = append(reqs, support.Request{Method: "POST", URL: on(i).URL + requestTokenPath,
 					Body: map[string]any{"client_secret": fmt.Sprintf("burst-%d", i), "email": "burst@example.org", "send_attempt": 1}})
 			}
-			if got := countStatus(sendAll(t, reqs)); got[200] != 3 || got[429] != 5 {
-				t.Fatalf("answers by status %v, want the burst of 3 × 200 and 5 × 429", got)
+			// One bucket for both instances: never more than its burst of 8
+			// (a bucket per instance would let 16 through). The last token of
+			// the burst may be refused: each request reads its own clock and
+			// concurrent ones may commit out of that order, a few
+			// microseconds apart (ratelimit's GCRA takes "now" from the caller).
+			if got := countStatus(sendAll(t, reqs)); got[200] < 7 || got[200] > 8 || got[200]+got[429] != 16 {
+				t.Fatalf("answers by status %v, want the burst of 8 × 200 (or 7) and the rest 429", got)
 			}
 		})
 
@@ -161,9 +166,10 @@ func TestClusterLimits(t *testing.T) {
 		})
 
 		t.Run("one validation message for identical requests", func(t *testing.T) {
-			// As many as the address's burst: each counts against it.
+			// Within the address's burst (each counts against it), with room
+			// to spare: see the rate-limit case.
 			var reqs []support.Request
-			for i := range 3 {
+			for i := range 6 {
 				reqs = append(reqs, support.Request{Method: "POST", URL: on(i).URL + requestTokenPath,
 					Body: map[string]any{"client_secret": "same", "email": "once@example.org", "send_attempt": 1}})
 			}
