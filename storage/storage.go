@@ -199,6 +199,11 @@ type Associations interface {
 	InsertAssociation(ctx context.Context, a Association) error
 	// AssociationsOf lists a user's associations, ordered by added_at, medium, address.
 	AssociationsOf(ctx context.Context, userID string) ([]Association, error)
+	// InsertAssociations adds every association of as whose (medium,
+	// address) nobody holds (within as, the first), in the caller's
+	// transaction or one of its own, and returns how many it added; the
+	// others are left as they are. It is the bulk write of imports.
+	InsertAssociations(ctx context.Context, as []Association) (int, error)
 	// AssociationByAddress returns who holds (medium, address), or ErrNotFound.
 	AssociationByAddress(ctx context.Context, medium, address string) (Association, error)
 	// DeleteAssociation removes (medium, address) from userID; it reports whether a row was removed.
@@ -221,6 +226,9 @@ type Bindings interface {
 	UpsertBinding(ctx context.Context, b Binding) error
 	// BindingsOf lists a user's bindings ordered by medium, address, id_server.
 	BindingsOf(ctx context.Context, userID string) ([]Binding, error)
+	// UpsertBindings is UpsertBinding of every binding of bs, in the caller's
+	// transaction or one of its own; bs must not hold one binding twice.
+	UpsertBindings(ctx context.Context, bs []Binding) error
 	// BindingsOf3PID lists the bindings of (medium, address) on idServer, by any
 	// user; idServer "" means on every identity server. Ordered by id_server, user.
 	BindingsOf3PID(ctx context.Context, medium, address, idServer string) ([]Binding, error)

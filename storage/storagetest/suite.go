@@ -45,6 +45,7 @@ func TestSuite(t *testing.T) {
 		{"BatchLookups", testBatchLookups},
 		{"SeenUsers", testSeenUsers},
 		{"Jobs", testJobs},
+		{"BulkWrites", testBulkWrites},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
