@@ -49,7 +49,9 @@ func (q *querier) InsertAssociation(ctx context.Context, a storage.Association) 
 // many it added; the others are left as they are.
 func (q *querier) InsertAssociations(ctx context.Context, as []storage.Association) (int, error) {
 	n, err := insertRows(ctx, q, `INSERT INTO associations (`+associationColumns+`)`, `ON CONFLICT DO NOTHING`, as,
-		func(a storage.Association) []any { return []any{a.UserID, a.Medium, a.Address, a.ValidatedAt, a.AddedAt} })
+		func(a storage.Association) []any {
+			return []any{a.UserID, a.Medium, a.Address, a.ValidatedAt, a.AddedAt}
+		})
 	if err != nil {
 		return 0, fmt.Errorf("insert %d associations: %w", len(as), err)
 	}
