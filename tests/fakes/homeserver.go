@@ -97,6 +97,8 @@ type Homeserver struct {
 	// holders indexes every user's 3PIDs: Synapse's user_threepids is
 	// unique on (medium, address).
 	holders map[hsThreepidKey]*hsUser
+	// population holds the computed users (SetPopulation).
+	population Population
 	// emailNotifsForNewUsers is Synapse's email.enable_notifs together with
 	// email.notif_for_new_users: an e-mail given at registration (or with a
 	// user the admin PUT creates) gets an "m.email" pusher.
