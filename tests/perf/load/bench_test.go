@@ -24,7 +24,7 @@ func BenchmarkList(b *testing.B) {
 		for _, side := range []struct {
 			name    string
 			iterate iteration
-		}{{"threepidd", r.list(r.users, false)}, {"baseline", r.list(r.users, true)}} {
+		}{{"threepidd", r.list(r.pop.Users, false)}, {"baseline", r.list(r.pop.Users, true)}} {
 			b.Run(be.Name+"/"+side.name, func(b *testing.B) {
 				var (
 					mu    sync.Mutex
