@@ -46,6 +46,7 @@ func TestSuite(t *testing.T) {
 		{"SeenUsers", testSeenUsers},
 		{"Jobs", testJobs},
 		{"BulkWrites", testBulkWrites},
+		{"ImportStaging", testImportStaging},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

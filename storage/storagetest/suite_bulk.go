@@ -81,3 +81,62 @@ func testBulkWrites(t *testing.T, _ Backend, s storage.Store) {
 		equal(t, seen, true, u+" seen")
 	}
 }
+
+// testImportStaging: staged addresses come back grouped with their holders
+// (an account's rows merged, earliest known timestamps), in pages that never
+// split an address; accounts and rejected rows page by user; clearing empties.
+func testImportStaging(t *testing.T, _ Backend, s storage.Store) {
+	ctx := t.Context()
+	row := func(user, address string, validated, added int64, reason string) storage.Staged {
+		return storage.Staged{Association: storage.Association{UserID: user, Medium: "email", Address: address, ValidatedAt: validated, AddedAt: added}, Reason: reason}
+	}
+	account := func(user string) storage.Staged {
+		return storage.Staged{Association: storage.Association{UserID: user}}
+	}
+	check(t, s.StageImport(ctx, []storage.Staged{
+		account("@b:hs"), account("@a:hs"), account("@c:hs"), account("@a:hs"),
+		row("@a:hs", "a@hs", 5, 0, ""),
+		row("@a:hs", "a@hs", 3, 7, ""), // a second spelling of a@hs by @a
+		row("@b:hs", "shared@hs", 1, 1, ""),
+		row("@a:hs", "shared@hs", 2, 2, ""),
+		row("@c:hs", "c@hs", 4, 4, ""),
+		row("@c:hs", "not an address", 0, 0, "invalid"),
+		row("@a:hs", "bad", 0, 0, "invalid"),
+	}), "stage")
+	holder := func(user, address string, validated, added int64) storage.Association {
+		return storage.Association{UserID: user, Medium: "email", Address: address, ValidatedAt: validated, AddedAt: added}
+	}
+	all := []storage.StagedAddress{
+		{Medium: "email", Address: "a@hs", Holders: []storage.Association{holder("@a:hs", "a@hs", 3, 7)}},
+		{Medium: "email", Address: "c@hs", Holders: []storage.Association{holder("@c:hs", "c@hs", 4, 4)}},
+		{Medium: "email", Address: "shared@hs", Holders: []storage.Association{holder("@a:hs", "shared@hs", 2, 2), holder("@b:hs", "shared@hs", 1, 1)}},
+	}
+	got, err := s.StagedAddresses(ctx, "", "", 100)
+	check(t, err, "staged addresses")
+	equal(t, got, all, "staged addresses")
+	got, err = s.StagedAddresses(ctx, "email", "a@hs", 3)
+	check(t, err, "staged addresses, a page")
+	equal(t, got, all[1:2], "a page ending inside an address leaves it to the next")
+	got, err = s.StagedAddresses(ctx, "email", "c@hs", 1)
+	check(t, err, "staged addresses, a short page")
+	equal(t, got, []storage.StagedAddress{{Medium: "email", Address: "shared@hs", Holders: all[2].Holders[:1]}}, "an address alone over the limit")
+
+	users, err := s.StagedUsers(ctx, "", 2)
+	check(t, err, "staged users")
+	equal(t, users, []string{"@a:hs", "@b:hs"}, "staged users")
+	users, err = s.StagedUsers(ctx, "@b:hs", 2)
+	check(t, err, "staged users after @b")
+	equal(t, users, []string{"@c:hs"}, "staged users after @b")
+
+	rejected, err := s.StagedRejected(ctx, "", "", "", 1)
+	check(t, err, "rejected")
+	equal(t, rejected, []storage.Staged{row("@a:hs", "bad", 0, 0, "invalid")}, "rejected, first page")
+	rejected, err = s.StagedRejected(ctx, "@a:hs", "email", "bad", 10)
+	check(t, err, "rejected")
+	equal(t, rejected, []storage.Staged{row("@c:hs", "not an address", 0, 0, "invalid")}, "rejected, next page")
+
+	check(t, s.ClearImportStaging(ctx), "clear")
+	got, err = s.StagedAddresses(ctx, "", "", 100)
+	check(t, err, "staged addresses after clear")
+	equal(t, len(got), 0, "staged addresses after clear")
+}
