@@ -25,7 +25,8 @@
 // then resolves the staged addresses in order, a page at a time, then marks
 // the accounts read seen. Its position is a cursor in the store's jobs
 // (JobName), saved in the transaction of each page, so an interrupted import
-// run again continues where it stopped; one import runs at a time (a lease).
+// run again continues where it stopped; one import runs at a time (a lease,
+// which an import killed on the same host does not keep).
 // A [Source] that is not a [Pager] is read whole, as one page.
 package importer
 
@@ -41,6 +42,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/threepidd/threepidd/internal/clock"
@@ -218,6 +220,15 @@ func (im *Importer) Run(ctx context.Context) (rep Report, err error) {
 	if err != nil {
 		return Report{}, err
 	}
+	if !claimed && deadHolder(job.Holder) { // a killed import on this host: take over
+		if err := im.Store.ReleaseJob(ctx, JobName, job.Holder); err != nil {
+			return Report{}, err
+		}
+		job, claimed, err = im.Store.ClaimJob(ctx, JobName, holder, now.UnixMilli(), now.Add(Lease).UnixMilli(), 0, true)
+		if err != nil {
+			return Report{}, err
+		}
+	}
 	if !claimed {
 		return Report{}, &BusyError{Holder: job.Holder, Until: time.UnixMilli(job.LeaseUntil)}
 	}
@@ -277,6 +288,21 @@ var defaultHolder = func() string {
 	host, _ := os.Hostname()
 	return host + "/" + strconv.Itoa(os.Getpid()) + "/" + rand.Text()[:8]
 }()
+
+// deadHolder reports whether holder names a process of this host that no
+// longer runs (killed before it could give its lease up).
+func deadHolder(holder string) bool {
+	parts := strings.Split(holder, "/")
+	host, _ := os.Hostname()
+	if len(parts) != 3 || parts[0] != host {
+		return false
+	}
+	pid, err := strconv.Atoi(parts[1])
+	if err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
 
 // pass is one run of an import: its cursor and report.
 type pass struct {
@@ -594,8 +620,14 @@ func (r Report) Write(w io.Writer) error {
 		}
 		b.WriteString("\n")
 	}
+	if r.ConflictCount > len(r.Conflicts) {
+		fmt.Fprintf(&b, "... and %d more conflicts\n", r.ConflictCount-len(r.Conflicts))
+	}
 	for _, x := range r.Rejected {
 		fmt.Fprintf(&b, "not imported: %s %s %q: %s\n", x.UserID, x.Medium, x.Address, x.Reason)
+	}
+	if r.RejectedCount > len(r.Rejected) {
+		fmt.Fprintf(&b, "... and %d more not imported\n", r.RejectedCount-len(r.Rejected))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -122,4 +124,25 @@ func TestImporterPagedResume(t *testing.T) {
 			t.Errorf("run while another holds the lease: %v, want a BusyError", err)
 		}
 	})
+}
+
+func TestDeadHolder(t *testing.T) {
+	host, _ := os.Hostname()
+	exited := exec.Command("true")
+	if err := exited.Run(); err != nil {
+		t.Skipf("no `true` to run: %v", err)
+	}
+	for _, c := range []struct {
+		holder string
+		dead   bool
+	}{
+		{fmt.Sprintf("%s/%d/X", host, exited.Process.Pid), true},
+		{fmt.Sprintf("%s/%d/X", host, os.Getpid()), false},
+		{fmt.Sprintf("elsewhere/%d/X", exited.Process.Pid), false},
+		{"not a holder", false},
+	} {
+		if got := deadHolder(c.holder); got != c.dead {
+			t.Errorf("deadHolder(%q) = %v, want %v", c.holder, got, c.dead)
+		}
+	}
 }
