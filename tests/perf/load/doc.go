@@ -35,6 +35,12 @@
 // THREEPIDD_TEST_LOAD_ROUNDS (rounds the duration is split into, default 10) and
 // THREEPIDD_TEST_LOAD_WARMUP (unmeasured load per operation and side, default 2s).
 //
+// Every operation draws its users from THREEPIDD_TEST_LOAD_ACTIVE (default
+// 10000) of the seeded ones, spread evenly over the population, so that at
+// every size threepidd's token cache sees the same traffic and only the
+// store grows. With several sizes, every size has a rig of its own, all
+// alive at once, and the rounds rotate over every size and side.
+//
 // THREEPIDD_TEST_LOAD_OPS selects operations by key (list, list-cached, flow, bind,
 // delete, onupdate; comma-separated), e.g. to profile one with -cpuprofile.
 //

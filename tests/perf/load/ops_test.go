@@ -45,13 +45,13 @@ type operation struct {
 
 // operations lists the operations of a run, in the order they run.
 func (r *rig) operations() []operation {
-	hot := min(hotUsers, r.pop.Users)
+	hot := min(hotUsers, r.active)
 	return []operation{
 		{
 			key:       "list",
 			steps:     []string{"GET /account/3pid"},
-			threepidd: r.list(r.pop.Users, false),
-			baseline:  r.list(r.pop.Users, true),
+			threepidd: r.list(r.active, false),
+			baseline:  r.list(r.active, true),
 		},
 		{
 			key:       "list-cached",
@@ -87,7 +87,7 @@ func (r *rig) operations() []operation {
 		{
 			key:       "onupdate",
 			steps:     []string{"POST /_matrix/federation/v1/3pid/onupdate"},
-			max:       int64(r.pop.Users),
+			max:       int64(r.active),
 			threepidd: r.onUpdateThreepidd,
 			baseline:  r.onUpdateBaseline,
 			reset:     r.bindSeeded,
@@ -131,20 +131,20 @@ func (r *rig) base(ctx context.Context, path string, u loadUser, body any) ([]by
 }
 
 // randomUser picks a seeded user.
-func (r *rig) randomUser(w *Worker) loadUser { return r.user(w.Rand.IntN(r.pop.Users)) }
+func (r *rig) randomUser(w *Worker) loadUser { return r.user(r.activeIndex(w.Rand.IntN(r.active))) }
 
 // seeded returns the user and address of the seeded binding number n (modulo
-// their count): user n's first address.
+// the active users): active user n's first address.
 func (r *rig) seeded(n int64) (loadUser, string) {
-	i := int(n % int64(r.pop.Users))
+	i := r.activeIndex(int(n % int64(r.active)))
 	return r.user(i), r.pop.Address(i, 0)
 }
 
 // list is GET /account/3pid (on the baseline if baseline) for a user drawn
-// from the first users seeded users.
+// from the first users active users.
 func (r *rig) list(users int, baseline bool) iteration {
 	return func(ctx context.Context, w *Worker, _ int64) error {
-		u := r.user(w.Rand.IntN(users))
+		u := r.user(r.activeIndex(w.Rand.IntN(users)))
 		return w.Step(0, func() error {
 			var err error
 			if baseline {

@@ -43,14 +43,18 @@ type rig struct {
 	client        *Client
 	// pop is the seeded population, which the fake homeserver serves.
 	pop fakes.Population
+	// active is how many users the operations draw from, spread evenly
+	// over the population: user k of them is seeded user k*stride.
+	active, stride int
 	// onupdateIS sends onupdates about the seeded bindings; bindIS serves
 	// bind/unbind.
 	onupdateIS, bindIS *fakes.IdentityServer
 }
 
 // newRig starts everything on backend b and seeds users users with 1 to 3
-// addresses each, the first bound on onupdateIS.
-func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
+// addresses each, the first bound on onupdateIS; the operations draw from
+// active of them (all if fewer).
+func newRig(t testing.TB, b storagetest.Backend, users, active, clients int) *rig {
 	t.Helper()
 	ctx := context.Background()
 	sink, err := NewMailSink()
@@ -60,7 +64,8 @@ func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
 	t.Cleanup(func() { _ = sink.Close() })
 	env := harness.Start(t, b, harness.Options{IdentityServers: 2, NoMSISDN: true, RateLimitYAML: noRateLimits})
 	r := &rig{t: t, hs: env.HS, sink: sink, client: NewClient(clients), onupdateIS: env.IS[0], bindIS: env.IS[1],
-		pop: fakes.Population{Users: users}}
+		pop: fakes.Population{Users: users}, active: min(active, users)}
+	r.stride = users / r.active
 	env.HS.SetPopulation(r.pop)
 
 	// The harness pins token_cache_ttl to 2 s for its tests and mails to the
@@ -70,6 +75,7 @@ func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
 	cfg := *env.Config
 	cfg.Listen, cfg.PublicBaseURL = "127.0.0.1:0", ""
 	cfg.Homeserver.TokenCacheTTL = tokenCacheTTL
+	cfg.Homeserver.ReconcileInterval = 0 // no background pass over the population mid-run
 	cfg.Email.SMTPHost, cfg.Email.SMTPPort = "127.0.0.1", sink.Port()
 	srv, err := server.New(ctx, &cfg)
 	if err != nil {
@@ -107,23 +113,26 @@ func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
 	return r
 }
 
+// activeIndex is the population index of active user k.
+func (r *rig) activeIndex(k int) int { return k * r.stride }
+
 // user is seeded user i.
 func (r *rig) user(i int) loadUser {
 	return loadUser{ID: seed.UserID(r.pop, harness.ServerName, i), Token: r.pop.Token(i)}
 }
 
-// bindSeeded restores the bindings on onupdateIS of the seeded users
+// bindSeeded restores the bindings on onupdateIS of the active users
 // numbered [from, end) modulo their count (each user's first address), a
 // transaction per rebindBatch.
 func (r *rig) bindSeeded(ctx context.Context, from, end int64) {
 	r.t.Helper()
-	total := int64(r.pop.Users)
+	total := int64(r.active)
 	end = min(end, from+total)
 	now := time.Now().UnixMilli()
 	for batch := from; batch < end; batch += rebindBatch {
 		var bs []storage.Binding
 		for n := batch; n < min(batch+rebindBatch, end); n++ {
-			bs = append(bs, seed.Binding(r.pop, harness.ServerName, r.onupdateIS.Name(), int(n%total), now))
+			bs = append(bs, seed.Binding(r.pop, harness.ServerName, r.onupdateIS.Name(), r.activeIndex(int(n%total)), now))
 		}
 		if err := r.store.UpsertBindings(ctx, bs); err != nil {
 			r.t.Fatalf("restore bindings: %v", err)
