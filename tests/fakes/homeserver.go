@@ -82,6 +82,7 @@ type Homeserver struct {
 	queries            map[string][]url.Values
 	whoamiCalls        int
 	adminCalls         int
+	adminCallLimit     int // SetAdminCallLimit
 	deleteDevicesCalls int
 	syncCancellations  int
 

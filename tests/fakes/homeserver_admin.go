@@ -47,6 +47,15 @@ func (hs *Homeserver) SetDown(down bool) {
 	hs.down = down
 }
 
+// SetAdminCallLimit makes every admin API call after the n-th (counting
+// from the fake's start, as AdminCalls does) answer as SetDown does; 0
+// lifts the limit. It interrupts a walk over the users at a known point.
+func (hs *Homeserver) SetAdminCallLimit(n int) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.adminCallLimit = n
+}
+
 // SetThreepids replaces userID's 3PIDs as given (no canonicalisation); zero
 // timestamps become now. An address another user holds moves to userID, as
 // Synapse's (medium, address) upsert does.
@@ -116,7 +125,7 @@ func (hs *Homeserver) admin(h hsHandler) http.Handler {
 		hs.mu.Lock()
 		defer hs.mu.Unlock()
 		hs.adminCalls++
-		if hs.down {
+		if hs.down || (hs.adminCallLimit > 0 && hs.adminCalls > hs.adminCallLimit) {
 			return hsErr(http.StatusServiceUnavailable, "M_UNKNOWN", "Service unavailable")
 		}
 		token, err := hsAccessToken(r)
