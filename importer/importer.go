@@ -253,6 +253,9 @@ func (im *Importer) Run(ctx context.Context) (rep Report, err error) {
 			return Report{}, err
 		}
 	}
+	defer func() { // what this import has done so far, even when it stops
+		rep.Users, rep.Found, rep.Imported, rep.Present, rep.ConflictCount = c.Users, c.Found, c.Imported, c.Present, c.Conflicts
+	}()
 	step := &pass{im: im, holder: holder, c: &c, rep: &rep}
 	for _, ph := range []struct {
 		name string
@@ -268,8 +271,6 @@ func (im *Importer) Run(ctx context.Context) (rep Report, err error) {
 	if err := step.rejected(ctx); err != nil {
 		return rep, err
 	}
-	rep.Users, rep.Found, rep.Imported, rep.Present = c.Users, c.Found, c.Imported, c.Present
-	rep.ConflictCount = c.Conflicts
 	slices.SortFunc(rep.Conflicts, func(a, b Conflict) int {
 		return cmp.Or(cmp.Compare(a.Medium, b.Medium), cmp.Compare(a.Address, b.Address))
 	})
