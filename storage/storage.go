@@ -135,6 +135,7 @@ type Querier interface {
 	AfterCommit(fn func())
 	SeenUsers
 	Jobs
+	ImportStaging
 }
 
 // Sessions stores validation sessions and their tokens.
@@ -216,6 +217,11 @@ type Associations interface {
 	InsertAssociation(ctx context.Context, a Association) error
 	// AssociationsOf lists a user's associations, ordered by added_at, medium, address.
 	AssociationsOf(ctx context.Context, userID string) ([]Association, error)
+	// InsertAssociations adds every association of as whose (medium,
+	// address) nobody holds (within as, the first), in the caller's
+	// transaction or one of its own, and returns how many it added; the
+	// others are left as they are. It is the bulk write of imports.
+	InsertAssociations(ctx context.Context, as []Association) (int, error)
 	// AssociationByAddress returns who holds (medium, address), or ErrNotFound.
 	AssociationByAddress(ctx context.Context, medium, address string) (Association, error)
 	// DeleteAssociation removes (medium, address) from userID; it reports whether a row was removed.
@@ -238,6 +244,9 @@ type Bindings interface {
 	UpsertBinding(ctx context.Context, b Binding) error
 	// BindingsOf lists a user's bindings ordered by medium, address, id_server.
 	BindingsOf(ctx context.Context, userID string) ([]Binding, error)
+	// UpsertBindings is UpsertBinding of every binding of bs, in the caller's
+	// transaction or one of its own; bs must not hold one binding twice.
+	UpsertBindings(ctx context.Context, bs []Binding) error
 	// BindingsOf3PID lists the bindings of (medium, address) on idServer, by any
 	// user; idServer "" means on every identity server. Ordered by id_server, user.
 	BindingsOf3PID(ctx context.Context, medium, address, idServer string) ([]Binding, error)
@@ -323,6 +332,43 @@ type SeenUsers interface {
 	// MarkUsersSeen marks every user of userIDs seen at `at` (users already
 	// seen keep their time).
 	MarkUsersSeen(ctx context.Context, userIDs []string, at int64) error
+}
+
+// Staged is a row of the import's staging table: a 3PID an account holds on
+// the homeserver (Address canonical unless Reason says why it is not
+// imported), or, with Medium and Address "", an account that was read.
+type Staged struct {
+	Association
+	Reason string
+}
+
+// StagedAddress is an address the import staged, with one entry per account
+// holding it (the earliest timestamps of that account's spellings; 0 when
+// unknown), ordered by user.
+type StagedAddress struct {
+	Medium, Address string
+	Holders         []Association
+}
+
+// ImportStaging is where `threepidd import` keeps what it read until it has
+// read everything, so that an address several accounts hold is seen with
+// all of them, in bounded memory, and an interrupted import resumes.
+type ImportStaging interface {
+	// StageImport adds rows (in the caller's transaction or its own).
+	// Staging a row twice is harmless: reads merge them.
+	StageImport(ctx context.Context, rows []Staged) error
+	// StagedAddresses returns the staged addresses (Reason "") after
+	// (medium, address) in that order, at most limit rows' worth: an address
+	// is never split over two calls, unless it alone has more than limit
+	// holders (then only the first limit are given).
+	StagedAddresses(ctx context.Context, medium, address string, limit int) ([]StagedAddress, error)
+	// StagedUsers returns up to limit staged accounts after userID, in order.
+	StagedUsers(ctx context.Context, userID string, limit int) ([]string, error)
+	// StagedRejected returns up to limit staged rows with a Reason, after
+	// (userID, medium, address) in that order.
+	StagedRejected(ctx context.Context, userID, medium, address string, limit int) ([]Staged, error)
+	// ClearImportStaging empties the staging table.
+	ClearImportStaging(ctx context.Context) error
 }
 
 // Job is the state of a periodic background job that walks a long listing:

@@ -18,7 +18,9 @@ import (
 // from Dendrite's user database (-dendrite-db). Progress goes to stderr, the
 // report (counts, conflicts, 3PIDs not imported) to stdout. Conflicts are
 // reported, not errors: the exit status is 0 once the import finished, 1 if it
-// could not. Running it again changes nothing.
+// could not. It holds a page of accounts in memory at a time; interrupted,
+// running it again continues where it stopped; finished, running it again
+// changes nothing.
 func importThreepids(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd := newConfigCommand("import", "usage: threepidd import -config FILE [-dendrite-db DSN]", stderr)
 	dendriteDB := cmd.flags.String("dendrite-db", "", "homeserver.kind dendrite: its user API database, a SQLite file or postgres:// URL (opened read-only)")

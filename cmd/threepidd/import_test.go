@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/threepidd/threepidd/importer"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 )
@@ -81,5 +82,30 @@ func runCommand(t *testing.T, args []string, exit int, wantOut, wantErr string) 
 	}
 	if !strings.Contains(stdout.String(), wantOut) || !strings.Contains(stderr.String(), wantErr) {
 		t.Fatalf("stdout %q, stderr %q; want %q and %q in them", stdout.String(), stderr.String(), wantOut, wantErr)
+	}
+}
+
+// TestImportResumes: an import the homeserver interrupts after its first
+// page of accounts exits 1; run again, it continues at the second page and
+// finishes with every account, the conflict across pages reported.
+func TestImportResumes(t *testing.T) {
+	for _, b := range storagetest.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			hs := fakes.NewHomeserver(t, "hs.test")
+			hs.SetAdminToken("hs-admin")
+			hs.SetPopulation(fakes.Population{Users: 1200, ConflictEvery: 501}) // user 500 holds user 499's first address
+			// The first listing call and the 500 accounts of its page, then 503.
+			hs.SetAdminCallLimit(1 + importer.DefaultPageSize)
+			config := configFiles(t, b, hs)("synapse", ", kind: synapse, admin_token: hs-admin")
+			runCommandCases(t, []commandCase{
+				{"interrupted", []string{"import", "-config", config}, 1, "", "import: 500/1200 accounts read"},
+			})
+			hs.SetAdminCallLimit(0)
+			runCommandCases(t, []commandCase{
+				{"continued", []string{"import", "-config", config}, 0,
+					"accounts read:    1200\n  3PIDs found:      2402\n  imported:         2398\n  already present:  0\n  conflicts:        2",
+					"import: continuing the import"},
+			})
+		})
 	}
 }

@@ -44,6 +44,20 @@ func (q *querier) InsertAssociation(ctx context.Context, a storage.Association) 
 	return nil
 }
 
+// InsertAssociations adds every association of as whose (medium, address)
+// nobody holds, in the current transaction or one of its own, and returns how
+// many it added; the others are left as they are.
+func (q *querier) InsertAssociations(ctx context.Context, as []storage.Association) (int, error) {
+	n, err := insertRows(ctx, q, `INSERT INTO associations (`+associationColumns+`)`, `ON CONFLICT DO NOTHING`, as,
+		func(a storage.Association) []any {
+			return []any{a.UserID, a.Medium, a.Address, a.ValidatedAt, a.AddedAt}
+		})
+	if err != nil {
+		return 0, fmt.Errorf("insert %d associations: %w", len(as), err)
+	}
+	return int(n), nil
+}
+
 // AssociationsOf lists a user's associations, ordered by added_at, medium, address.
 func (q *querier) AssociationsOf(ctx context.Context, userID string) ([]storage.Association, error) {
 	as, err := list(ctx, q, qAssociationsOf, scanAssociation, userID)

@@ -38,6 +38,19 @@ func (q *querier) UpsertBinding(ctx context.Context, b storage.Binding) error {
 	return nil
 }
 
+// UpsertBindings records every binding of bs (bound_at updated where it
+// exists), in the current transaction or one of its own. bs must not hold
+// one binding twice.
+func (q *querier) UpsertBindings(ctx context.Context, bs []storage.Binding) error {
+	_, err := insertRows(ctx, q, `INSERT INTO bindings (`+bindingColumns+`)`,
+		`ON CONFLICT (user_id, medium, address, id_server) DO UPDATE SET bound_at = excluded.bound_at`, bs,
+		func(b storage.Binding) []any { return []any{b.UserID, b.Medium, b.Address, b.IDServer, b.BoundAt} })
+	if err != nil {
+		return fmt.Errorf("upsert %d bindings: %w", len(bs), err)
+	}
+	return nil
+}
+
 // BindingsOf lists a user's bindings ordered by medium, address, id_server.
 func (q *querier) BindingsOf(ctx context.Context, userID string) ([]storage.Binding, error) {
 	bs, err := list(ctx, q, qBindingsOf, scanBinding, userID)

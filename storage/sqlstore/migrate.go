@@ -157,6 +157,20 @@ var migrations = []migration{
 			claimed_at BIGINT NOT NULL
 		)`,
 	}},
+	{10, "the import's staging table", []string{
+		// One row per 3PID an import read (reason: why it is not imported,
+		// "" if it may be) and one per account read (medium and address "").
+		`CREATE TABLE import_staging (
+			medium       TEXT NOT NULL,
+			address      TEXT NOT NULL,
+			user_id      TEXT NOT NULL,
+			validated_at BIGINT NOT NULL,
+			added_at     BIGINT NOT NULL,
+			reason       TEXT NOT NULL
+		)`,
+		`CREATE INDEX import_staging_by_threepid ON import_staging (reason, medium, address, user_id)`,
+		`CREATE INDEX import_staging_by_user ON import_staging (medium, user_id)`,
+	}},
 }
 
 var (

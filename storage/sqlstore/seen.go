@@ -10,7 +10,6 @@ import (
 
 var (
 	qUserSeen = defineQuery(`SELECT 1 FROM seen_users WHERE user_id = ?`)
-	qMarkSeen = defineQuery(`INSERT INTO seen_users (user_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING`)
 )
 
 // UserSeen reports whether userID was marked seen.
@@ -28,14 +27,8 @@ func (q *querier) UserSeen(ctx context.Context, userID string) (bool, error) {
 // MarkUsersSeen marks every user of userIDs seen at `at`, in one transaction
 // (the caller's, or its own).
 func (q *querier) MarkUsersSeen(ctx context.Context, userIDs []string, at int64) error {
-	err := q.inTx(ctx, func(q *querier) error {
-		for _, u := range userIDs {
-			if _, err := q.exec(ctx, qMarkSeen, u, at); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	_, err := insertRows(ctx, q, `INSERT INTO seen_users (user_id, seen_at)`, `ON CONFLICT DO NOTHING`, userIDs,
+		func(u string) []any { return []any{u, at} })
 	if err != nil {
 		return fmt.Errorf("mark %d users seen: %w", len(userIDs), err)
 	}

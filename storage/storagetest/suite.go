@@ -47,6 +47,8 @@ func TestSuite(t *testing.T) {
 		{"BatchLookups", testBatchLookups},
 		{"SeenUsers", testSeenUsers},
 		{"Jobs", testJobs},
+		{"BulkWrites", testBulkWrites},
+		{"ImportStaging", testImportStaging},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -82,6 +82,7 @@ type Homeserver struct {
 	queries            map[string][]url.Values
 	whoamiCalls        int
 	adminCalls         int
+	adminCallLimit     int // SetAdminCallLimit
 	deleteDevicesCalls int
 	syncCancellations  int
 
@@ -97,6 +98,8 @@ type Homeserver struct {
 	// holders indexes every user's 3PIDs: Synapse's user_threepids is
 	// unique on (medium, address).
 	holders map[hsThreepidKey]*hsUser
+	// population holds the computed users (SetPopulation).
+	population Population
 	// emailNotifsForNewUsers is Synapse's email.enable_notifs together with
 	// email.notif_for_new_users: an e-mail given at registration (or with a
 	// user the admin PUT creates) gets an "m.email" pusher.

@@ -47,6 +47,15 @@ func (hs *Homeserver) SetDown(down bool) {
 	hs.down = down
 }
 
+// SetAdminCallLimit makes every admin API call after the n-th (counting
+// from the fake's start, as AdminCalls does) answer as SetDown does; 0
+// lifts the limit. It interrupts a walk over the users at a known point.
+func (hs *Homeserver) SetAdminCallLimit(n int) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.adminCallLimit = n
+}
+
 // SetThreepids replaces userID's 3PIDs as given (no canonicalisation); zero
 // timestamps become now. An address another user holds moves to userID, as
 // Synapse's (medium, address) upsert does.
@@ -54,7 +63,7 @@ func (hs *Homeserver) SetThreepids(userID string, threepids []HomeserverThreepid
 	hs.t.Helper()
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	u := hs.users[userID]
+	u := hs.user(userID)
 	if u == nil {
 		hs.t.Fatalf("fake homeserver: no user %s", userID)
 	}
@@ -77,7 +86,7 @@ func (hs *Homeserver) SetThreepids(userID string, threepids []HomeserverThreepid
 func (hs *Homeserver) Threepids(userID string) []HomeserverThreepid {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	if u := hs.users[userID]; u != nil {
+	if u := hs.user(userID); u != nil {
 		return slices.Clone(u.threepids)
 	}
 	return nil
@@ -116,7 +125,7 @@ func (hs *Homeserver) admin(h hsHandler) http.Handler {
 		hs.mu.Lock()
 		defer hs.mu.Unlock()
 		hs.adminCalls++
-		if hs.down {
+		if hs.down || (hs.adminCallLimit > 0 && hs.adminCalls > hs.adminCallLimit) {
 			return hsErr(http.StatusServiceUnavailable, "M_UNKNOWN", "Service unavailable")
 		}
 		token, err := hsAccessToken(r)
@@ -179,20 +188,25 @@ func (hs *Homeserver) serveAdminUsers(w http.ResponseWriter, r *http.Request) er
 	}
 	var ids []string
 	for id, u := range hs.users {
-		if (guests || !u.guest) && (deactivated || !u.deactivated) {
+		if _, pop := hs.populationIndex(id); !pop && (guests || !u.guest) && (deactivated || !u.deactivated) {
 			ids = append(ids, id)
 		}
 	}
 	slices.Sort(ids)
-	total := len(ids)
-	page := ids[min(from, total):min(from+limit, total)]
-	users := make([]map[string]any, len(page))
-	for i, id := range page {
-		users[i] = hs.users[id].listEntry()
+	// The population comes first, computed a page at a time.
+	computed := hs.population.Users
+	total := computed + len(ids)
+	users := []map[string]any{}
+	for n := min(from, total); n < min(from+limit, total); n++ {
+		if n < computed {
+			users = append(users, hs.peekUser(hs.userID(hs.population.Localpart(n))).listEntry())
+		} else {
+			users = append(users, hs.users[ids[n-computed]].listEntry())
+		}
 	}
 	resp := map[string]any{"users": users, "total": total}
 	if from+limit < total {
-		resp["next_token"] = strconv.Itoa(from + len(page))
+		resp["next_token"] = strconv.Itoa(from + len(users))
 	}
 	mxerr.WriteJSON(w, http.StatusOK, resp)
 	return nil
@@ -217,7 +231,7 @@ func (hs *Homeserver) adminUser(r *http.Request, notLocal string) (*hsUser, erro
 	if err != nil {
 		return nil, err
 	}
-	u := hs.users[userID]
+	u := hs.peekUser(userID)
 	if u == nil {
 		return nil, mxerr.NotFound.WithMessage("User not found")
 	}
@@ -253,7 +267,7 @@ func (hs *Homeserver) serveAdminPutUser(w http.ResponseWriter, r *http.Request) 
 	if err != nil {
 		return err
 	}
-	status, u := http.StatusOK, hs.users[userID]
+	status, u := http.StatusOK, hs.user(userID)
 	if u == nil {
 		status, u = http.StatusCreated, &hsUser{id: userID, createdAt: time.Now().Unix()}
 		hs.users[userID] = u

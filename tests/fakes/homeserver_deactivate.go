@@ -16,7 +16,7 @@ import (
 func (hs *Homeserver) Deactivated(userID string) bool {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	u := hs.users[userID]
+	u := hs.user(userID)
 	return u != nil && u.deactivated
 }
 
@@ -62,7 +62,7 @@ func (hs *Homeserver) serveDeactivate(w http.ResponseWriter, r *http.Request) er
 // deactivate does what Synapse's deactivate_account does to the state the fake
 // models: local 3PIDs, devices, tokens, password and pushers go. hs.mu must be held.
 func (hs *Homeserver) deactivate(userID string) {
-	u := hs.users[userID]
+	u := hs.user(userID)
 	for _, tp := range slices.Clone(u.threepids) {
 		hs.dropThreepid(u, tp.Medium, tp.Address)
 	}

@@ -36,7 +36,7 @@ func (hs *Homeserver) RegisterWithEmail(localpart, password, email string) strin
 	}
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	u := hs.users[userID]
+	u := hs.user(userID)
 	now := hsNowMS()
 	hs.upsertThreepid(u, HomeserverThreepid{Medium: "email", Address: canonical, ValidatedAt: now, AddedAt: now})
 	if hs.emailNotifsForNewUsers {
@@ -67,7 +67,7 @@ func (hs *Homeserver) AddEmailPusher(userID, address string) error {
 	if hs.threepidOwner("email", canonical) != userID {
 		return hsErr(http.StatusBadRequest, "M_THREEPID_NOT_FOUND", "Email not found")
 	}
-	u := hs.users[userID]
+	u := hs.user(userID)
 	if !slices.Contains(u.pushers, hsEmailPusher(address)) {
 		u.pushers = append(u.pushers, hsEmailPusher(address))
 	}
@@ -78,7 +78,7 @@ func (hs *Homeserver) AddEmailPusher(userID, address string) error {
 func (hs *Homeserver) Pushers(userID string) []HomeserverPusher {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	if u := hs.users[userID]; u != nil {
+	if u := hs.user(userID); u != nil {
 		return slices.Clone(u.pushers)
 	}
 	return nil
@@ -99,7 +99,7 @@ func (hs *Homeserver) AdminDeactivate(userID string) {
 	hs.t.Helper()
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	if hs.users[userID] == nil {
+	if hs.user(userID) == nil {
 		hs.t.Fatalf("fake homeserver: no user %s", userID)
 	}
 	hs.deactivate(userID)

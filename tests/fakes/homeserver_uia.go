@@ -133,7 +133,7 @@ func (hs *Homeserver) synapsePassword(authdict map[string]any) (string, error) {
 // userFold finds a user as Synapse's _find_user_id_and_pwd_hash does: case-
 // insensitively, preferring the exact ID when several match. hs.mu must be held.
 func (hs *Homeserver) userFold(userID string) *hsUser {
-	if u := hs.users[userID]; u != nil {
+	if u := hs.user(userID); u != nil {
 		return u
 	}
 	var found *hsUser
@@ -231,7 +231,7 @@ func (hs *Homeserver) dendritePassword(auth map[string]any) (string, *mxerr.Erro
 		localpart = lp
 	}
 	for _, id := range []string{hs.userID(strings.ToLower(localpart)), hs.userID(localpart)} {
-		if u := hs.users[id]; u != nil && !u.deactivated && u.password != "" && u.password == password {
+		if u := hs.user(id); u != nil && !u.deactivated && u.password != "" && u.password == password {
 			return u.id, nil
 		}
 	}

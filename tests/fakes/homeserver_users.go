@@ -19,7 +19,7 @@ func (hs *Homeserver) AddUser(localpart, password string) (userID string) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	userID = hs.userID(localpart)
-	if _, ok := hs.users[userID]; ok {
+	if hs.user(userID) != nil {
 		hs.t.Fatalf("fake homeserver: user %s already exists", userID)
 	}
 	hs.users[userID] = &hsUser{id: userID, password: password, createdAt: time.Now().Unix()}
@@ -31,7 +31,7 @@ func (hs *Homeserver) Login(userID string) (accessToken, deviceID string) {
 	hs.t.Helper()
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	u := hs.users[userID]
+	u := hs.user(userID)
 	if u == nil || u.deactivated {
 		hs.t.Fatalf("fake homeserver: cannot log in %s: no such active user", userID)
 	}
@@ -59,7 +59,7 @@ func (hs *Homeserver) AddAppservice(asToken, senderLocalpart string) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	sender := hs.userID(senderLocalpart)
-	if hs.users[sender] == nil {
+	if hs.user(sender) == nil {
 		hs.users[sender] = &hsUser{id: sender, createdAt: time.Now().Unix()}
 	}
 	hs.appservices[asToken] = sender
@@ -77,7 +77,7 @@ func (hs *Homeserver) RevokeToken(token string) {
 func (hs *Homeserver) SoftLogout(token string) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	if tok := hs.tokens[token]; tok != nil {
+	if tok := hs.token(token); tok != nil {
 		tok.softLogout = true
 	}
 }
@@ -86,7 +86,7 @@ func (hs *Homeserver) SoftLogout(token string) {
 func (hs *Homeserver) TokenValid(token string) bool {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	tok := hs.tokens[token]
+	tok := hs.token(token)
 	_, as := hs.appservices[token]
 	return as || (tok != nil && !tok.softLogout)
 }
@@ -149,19 +149,19 @@ func (hs *Homeserver) requesterFor(r *http.Request, token string, allowGuest boo
 		case userID == sender:
 		case !hs.isLocal(userID):
 			return hsRequester{}, mxerr.Forbidden.WithMessage("Application service cannot masquerade as this user (%s).", userID)
-		case hs.users[userID] == nil:
+		case hs.user(userID) == nil:
 			return hsRequester{}, mxerr.Forbidden.WithMessage("Application service has not registered this user (%s)", userID)
 		}
 		return hsRequester{userID: userID, appservice: true}, nil
 	}
-	tok := hs.tokens[token]
+	tok := hs.token(token)
 	if tok == nil {
 		return hsRequester{}, mxerr.UnknownToken.WithMessage("Invalid access token passed.").WithExtra("soft_logout", false)
 	}
 	if tok.softLogout {
 		return hsRequester{}, mxerr.UnknownToken.WithMessage("Access token has expired").WithExtra("soft_logout", true)
 	}
-	u := hs.users[tok.userID]
+	u := hs.user(tok.userID)
 	if u.guest && !allowGuest {
 		return hsRequester{}, mxerr.GuestAccessForbidden.WithMessage("Guest access not allowed")
 	}

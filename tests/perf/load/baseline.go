@@ -30,6 +30,7 @@ const (
 	BaselineAdd          = "/add"
 	BaselineBind         = "/bind"
 	BaselineUnbind       = "/unbind"
+	BaselineDelete       = "/delete"
 	BaselineOnUpdate     = "/onupdate"
 )
 
@@ -61,6 +62,7 @@ func StartBaseline(store storage.Store) (*Baseline, error) {
 	mux.HandleFunc("POST "+BaselineAdd, b.handle(b.add))
 	mux.HandleFunc("POST "+BaselineBind, b.handle(b.bind))
 	mux.HandleFunc("POST "+BaselineUnbind, b.handle(b.unbind))
+	mux.HandleFunc("POST "+BaselineDelete, b.handle(b.delete))
 	mux.HandleFunc("POST "+BaselineOnUpdate, b.handle(b.onUpdate))
 	b.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -319,6 +321,30 @@ func (b *Baseline) unbind(ctx context.Context, user string, body []byte) (any, e
 		return nil, err
 	}
 	return map[string]string{"id_server_unbind_result": "success"}, nil
+}
+
+// delete takes {medium, address}: threepidd's /3pid/delete without identity
+// servers to call: the lookup of the address's bindings, then the
+// transaction removing it.
+func (b *Baseline) delete(ctx context.Context, user string, body []byte) (any, error) {
+	var req bindingBody
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, err
+	}
+	if _, err := b.store.BindingsOf3PID(ctx, req.Medium, req.Address, ""); err != nil {
+		return nil, err
+	}
+	err := b.store.WithTx(ctx, func(q storage.Querier) error {
+		removed, err := q.DeleteAssociation(ctx, user, req.Medium, req.Address)
+		if err == nil && !removed {
+			err = fmt.Errorf("%w: %s not held", errRefused, req.Address)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"id_server_unbind_result": "no-support"}, nil
 }
 
 // BaselineOnUpdateBody is the body of the baseline's onupdate: threepidd's,

@@ -108,5 +108,14 @@ func TestBaseline(t *testing.T) {
 		if after, err := store.MaxStreamID(ctx); err != nil || after != before {
 			t.Errorf("stream at %d after a replay (%v), want %d", after, err, before)
 		}
+
+		// delete: the address goes once; deleting it again is refused.
+		gone := map[string]any{"medium": threepid.MediumEmail, "address": address}
+		call(BaselineDelete, bob, gone, http.StatusBadRequest) // not bob's
+		call(BaselineDelete, alice, gone, 200)
+		call(BaselineDelete, alice, gone, http.StatusBadRequest)
+		if _, err := store.AssociationByAddress(ctx, threepid.MediumEmail, address); err == nil {
+			t.Errorf("%s still held after delete", address)
+		}
 	})
 }

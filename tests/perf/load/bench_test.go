@@ -20,11 +20,11 @@ const benchUsers = 100
 // reports the p50 and p99 latency of one request in µs.
 func BenchmarkList(b *testing.B) {
 	for _, be := range storagetest.Backends(b) {
-		r := newRig(b, be, benchUsers, 64)
+		r := newRig(b, be, benchUsers, benchUsers, 64)
 		for _, side := range []struct {
 			name    string
 			iterate iteration
-		}{{"threepidd", r.list(r.users, false)}, {"baseline", r.list(r.users, true)}} {
+		}{{"threepidd", r.list(r.active, false)}, {"baseline", r.list(r.active, true)}} {
 			b.Run(be.Name+"/"+side.name, func(b *testing.B) {
 				var (
 					mu    sync.Mutex

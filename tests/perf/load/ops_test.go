@@ -10,6 +10,8 @@ import (
 
 	"github.com/threepidd/threepidd/federation"
 	"github.com/threepidd/threepidd/onupdate"
+	"github.com/threepidd/threepidd/storage"
+	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
 	"github.com/threepidd/threepidd/threepid"
 )
@@ -43,17 +45,17 @@ type operation struct {
 
 // operations lists the operations of a run, in the order they run.
 func (r *rig) operations() []operation {
-	hot := r.users[:min(hotUsers, len(r.users))]
+	hot := min(hotUsers, r.active)
 	return []operation{
 		{
 			key:       "list",
 			steps:     []string{"GET /account/3pid"},
-			threepidd: r.list(r.users, false),
-			baseline:  r.list(r.users, true),
+			threepidd: r.list(r.active, false),
+			baseline:  r.list(r.active, true),
 		},
 		{
 			key:       "list-cached",
-			steps:     []string{fmt.Sprintf("GET /account/3pid, %d users (token cached)", len(hot))},
+			steps:     []string{fmt.Sprintf("GET /account/3pid, %d users (token cached)", hot)},
 			threepidd: r.list(hot, false),
 			baseline:  r.list(hot, true),
 		},
@@ -77,9 +79,15 @@ func (r *rig) operations() []operation {
 			baseline:  r.bindBaseline,
 		},
 		{
+			key:       "delete",
+			steps:     []string{"POST /account/3pid/delete"},
+			threepidd: r.deleteThreepidd,
+			baseline:  r.deleteBaseline,
+		},
+		{
 			key:       "onupdate",
 			steps:     []string{"POST /_matrix/federation/v1/3pid/onupdate"},
-			max:       int64(len(r.users) * threepidsPerUser),
+			max:       int64(r.active),
 			threepidd: r.onUpdateThreepidd,
 			baseline:  r.onUpdateBaseline,
 			reset:     r.bindSeeded,
@@ -123,19 +131,20 @@ func (r *rig) base(ctx context.Context, path string, u loadUser, body any) ([]by
 }
 
 // randomUser picks a seeded user.
-func (r *rig) randomUser(w *Worker) loadUser { return r.users[w.Rand.IntN(len(r.users))] }
+func (r *rig) randomUser(w *Worker) loadUser { return r.user(r.activeIndex(w.Rand.IntN(r.active))) }
 
-// seeded returns the user and address of seeded 3PID number n (modulo their count).
+// seeded returns the user and address of the seeded binding number n (modulo
+// the active users): active user n's first address.
 func (r *rig) seeded(n int64) (loadUser, string) {
-	idx := int(n % int64(len(r.users)*threepidsPerUser))
-	return r.users[idx/threepidsPerUser], seedAddress(idx/threepidsPerUser, idx%threepidsPerUser)
+	i := r.activeIndex(int(n % int64(r.active)))
+	return r.user(i), r.pop.Address(i, 0)
 }
 
 // list is GET /account/3pid (on the baseline if baseline) for a user drawn
-// from users.
-func (r *rig) list(users []loadUser, baseline bool) iteration {
+// from the first users active users.
+func (r *rig) list(users int, baseline bool) iteration {
 	return func(ctx context.Context, w *Worker, _ int64) error {
-		u := users[w.Rand.IntN(len(users))]
+		u := r.user(r.activeIndex(w.Rand.IntN(users)))
 		return w.Step(0, func() error {
 			var err error
 			if baseline {
@@ -208,7 +217,7 @@ func (r *rig) flowThreepidd(ctx context.Context, w *Worker, n int64) error {
 		auth := map[string]any{
 			"type":       "m.login.password",
 			"identifier": map[string]any{"type": "m.id.user", "user": u.ID},
-			"password":   userPassword,
+			"password":   fakes.PopulationPassword,
 			"session":    session,
 		}
 		_, err := r.threepidd(ctx, http.MethodPost, clientAPI+"/account/3pid/add", u,
@@ -297,6 +306,39 @@ func (r *rig) bindBaseline(ctx context.Context, w *Worker, n int64) error {
 	}
 	return w.Step(1, func() error {
 		_, err := r.base(ctx, BaselineUnbind, u, body)
+		return err
+	})
+}
+
+// deletable gives a random user a new address straight in the store (not
+// timed: it stands for an earlier add) and returns them.
+func (r *rig) deletable(ctx context.Context, w *Worker, n int64) (loadUser, map[string]any, error) {
+	u := r.randomUser(w)
+	address := fmt.Sprintf("del%d@%s", n, fakes.PopulationDomain)
+	now := time.Now().UnixMilli()
+	err := r.store.InsertAssociation(ctx, storage.Association{UserID: u.ID, Medium: threepid.MediumEmail, Address: address, ValidatedAt: now, AddedAt: now})
+	return u, map[string]any{"medium": threepid.MediumEmail, "address": address}, err
+}
+
+// deleteThreepidd removes an address of a random user (bound nowhere).
+func (r *rig) deleteThreepidd(ctx context.Context, w *Worker, n int64) error {
+	u, body, err := r.deletable(ctx, w, n)
+	if err != nil {
+		return err
+	}
+	return w.Step(0, func() error {
+		_, err := r.threepidd(ctx, http.MethodPost, clientAPI+"/account/3pid/delete", u, body, http.StatusOK)
+		return err
+	})
+}
+
+func (r *rig) deleteBaseline(ctx context.Context, w *Worker, n int64) error {
+	u, body, err := r.deletable(ctx, w, n)
+	if err != nil {
+		return err
+	}
+	return w.Step(0, func() error {
+		_, err := r.base(ctx, BaselineDelete, u, body)
 		return err
 	})
 }

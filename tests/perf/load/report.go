@@ -66,3 +66,39 @@ func FormatLatency(d time.Duration) string {
 		return fmt.Sprintf("%.0f ms", ms)
 	}
 }
+
+// WriteScaleTable writes, as a Markdown table, how each row's p99 grew from
+// the run at small users to the run at large users (rows matched by name):
+// threepidd's and the baseline's p99 at each size and their ratios, the last
+// compared with target ("ok" or "over").
+func WriteScaleTable(w io.Writer, small, large []Row, smallUsers, largeUsers int, target float64) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "| operation | threepidd p99 at %d | at %d | ratio | baseline p99 at %d | at %d | ratio |\n",
+		smallUsers, largeUsers, smallUsers, largeUsers)
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|\n")
+	for _, l := range large {
+		var s Row
+		for _, x := range small {
+			if x.Name == l.Name {
+				s = x
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", l.Name, growth(s.Threepidd, l.Threepidd, target), growth(s.Baseline, l.Baseline, 0))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// growth renders the p99 of one side at both sizes and their ratio, marked
+// when over target (0: not compared).
+func growth(small, large Summary, target float64) string {
+	if small.Count == 0 || large.Count == 0 || small.P99 <= 0 {
+		return "– | – | –"
+	}
+	x := float64(large.P99) / float64(small.P99)
+	ratio := fmt.Sprintf("%.2f×", x)
+	if target > 0 && x > target {
+		ratio = fmt.Sprintf("**%.2f×** (over %.1f×)", x, target)
+	}
+	return fmt.Sprintf("%s | %s | %s", FormatLatency(small.P99), FormatLatency(large.P99), ratio)
+}

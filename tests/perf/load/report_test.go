@@ -30,3 +30,31 @@ func TestWriteTable(t *testing.T) {
 		t.Errorf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestWriteScaleTable(t *testing.T) {
+	ms := time.Millisecond
+	side := func(p99 time.Duration) Summary { return Summary{Count: 10, P99: p99} }
+	small := []Row{
+		{Name: "flat", Threepidd: side(10 * ms), Baseline: side(4 * ms)},
+		{Name: "grows", Threepidd: side(10 * ms), Baseline: side(5 * ms)},
+	}
+	large := []Row{
+		{Name: "flat", Threepidd: side(11 * ms), Baseline: side(4 * ms)},
+		{Name: "grows", Threepidd: side(20 * ms), Baseline: side(10 * ms)},
+		{Name: "new", Threepidd: side(ms)},
+	}
+	var b strings.Builder
+	if err := WriteScaleTable(&b, small, large, 10, 1000, 1.2); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"| operation | threepidd p99 at 10 | at 1000 | ratio | baseline p99 at 10 | at 1000 | ratio |",
+		"|---|--:|--:|--:|--:|--:|--:|",
+		"| flat | 10.0 ms | 11.0 ms | 1.10× | 4.00 ms | 4.00 ms | 1.00× |",
+		"| grows | 10.0 ms | 20.0 ms | **2.00×** (over 1.2×) | 5.00 ms | 10.0 ms | 2.00× |",
+		"| new | – | – | – | – | – | – |",
+	}
+	if got := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

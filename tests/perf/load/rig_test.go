@@ -3,7 +3,6 @@ package load
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -13,22 +12,18 @@ import (
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
-	"github.com/threepidd/threepidd/threepid"
+	"github.com/threepidd/threepidd/tests/perf/seed"
 )
 
 const (
-	// threepidsPerUser is how many e-mail addresses each seeded user holds.
-	threepidsPerUser = 3
-	// seedBatch is how many 3PIDs one seeding transaction writes.
-	seedBatch = 1500
-	// userPassword is every seeded user's password (for the UIA relay).
-	userPassword = "load-password"
 	// mailWait bounds the wait for a validation e-mail once requestToken answered.
 	mailWait = 10 * time.Second
 	// noRateLimits turns every limit off: the run measures throughput, not limits.
 	noRateLimits = "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}, unbind_per_user: {per_second: 0}}"
 	// tokenCacheTTL is the production default of homeserver.token_cache_ttl.
 	tokenCacheTTL = 10 * time.Second
+	// rebindBatch is how many bindings one transaction restores after onupdate rounds.
+	rebindBatch = 2000
 )
 
 // loadUser is a seeded user with a logged-in device.
@@ -46,15 +41,20 @@ type rig struct {
 	url, baseline string
 	sink          *MailSink
 	client        *Client
-	users         []loadUser
+	// pop is the seeded population, which the fake homeserver serves.
+	pop fakes.Population
+	// active is how many users the operations draw from, spread evenly
+	// over the population: user k of them is seeded user k*stride.
+	active, stride int
 	// onupdateIS sends onupdates about the seeded bindings; bindIS serves
 	// bind/unbind.
 	onupdateIS, bindIS *fakes.IdentityServer
 }
 
-// newRig starts everything on backend b and seeds users users with
-// threepidsPerUser addresses each, all bound on onupdateIS.
-func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
+// newRig starts everything on backend b and seeds users users with 1 to 3
+// addresses each, the first bound on onupdateIS; the operations draw from
+// active of them (all if fewer).
+func newRig(t testing.TB, b storagetest.Backend, users, active, clients int) *rig {
 	t.Helper()
 	ctx := context.Background()
 	sink, err := NewMailSink()
@@ -63,7 +63,10 @@ func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
 	}
 	t.Cleanup(func() { _ = sink.Close() })
 	env := harness.Start(t, b, harness.Options{IdentityServers: 2, NoMSISDN: true, RateLimitYAML: noRateLimits})
-	r := &rig{t: t, hs: env.HS, sink: sink, client: NewClient(clients), onupdateIS: env.IS[0], bindIS: env.IS[1]}
+	r := &rig{t: t, hs: env.HS, sink: sink, client: NewClient(clients), onupdateIS: env.IS[0], bindIS: env.IS[1],
+		pop: fakes.Population{Users: users}, active: min(active, users)}
+	r.stride = users / r.active
+	env.HS.SetPopulation(r.pop)
 
 	// The harness pins token_cache_ttl to 2 s for its tests and mails to the
 	// e2e sink: restart threepidd on the same store and fakes with the
@@ -72,6 +75,7 @@ func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
 	cfg := *env.Config
 	cfg.Listen, cfg.PublicBaseURL = "127.0.0.1:0", ""
 	cfg.Homeserver.TokenCacheTTL = tokenCacheTTL
+	cfg.Homeserver.ReconcileInterval = 0 // no background pass over the population mid-run
 	cfg.Email.SMTPHost, cfg.Email.SMTPPort = "127.0.0.1", sink.Port()
 	srv, err := server.New(ctx, &cfg)
 	if err != nil {
@@ -98,76 +102,40 @@ func newRig(t testing.TB, b storagetest.Backend, users, clients int) *rig {
 	t.Cleanup(r.client.CloseIdle)
 
 	start := time.Now()
-	r.seed(ctx, users)
-	t.Logf("%s: seeded %d users with %d 3PIDs each (and their bindings on %s) in %v",
-		b.Name, users, threepidsPerUser, r.onupdateIS.Name(), time.Since(start).Round(time.Millisecond))
+	st, err := seed.Seed(ctx, r.store, seed.Options{Population: r.pop, ServerName: harness.ServerName,
+		IDServer: r.onupdateIS.Name(), At: time.Now().UnixMilli()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: seeded %d users, %d 3PIDs and %d bindings (on %s) in %v",
+		b.Name, st.Users, st.Threepids, st.Bindings, r.onupdateIS.Name(), time.Since(start).Round(time.Millisecond))
 	r.checkList(ctx)
 	return r
 }
 
-// seedAddress is the k-th address of the i-th seeded user.
-func seedAddress(i, k int) string { return fmt.Sprintf("user%d.%d@load.test", i, k) }
+// activeIndex is the population index of active user k.
+func (r *rig) activeIndex(k int) int { return k * r.stride }
 
-// seed registers users on the fake homeserver and writes their 3PIDs and
-// bindings straight into the store, a transaction per seedBatch 3PIDs, and
-// marks them seen, as `threepidd import` leaves a deployment (else each
-// user's first request would import from the homeserver: a one-time cost).
-func (r *rig) seed(ctx context.Context, users int) {
-	r.t.Helper()
-	r.users = make([]loadUser, users)
-	for i := range r.users {
-		id := r.hs.AddUser(fmt.Sprintf("load%d", i), userPassword)
-		token, _ := r.hs.Login(id)
-		r.users[i] = loadUser{ID: id, Token: token}
-	}
-	total := users * threepidsPerUser
-	now := time.Now().UnixMilli()
-	for from := 0; from < total; from += seedBatch {
-		err := r.store.WithTx(ctx, func(q storage.Querier) error {
-			for idx := from; idx < min(from+seedBatch, total); idx++ {
-				i, k := idx/threepidsPerUser, idx%threepidsPerUser
-				a := storage.Association{UserID: r.users[i].ID, Medium: threepid.MediumEmail, Address: seedAddress(i, k), ValidatedAt: now, AddedAt: now}
-				if err := q.InsertAssociation(ctx, a); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			r.t.Fatalf("seed 3PIDs: %v", err)
-		}
-	}
-	ids := make([]string, len(r.users))
-	for i, u := range r.users {
-		ids[i] = u.ID
-	}
-	if err := r.store.MarkUsersSeen(ctx, ids, now); err != nil {
-		r.t.Fatalf("mark seeded users seen: %v", err)
-	}
-	r.bindSeeded(ctx, 0, int64(total))
+// user is seeded user i.
+func (r *rig) user(i int) loadUser {
+	return loadUser{ID: seed.UserID(r.pop, harness.ServerName, i), Token: r.pop.Token(i)}
 }
 
-// bindSeeded records the bindings on onupdateIS of the seeded 3PIDs numbered
-// [from, end) modulo their count, a transaction per seedBatch.
+// bindSeeded restores the bindings on onupdateIS of the active users
+// numbered [from, end) modulo their count (each user's first address), a
+// transaction per rebindBatch.
 func (r *rig) bindSeeded(ctx context.Context, from, end int64) {
 	r.t.Helper()
-	total := int64(len(r.users) * threepidsPerUser)
+	total := int64(r.active)
 	end = min(end, from+total)
 	now := time.Now().UnixMilli()
-	for batch := from; batch < end; batch += seedBatch {
-		err := r.store.WithTx(ctx, func(q storage.Querier) error {
-			for n := batch; n < min(batch+seedBatch, end); n++ {
-				idx := int(n % total)
-				i, k := idx/threepidsPerUser, idx%threepidsPerUser
-				b := storage.Binding{UserID: r.users[i].ID, Medium: threepid.MediumEmail, Address: seedAddress(i, k), IDServer: r.onupdateIS.Name(), BoundAt: now}
-				if err := q.UpsertBinding(ctx, b); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			r.t.Fatalf("record bindings: %v", err)
+	for batch := from; batch < end; batch += rebindBatch {
+		var bs []storage.Binding
+		for n := batch; n < min(batch+rebindBatch, end); n++ {
+			bs = append(bs, seed.Binding(r.pop, harness.ServerName, r.onupdateIS.Name(), r.activeIndex(int(n%total)), now))
+		}
+		if err := r.store.UpsertBindings(ctx, bs); err != nil {
+			r.t.Fatalf("restore bindings: %v", err)
 		}
 	}
 }
@@ -175,7 +143,7 @@ func (r *rig) bindSeeded(ctx context.Context, from, end int64) {
 // checkList makes sure both sides list the first user's seeded 3PIDs.
 func (r *rig) checkList(ctx context.Context) {
 	r.t.Helper()
-	u := r.users[0]
+	u := r.user(0)
 	calls := map[string]Call{
 		"threepidd": {Method: http.MethodGet, URL: r.url + "/_matrix/client/v3/account/3pid", Authorization: "Bearer " + u.Token, Want: http.StatusOK},
 		"baseline":  {Method: http.MethodGet, URL: r.baseline + BaselineList, Header: UserHeader, HeaderValue: u.ID, Want: http.StatusOK},
@@ -188,8 +156,8 @@ func (r *rig) checkList(ctx context.Context) {
 		var list struct {
 			Threepids []struct{ Address string } `json:"threepids"`
 		}
-		if err := json.Unmarshal(body, &list); err != nil || len(list.Threepids) != threepidsPerUser || list.Threepids[0].Address != seedAddress(0, 0) {
-			r.t.Fatalf("%s lists %s for the first user, want its %d seeded 3PIDs (%v)", side, body, threepidsPerUser, err)
+		if err := json.Unmarshal(body, &list); err != nil || len(list.Threepids) != r.pop.ThreepidCount(0) || list.Threepids[0].Address != r.pop.Address(0, 0) {
+			r.t.Fatalf("%s lists %s for the first user, want its %d seeded 3PIDs (%v)", side, body, r.pop.ThreepidCount(0), err)
 		}
 	}
 }
