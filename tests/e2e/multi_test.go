@@ -150,19 +150,7 @@ func TestClusterLimits(t *testing.T) {
 		})
 
 		t.Run("onupdate replayed through the other instance", func(t *testing.T) {
-			u := a.NewUser("replayed")
-			harness.Expect(t, a.Bind(t, u, 0, "email", "replayed@example.org"), 200, "")
-			body := onUpdateBody(t, "replayed@example.org", true, u.ID, "")
-			auth := signOnUpdate(t, a.IS[0].Key(), a.IS[0].Name(), harness.ServerName, body)
-			expectApplied(t, postOnUpdate(t, a, auth, body))
-			harness.Expect(t, a.Bind(t, u, 0, "email", "replayed@example.org"), 200, "")
-			expectApplied(t, postOnUpdate(t, other, auth, body))
-			if ns := other.Notifications(t, u); len(ns) != 1 {
-				t.Fatalf("%d notifications after the replay on the other instance, want 1: %+v", len(ns), ns)
-			}
-			if got := other.BindingsOf(t, u, "replayed@example.org"); len(got) != 1 {
-				t.Fatalf("the replay dropped the new binding: %v", got)
-			}
+			expectReplayAppliedOnce(t, a, other, a.NewUser("replayed"), "replayed@example.org")
 		})
 
 		t.Run("one validation message for identical requests", func(t *testing.T) {

@@ -130,6 +130,28 @@ func snapshot(t *testing.T, e *harness.Env, users ...harness.User) string {
 
 // expectLost fails unless u has exactly one notification, about address with
 // deleted and mxid, from IS i, and no binding of address on IS i left.
+// expectReplayAppliedOnce sends a signed onupdate taking u's binding of
+// address over to accept, binds it again, and replays the same request to
+// replay (the same instance or another on the same store): the replay is
+// answered as applied but changes nothing, one notification, the new binding kept.
+func expectReplayAppliedOnce(t *testing.T, accept, replay *harness.Env, u harness.User, address string) {
+	t.Helper()
+	harness.Expect(t, accept.Bind(t, u, 0, "email", address), 200, "")
+	body := onUpdateBody(t, address, true, u.ID, "")
+	auth := signOnUpdate(t, accept.IS[0].Key(), accept.IS[0].Name(), harness.ServerName, body)
+	expectApplied(t, postOnUpdate(t, accept, auth, body))
+	expectLost(t, accept, u, 0, "email", address, true, u.ID)
+	// Bound again: a replay that were applied would drop it again.
+	harness.Expect(t, accept.Bind(t, u, 0, "email", address), 200, "")
+	expectApplied(t, postOnUpdate(t, replay, auth, body))
+	if ns := replay.Notifications(t, u); len(ns) != 1 {
+		t.Fatalf("%d notifications after the replay, want 1: %+v", len(ns), ns)
+	}
+	if got := replay.BindingsOf(t, u, address); len(got) != 1 {
+		t.Fatalf("the replay dropped the new binding: %v", got)
+	}
+}
+
 func expectLost(t *testing.T, e *harness.Env, u harness.User, i int, medium, address string, deleted bool, mxid string) {
 	t.Helper()
 	ns := e.Notifications(t, u)
@@ -198,21 +220,7 @@ func TestOnUpdate(t *testing.T) {
 		})
 
 		t.Run("replay adds no second notification", func(t *testing.T) {
-			alice := e.NewUser("replay-alice")
-			harness.Expect(t, e.Bind(t, alice, 0, "email", "replay@example.org"), 200, "")
-			body := onUpdateBody(t, "replay@example.org", true, alice.ID, "")
-			auth := signOnUpdate(t, e.IS[0].Key(), is0, harness.ServerName, body)
-			expectApplied(t, postOnUpdate(t, e, auth, body))
-			expectLost(t, e, alice, 0, "email", "replay@example.org", true, alice.ID)
-			// Bound again: a replay that were applied would drop it again.
-			harness.Expect(t, e.Bind(t, alice, 0, "email", "replay@example.org"), 200, "")
-			expectApplied(t, postOnUpdate(t, e, auth, body))
-			if ns := e.Notifications(t, alice); len(ns) != 1 {
-				t.Fatalf("%d notifications after the replay, want 1: %+v", len(ns), ns)
-			}
-			if got := e.BindingsOf(t, alice, "replay@example.org"); len(got) != 1 {
-				t.Fatalf("the replay dropped the new binding: %v", got)
-			}
+			expectReplayAppliedOnce(t, e, e, e.NewUser("replay-alice"), "replay@example.org")
 		})
 
 		t.Run("a reformatted replay is still a replay", func(t *testing.T) {
