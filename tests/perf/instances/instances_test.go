@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/onupdate"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/backend"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -304,78 +303,6 @@ func measure(b *testing.B, client support.Client, procs []*support.Process, targ
 //
 //	THREEPIDD_TEST_INSTANCES_BENCH=1 THREEPIDD_TEST_POSTGRES=... go test -run '^$' -bench BenchmarkInstancesWake -benchtime 1000x ./tests/perf/instances
 func BenchmarkInstancesWake(b *testing.B) {
-	be := postgres(b)
-	c := harness.StartCluster(b, be, 2, harness.Options{IdentityServers: 1,
-		// onupdate_per_server off: this is more than its default 50/s.
-		RateLimitYAML: "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}}"})
-	a, other := c.Instances[0], c.Instances[1]
-	run := strconv.FormatInt(time.Now().UnixNano(), 36)
-	alice := a.NewUser("alice" + run)
-	is := a.IS[0]
-	ctx := context.Background()
-	address := func(i int) string { return fmt.Sprintf("r%s-a%d@example.org", run, i) }
-	for i := range b.N {
-		if err := a.Server.Store.UpsertBinding(ctx, storage.Binding{UserID: alice.ID, Medium: "email",
-			Address: address(i), IDServer: is.Name(), BoundAt: time.Now().UnixMilli()}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	client := support.Client{HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}}
-	isClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second}
-	type result struct {
-		at   time.Time
-		resp support.Response
-		err  error
-	}
-	syncOn := func(query, agent string) <-chan result {
-		done := make(chan result, 1)
-		go func() {
-			r, err := client.Send(ctx, support.Request{Method: http.MethodGet, URL: a.URL + "/_matrix/client/v3/sync?" + query,
-				Token: alice.Token, Header: http.Header{"User-Agent": {agent}}})
-			if err == nil && r.Status != 200 {
-				err = fmt.Errorf("status %d: %s", r.Status, r.Body)
-			}
-			done <- result{time.Now(), r, err}
-		}()
-		return done
-	}
-	nextBatch := func(r result) string {
-		var body struct {
-			NextBatch string `json:"next_batch"`
-		}
-		if r.err != nil || json.Unmarshal(r.resp.Body, &body) != nil || body.NextBatch == "" {
-			b.Fatalf("sync: %v: %.300s", r.err, r.resp.Body)
-		}
-		return body.NextBatch
-	}
-	next := nextBatch(<-syncOn("timeout=0", "first"))
-	fromSend := make([]time.Duration, 0, b.N)
-	fromAccept := make([]time.Duration, 0, b.N)
-	b.Logf("machine load (1, 5, 15 min) before: %s", support.LoadAverage())
-	b.ResetTimer()
-	for i := range b.N {
-		agent := "bench-" + strconv.Itoa(i)
-		done := syncOn("timeout=30000&since="+url.QueryEscape(next), agent)
-		// The homeserver sees the request once A watches for alice.
-		for a.HS.LastHeaders("/_matrix/client/v3/sync").Get("User-Agent") != agent {
-			time.Sleep(50 * time.Microsecond)
-		}
-		sent := time.Now()
-		if err := onupdate.Send(ctx, isClient, is.Key(), is.Name(), harness.ServerName, other.URL,
-			onupdate.Body{Threepid: address(i), MXID: "@mallory:evil.test"}); err != nil {
-			b.Fatal(err)
-		}
-		accepted := time.Now()
-		r := <-done
-		next = nextBatch(r)
-		if !strings.Contains(string(r.resp.Body), `"`+address(i)+`"`) {
-			b.Fatalf("woken without the section: %.300s", r.resp.Body)
-		}
-		fromSend = append(fromSend, r.at.Sub(sent))
-		fromAccept = append(fromAccept, r.at.Sub(accepted))
-	}
-	b.StopTimer()
-	b.Logf("machine load (1, 5, 15 min) after: %s", support.LoadAverage())
-	support.ReportPercentiles(b, "sent", fromSend)
-	support.ReportPercentiles(b, "accepted", fromAccept)
+	c := harness.StartCluster(b, postgres(b), 2, harness.Options{IdentityServers: 1, RateLimitYAML: harness.WakeRateLimits})
+	harness.BenchWake(b, c.Instances[0], c.Instances[1])
 }

@@ -7,11 +7,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/threepidd/threepidd/onupdate"
-	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 	"github.com/threepidd/threepidd/tests/fakes"
 	"github.com/threepidd/threepidd/tests/harness"
@@ -33,95 +29,18 @@ const syncPath = "/_matrix/client/v3/sync"
 // TestMain removes the threepidd binary BenchmarkSyncIdleLongPolls builds.
 func TestMain(m *testing.M) { os.Exit(support.RunTests(m)) }
 
-// result is the outcome of a sync made in the background.
-type result struct {
-	at   time.Time
-	body []byte
-	err  error
-}
-
-// getSync sends GET url with token and user agent, and reports the answer on done.
-func getSync(client support.Client, url, token, agent string, done chan<- result) {
-	r, err := client.Send(context.Background(), support.Request{Method: http.MethodGet, URL: url, Token: token,
-		Header: http.Header{"User-Agent": {agent}}})
-	if err == nil && r.Status != http.StatusOK {
-		err = fmt.Errorf("status %d: %s", r.Status, r.Body)
-	}
-	done <- result{time.Now(), r.Body, err}
-}
-
 // BenchmarkSyncWakeLatency measures, through the real server and the fake
-// homeserver, the time from an identity server's onupdate (signed, sent with
-// federation.SendOnUpdate) to the return of the long-poll it wakes: one
-// iteration is one wake-up. It reports p50 and p99 from the send and from the
-// onupdate's 200 (negative when the client had its answer first).
+// homeserver, the time from an identity server's onupdate to the return of
+// the long-poll it wakes, on one instance ([harness.BenchWake]).
 //
 //	THREEPIDD_TEST_POSTGRES=... go test -run '^$' -bench BenchmarkSyncWakeLatency -benchtime 1000x ./tests/perf/longpoll
 func BenchmarkSyncWakeLatency(b *testing.B) {
 	for _, be := range storagetest.Backends(b) {
 		b.Run(be.Name, func(b *testing.B) {
-			e := harness.Start(b, be, harness.Options{IdentityServers: 1,
-				// onupdate_per_server off: this is more than its default 50/s.
-				RateLimitYAML: "{requesttoken_per_ip: {per_second: 0}, requesttoken_per_address: {per_second: 0}, onupdate_per_server: {per_second: 0}}"})
-			// The function runs more than once on one database: a fresh user and
-			// fresh addresses keep earlier runs' notifications and onupdates out.
-			run := strconv.FormatInt(time.Now().UnixNano(), 36)
-			alice := e.NewUser("alice" + run)
-			is := e.IS[0]
-			ctx := context.Background()
-			address := func(i int) string { return fmt.Sprintf("r%s-a%d@example.org", run, i) }
-			for i := range b.N {
-				if err := e.Server.Store.UpsertBinding(ctx, storage.Binding{UserID: alice.ID, Medium: "email",
-					Address: address(i), IDServer: is.Name(), BoundAt: time.Now().UnixMilli()}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			client := support.Client{HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}}
-			isClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second}
-			done := make(chan result, 1)
-			getSync(client, e.URL+syncPath, alice.Token, "bench", done)
-			next := nextBatch(b, <-done)
-			fromSend := make([]time.Duration, 0, b.N)
-			fromAccept := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for i := range b.N {
-				agent := "bench-" + strconv.Itoa(i)
-				go getSync(client, e.URL+syncPath+"?timeout=30000&since="+url.QueryEscape(next), alice.Token, agent, done)
-				// The homeserver sees the request once threepidd watches for alice.
-				for e.HS.LastHeaders(syncPath).Get("User-Agent") != agent {
-					time.Sleep(50 * time.Microsecond)
-				}
-				sent := time.Now()
-				if err := onupdate.Send(ctx, isClient, is.Key(), is.Name(), harness.ServerName, e.URL,
-					onupdate.Body{Threepid: address(i), MXID: "@mallory:evil.test"}); err != nil {
-					b.Fatal(err)
-				}
-				accepted := time.Now()
-				r := <-done
-				next = nextBatch(b, r)
-				if !strings.Contains(string(r.body), `"`+address(i)+`"`) {
-					b.Fatalf("woken without the section: %.300s", r.body)
-				}
-				fromSend = append(fromSend, r.at.Sub(sent))
-				fromAccept = append(fromAccept, r.at.Sub(accepted))
-			}
-			b.StopTimer()
-			support.ReportPercentiles(b, "sent", fromSend)
-			support.ReportPercentiles(b, "accepted", fromAccept)
+			e := harness.Start(b, be, harness.Options{IdentityServers: 1, RateLimitYAML: harness.WakeRateLimits})
+			harness.BenchWake(b, e, e)
 		})
 	}
-}
-
-// nextBatch returns the next_batch of a sync answer.
-func nextBatch(b *testing.B, r result) string {
-	b.Helper()
-	var body struct {
-		NextBatch string `json:"next_batch"`
-	}
-	if r.err != nil || json.Unmarshal(r.body, &body) != nil || body.NextBatch == "" {
-		b.Fatalf("sync: %v: %.300s", r.err, r.body)
-	}
-	return body.NextBatch
 }
 
 // BenchmarkSyncIdleLongPolls measures threepidd's memory with 5,000 idle
