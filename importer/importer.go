@@ -33,19 +33,16 @@ package importer
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/threepidd/threepidd/internal/clock"
+	"github.com/threepidd/threepidd/internal/lease"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/threepid"
 )
@@ -167,16 +164,6 @@ type Importer struct {
 	Holder string
 }
 
-// BusyError is returned by Run when another import holds the lease.
-type BusyError struct {
-	Holder string
-	Until  time.Time
-}
-
-func (e *BusyError) Error() string {
-	return fmt.Sprintf("another import (%s) is running, its lease ends %s", e.Holder, e.Until.UTC().Format(time.RFC3339))
-}
-
 // cursor is the position of an import, saved in its job.
 type cursor struct {
 	// Phase is "read" (Next is the source's cursor), "resolve" (Medium and
@@ -211,26 +198,17 @@ func (im *Importer) progress(format string, args ...any) {
 // import at its cursor. Conflicts and rejected rows are reported, not
 // errors; an error means the import could not finish (what was written
 // stays, and running it again continues). Another import holding the lease
-// is a *BusyError.
+// is a *lease.BusyError.
 func (im *Importer) Run(ctx context.Context) (rep Report, err error) {
 	rep.Source = im.Source.Describe()
-	holder := cmp.Or(im.Holder, defaultHolder)
+	holder := lease.Holder(im.Holder)
 	now := im.Clock.Now()
-	job, claimed, err := im.Store.ClaimJob(ctx, JobName, holder, now.UnixMilli(), now.Add(Lease).UnixMilli(), 0, true)
+	job, claimed, err := lease.Claim(ctx, im.Store, JobName, holder, now.UnixMilli(), now.Add(Lease).UnixMilli(), 0, true)
 	if err != nil {
 		return Report{}, err
 	}
-	if !claimed && deadHolder(job.Holder) { // a killed import on this host: take over
-		if err := im.Store.ReleaseJob(ctx, JobName, job.Holder); err != nil {
-			return Report{}, err
-		}
-		job, claimed, err = im.Store.ClaimJob(ctx, JobName, holder, now.UnixMilli(), now.Add(Lease).UnixMilli(), 0, true)
-		if err != nil {
-			return Report{}, err
-		}
-	}
 	if !claimed {
-		return Report{}, &BusyError{Holder: job.Holder, Until: time.UnixMilli(job.LeaseUntil)}
+		return Report{}, &lease.BusyError{Job: JobName, Holder: job.Holder, Until: time.UnixMilli(job.LeaseUntil)}
 	}
 	defer func() {
 		if err != nil { // give the lease up, keeping the cursor
@@ -282,27 +260,6 @@ func (im *Importer) Run(ctx context.Context) (rep Report, err error) {
 		return rep, err
 	}
 	return rep, nil
-}
-
-// defaultHolder names this process in leases: host/pid/random.
-var defaultHolder = func() string {
-	host, _ := os.Hostname()
-	return host + "/" + strconv.Itoa(os.Getpid()) + "/" + rand.Text()[:8]
-}()
-
-// deadHolder reports whether holder names a process of this host that no
-// longer runs (killed before it could give its lease up).
-func deadHolder(holder string) bool {
-	parts := strings.Split(holder, "/")
-	host, _ := os.Hostname()
-	if len(parts) != 3 || parts[0] != host {
-		return false
-	}
-	pid, err := strconv.Atoi(parts[1])
-	if err != nil || pid <= 0 || pid == os.Getpid() {
-		return false
-	}
-	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
 // pass is one run of an import: its cursor and report.

@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/internal/lease"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
 )
@@ -119,30 +118,9 @@ func TestImporterPagedResume(t *testing.T) {
 		if _, _, err := store.ClaimJob(ctx, JobName, "elsewhere", now().UnixMilli(), now().Add(time.Hour).UnixMilli(), 0, true); err != nil {
 			t.Fatal(err)
 		}
-		var busy *BusyError
+		var busy *lease.BusyError
 		if _, err := im.Run(ctx); !errors.As(err, &busy) || busy.Holder != "elsewhere" {
 			t.Errorf("run while another holds the lease: %v, want a BusyError", err)
 		}
 	})
-}
-
-func TestDeadHolder(t *testing.T) {
-	host, _ := os.Hostname()
-	exited := exec.Command("true")
-	if err := exited.Run(); err != nil {
-		t.Skipf("no `true` to run: %v", err)
-	}
-	for _, c := range []struct {
-		holder string
-		dead   bool
-	}{
-		{fmt.Sprintf("%s/%d/X", host, exited.Process.Pid), true},
-		{fmt.Sprintf("%s/%d/X", host, os.Getpid()), false},
-		{fmt.Sprintf("elsewhere/%d/X", exited.Process.Pid), false},
-		{"not a holder", false},
-	} {
-		if got := deadHolder(c.holder); got != c.dead {
-			t.Errorf("deadHolder(%q) = %v, want %v", c.holder, got, c.dead)
-		}
-	}
 }

@@ -38,13 +38,10 @@ package reconcile
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +49,7 @@ import (
 	"github.com/threepidd/threepidd/homeserver"
 	"github.com/threepidd/threepidd/importer"
 	"github.com/threepidd/threepidd/internal/clock"
+	"github.com/threepidd/threepidd/internal/lease"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/threepid"
 )
@@ -147,16 +145,6 @@ func (r *Report) conflict(c Conflict) {
 	}
 }
 
-// BusyError is returned by Run when another instance holds the pass.
-type BusyError struct {
-	Holder string
-	Until  time.Time
-}
-
-func (e *BusyError) Error() string {
-	return fmt.Sprintf("another instance (%s) is running the reconcile pass, its lease ends %s", e.Holder, e.Until.UTC().Format(time.RFC3339))
-}
-
 // NotDueError is returned by Run, unforced, when no pass is due.
 type NotDueError struct {
 	Next time.Time
@@ -166,13 +154,7 @@ func (e *NotDueError) Error() string {
 	return "the next reconcile pass is due " + e.Next.UTC().Format(time.RFC3339)
 }
 
-// defaultHolder names this process in leases: host/pid/random.
-var defaultHolder = func() string {
-	host, _ := os.Hostname()
-	return host + "/" + strconv.Itoa(os.Getpid()) + "/" + rand.Text()[:8]
-}()
-
-func (r *Reconciler) holder() string { return cmp.Or(r.Holder, defaultHolder) }
+func (r *Reconciler) holder() string { return lease.Holder(r.Holder) }
 
 func (r *Reconciler) progress(format string, args ...any) {
 	if r.Progress != nil {
@@ -182,20 +164,20 @@ func (r *Reconciler) progress(format string, args ...any) {
 
 // Run makes a pass, or continues the one under way at its cursor. force runs
 // it even if it is not due (the command); without it, a pass that is not due
-// returns a *NotDueError. Another instance holding the pass is a *BusyError.
+// returns a *NotDueError. Another instance holding the pass is a *lease.BusyError.
 // On an error or an interruption the cursor stays where the last page
 // finished, the lease is given up, and the next run continues there.
 func (r *Reconciler) Run(ctx context.Context, force bool) (rep Report, err error) {
 	holder := r.holder()
 	now := r.Clock.Now()
-	job, claimed, err := r.Store.ClaimJob(ctx, JobName, holder, now.UnixMilli(), now.Add(Lease).UnixMilli(),
+	job, claimed, err := lease.Claim(ctx, r.Store, JobName, holder, now.UnixMilli(), now.Add(Lease).UnixMilli(),
 		now.Add(r.Interval).UnixMilli(), force)
 	if err != nil {
 		return rep, err
 	}
 	if !claimed {
 		if job.Holder != "" && job.LeaseUntil > now.UnixMilli() {
-			return rep, &BusyError{Holder: job.Holder, Until: time.UnixMilli(job.LeaseUntil)}
+			return rep, &lease.BusyError{Job: JobName, Holder: job.Holder, Until: time.UnixMilli(job.LeaseUntil)}
 		}
 		return rep, &NotDueError{Next: time.UnixMilli(job.NextRun)}
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"time"
+
+	"github.com/threepidd/threepidd/internal/lease"
 )
 
 // Bounds of a Worker's sleep between two looks at the schedule: a pass
@@ -27,7 +29,7 @@ func (w *Worker) Run(ctx context.Context) {
 	for {
 		rep, err := w.R.Run(ctx, false)
 		wait := min(w.R.Interval, maxWait)
-		var busy *BusyError
+		var busy *lease.BusyError
 		var notDue *NotDueError
 		switch {
 		case err == nil:

@@ -91,7 +91,7 @@ func TestReconcileCommand(t *testing.T) {
 			store.Close()
 			var stdout, stderr bytes.Buffer
 			if exit := run(ctx, []string{"reconcile", "-config", synapse}, &stdout, &stderr); exit != 1 ||
-				!strings.Contains(stderr.String(), "another instance (elsewhere) is running the reconcile pass") {
+				!strings.Contains(stderr.String(), "another reconcile (elsewhere) is running") {
 				t.Fatalf("while another instance runs it: exit %d, stderr %q", exit, stderr.String())
 			}
 		})

@@ -40,7 +40,7 @@ type Backend struct {
 // dropped when t ends.
 func Backends(t testing.TB) []Backend {
 	t.Helper()
-	bs := []Backend{{Name: "sqlite", Driver: backend.SQLite, DSN: filepath.Join(t.TempDir(), "threepidd.db")}}
+	bs := []Backend{freshSQLite(t)}
 	dsn := os.Getenv(PostgresEnv)
 	if dsn == "" {
 		if os.Getenv("CI") == "true" {
@@ -50,6 +50,28 @@ func Backends(t testing.TB) []Backend {
 		return bs
 	}
 	return append(bs, Backend{Name: "postgres", Driver: backend.Postgres, DSN: postgresSchema(t, dsn)})
+}
+
+// Fresh returns a fresh database of the backend called name ("sqlite" or
+// "postgres"), as Backends makes them; it fails t when that backend is not
+// available.
+func Fresh(t testing.TB, name string) Backend {
+	t.Helper()
+	if name == "sqlite" {
+		return freshSQLite(t)
+	}
+	for _, b := range Backends(t) {
+		if b.Name == name {
+			return b
+		}
+	}
+	t.Fatalf("no %s backend", name)
+	return Backend{}
+}
+
+// freshSQLite is a SQLite file in t.TempDir().
+func freshSQLite(t testing.TB) Backend {
+	return Backend{Name: "sqlite", Driver: backend.SQLite, DSN: filepath.Join(t.TempDir(), "threepidd.db")}
 }
 
 // postgresSchema creates a schema with a random name on the server of dsn,

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/threepidd/threepidd/internal/lease"
 	"github.com/threepidd/threepidd/reconcile"
 	"github.com/threepidd/threepidd/storage"
 	"github.com/threepidd/threepidd/storage/storagetest"
@@ -222,7 +223,7 @@ func TestReconcile(t *testing.T) {
 			time.Now().Add(time.Minute).UnixMilli(), 0, true); err != nil || !ok {
 			t.Fatalf("claim by another instance: %v %v", ok, err)
 		}
-		var busy *reconcile.BusyError
+		var busy *lease.BusyError
 		if _, err := r.Run(ctx, true); !errors.As(err, &busy) || busy.Holder != "other-instance" {
 			t.Fatalf("run while another instance holds the pass: %v", err)
 		}

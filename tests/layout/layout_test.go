@@ -28,8 +28,8 @@ var layers = map[string]int{
 	"mxerr": 0, "metrics": 0, "threepid": 0, "internal/clock": 0, "internal/requestid": 0,
 	"storage": 0, "federation/signingkey": 0, "internal/mailsink": 0,
 	// 1: configuration, shared SQL, request plumbing, outbound clients, fakes
-	// of peers for the demo.
-	"config": 1, "storage/sqlstore": 1, "router": 1, "internal/sydent": 1, "outbound": 1,
+	// of peers for the demo, job leases.
+	"config": 1, "internal/lease": 1, "storage/sqlstore": 1, "router": 1, "internal/sydent": 1, "outbound": 1,
 	// 2: backends, and the clients and libraries built on the config: the
 	// homeserver client, outbox, policy, delivery, rate limits, the sync library.
 	"storage/sqlite": 2, "storage/postgres": 2, "homeserver": 2, "httpapi": 2, "outbox": 2, "policy": 2,

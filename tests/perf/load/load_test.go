@@ -100,7 +100,7 @@ func TestLoad(t *testing.T) {
 			before := support.LoadAverage()
 			rigs := make([]*rig, len(s.sizes))
 			for i, users := range s.sizes {
-				rigs[i] = newRig(t, freshBackend(t, b.Name), users, s.active, s.clients)
+				rigs[i] = newRig(t, storagetest.Fresh(t, b.Name), users, s.active, s.clients)
 			}
 			runs := runLoad(t, rigs, s)
 			for i, users := range s.sizes {
@@ -121,17 +121,6 @@ func TestLoad(t *testing.T) {
 			}
 		})
 	}
-}
-
-// freshBackend is a fresh, empty database of the backend called name.
-func freshBackend(t *testing.T, name string) storagetest.Backend {
-	for _, b := range storagetest.Backends(t) {
-		if b.Name == name {
-			return b
-		}
-	}
-	t.Fatalf("no %s backend", name)
-	return storagetest.Backend{}
 }
 
 // run is what runLoad measured on one rig.

@@ -70,7 +70,7 @@ func TestScale(t *testing.T) {
 		for _, users := range sizes {
 			t.Run(fmt.Sprintf("%s/%d", name, users), func(t *testing.T) {
 				before := support.LoadAverage()
-				row := runScale(t, freshBackend(t, name), users)
+				row := runScale(t, storagetest.Fresh(t, name), users)
 				rows = append(rows, fmt.Sprintf("| %s | %d | %s | %s → %s |", name, users, row, before, support.LoadAverage()))
 			})
 		}
@@ -86,17 +86,6 @@ func backendNames(t *testing.T) []string {
 		names = append(names, b.Name)
 	}
 	return names
-}
-
-// freshBackend is a fresh, empty database of the backend called name.
-func freshBackend(t *testing.T, name string) storagetest.Backend {
-	for _, b := range storagetest.Backends(t) {
-		if b.Name == name {
-			return b
-		}
-	}
-	t.Fatalf("no %s backend", name)
-	return storagetest.Backend{}
 }
 
 // run is one finished command: its output, time and peak RSS.
