@@ -46,7 +46,7 @@
 //
 // The run at a million users (BENCHMARKS.md, "A million"):
 //
-//	flock /work/bench.lock env THREEPIDD_TEST_LOAD=1 THREEPIDD_TEST_POSTGRES=... \
+//	THREEPIDD_TEST_LOAD=1 THREEPIDD_TEST_POSTGRES=... \
 //	    THREEPIDD_TEST_LOAD_SIZES=10000,1000000 THREEPIDD_TEST_LOAD_DURATION=5s \
 //	    THREEPIDD_TEST_LOAD_WARMUP=1s THREEPIDD_TEST_LOAD_ROUNDS=5 \
 //	    go test ./tests/perf/load -run TestLoad -v -timeout 60m

@@ -9,7 +9,7 @@
 //
 // It is opt-in (a run takes tens of minutes):
 //
-//	flock /work/bench.lock env THREEPIDD_TEST_SCALE=1 THREEPIDD_TEST_POSTGRES=... \
+//	THREEPIDD_TEST_SCALE=1 THREEPIDD_TEST_POSTGRES=... \
 //	    go test ./tests/perf/scale -run TestScale -v -timeout 120m
 //
 // THREEPIDD_TEST_SCALE_SIZES sets the user counts (default 100000,1000000).
