@@ -32,6 +32,8 @@
 // each on a fresh database, then a table of how each p99 grew from the
 // smallest to the largest, against the bounds: 1.2× on Postgres,
 // 1.5× on SQLite), THREEPIDD_TEST_LOAD_CLIENTS (concurrent clients, default 100),
+// THREEPIDD_TEST_LOAD_RATE (iterations a second per operation and side: an
+// open loop, which a slower side cannot slow down; default: a closed loop),
 // THREEPIDD_TEST_LOAD_ROUNDS (rounds the duration is split into, default 10) and
 // THREEPIDD_TEST_LOAD_WARMUP (unmeasured load per operation and side, default 2s).
 //

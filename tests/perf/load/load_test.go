@@ -39,6 +39,9 @@ type settings struct {
 	sizes []int
 	// ops selects operations by key (nil: all).
 	ops map[string]bool
+	// rate, when above 0, paces every round in an open loop at this many
+	// iterations a second (THREEPIDD_TEST_LOAD_RATE; see Round.Rate).
+	rate float64
 }
 
 // loadSettings reads the knobs from the environment.
@@ -75,6 +78,13 @@ func loadSettings(t *testing.T) settings {
 			s.sizes = append(s.sizes, n)
 		}
 	}
+	if v := os.Getenv("THREEPIDD_TEST_LOAD_RATE"); v != "" {
+		rate, err := strconv.ParseFloat(v, 64)
+		if err != nil || rate <= 0 {
+			t.Fatalf("THREEPIDD_TEST_LOAD_RATE=%q: want iterations per second above 0", v)
+		}
+		s.rate = rate
+	}
 	if v := os.Getenv("THREEPIDD_TEST_LOAD_OPS"); v != "" {
 		s.ops = map[string]bool{}
 		for _, key := range strings.Split(v, ",") {
@@ -104,8 +114,12 @@ func TestLoad(t *testing.T) {
 			}
 			runs := runLoad(t, rigs, s)
 			for i, users := range s.sizes {
-				fmt.Printf("\n### %s: %d users × 1–3 3PIDs, %d clients, %v per operation and side (%d rounds, %v warm-up)\n\n",
-					b.Name, users, s.clients, s.duration, s.rounds, s.warmup)
+				pace := "closed loop"
+				if s.rate > 0 {
+					pace = fmt.Sprintf("open loop at %g iterations/s", s.rate)
+				}
+				fmt.Printf("\n### %s: %d users × 1–3 3PIDs, %d clients (%s), %v per operation and side (%d rounds, %v warm-up)\n\n",
+					b.Name, users, s.clients, pace, s.duration, s.rounds, s.warmup)
 				fmt.Printf("%d CPUs, GOMAXPROCS %d, %s; load average (1, 5, 15 min) before: %s, after: %s\n\n",
 					runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), before, support.LoadAverage())
 				if err := WriteTable(os.Stdout, runs[i].rows, p99Target); err != nil {
@@ -209,7 +223,7 @@ func measure(t *testing.T, rigs []*rig, ops []operation, s settings) []measureme
 		whoami := sd.r.hs.WhoamiCalls()
 		out := Round{
 			Clients: s.clients, Duration: d, Max: sd.op.max, Next: sd.next, Steps: len(sd.op.steps),
-			Iterate: sd.iterate, Seed: uint64(sd.next.Load()),
+			Iterate: sd.iterate, Seed: uint64(sd.next.Load()), Rate: s.rate,
 		}.Run(ctx)
 		if sd.op.reset != nil {
 			sd.op.reset(ctx, out.First, out.End)

@@ -25,6 +25,12 @@ type Round struct {
 	Iterate func(ctx context.Context, w *Worker, n int64) error
 	// Seed seeds the workers' random sources (worker i gets Seed, i).
 	Seed uint64
+	// Rate, when above 0, paces the round in an open loop: iteration k of
+	// the round is due k/Rate seconds after its start, whatever the answers
+	// before it took, and a worker waits for its iteration's due time
+	// (Clients must then be enough to keep up). 0: a closed loop, each
+	// worker starting its next iteration as soon as its last one ended.
+	Rate float64
 }
 
 // Outcome is what a round measured.
@@ -58,6 +64,21 @@ func (w *Worker) Step(i int, fn func() error) error {
 	return nil
 }
 
+// wait sleeps until due; false when due is not before deadline or ctx ends first.
+func (r Round) wait(ctx context.Context, due, deadline time.Time) bool {
+	if !due.Before(deadline) {
+		return false
+	}
+	t := time.NewTimer(time.Until(due))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // Run runs the round. Iterations in flight when the time is up are waited
 // for (ctx bounds them); none starts after it.
 func (r Round) Run(ctx context.Context) Outcome {
@@ -65,6 +86,7 @@ func (r Round) Run(ctx context.Context) Outcome {
 	start := time.Now()
 	deadline := start.Add(r.Duration)
 	workers := make([]*Worker, r.Clients)
+	var started atomic.Int64 // iterations the round has begun, for Rate
 	var wg sync.WaitGroup
 	for i := range workers {
 		w := &Worker{ID: i, Rand: rand.New(rand.NewPCG(r.Seed, uint64(i))), stats: make([]Stats, r.Steps+1)}
@@ -73,6 +95,9 @@ func (r Round) Run(ctx context.Context) Outcome {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil && time.Now().Before(deadline) {
+				if r.Rate > 0 && !r.wait(ctx, start.Add(time.Duration(float64(started.Add(1)-1)/r.Rate*float64(time.Second))), deadline) {
+					return
+				}
 				n := r.Next.Add(1) - 1
 				if r.Max > 0 && n-first >= r.Max {
 					return

@@ -87,3 +87,20 @@ func TestRoundDurationBoundsTime(t *testing.T) {
 		t.Errorf("elapsed %v, want at least the duration", out.Elapsed)
 	}
 }
+
+// TestRoundRate: an open-loop round starts Rate iterations a second, however
+// many workers are free, and none after its duration.
+func TestRoundRate(t *testing.T) {
+	var next atomic.Int64
+	out := Round{
+		Clients: 8, Duration: 500 * time.Millisecond, Next: &next, Steps: 1, Rate: 20,
+		Iterate: func(_ context.Context, w *Worker, _ int64) error {
+			return w.Step(0, func() error { return nil })
+		},
+	}.Run(t.Context())
+	// Due at 0, 50, ..., 450 ms: ten iterations; a closed loop of 8 idle
+	// workers would start thousands.
+	if got := out.End - out.First; got != 10 || len(out.Steps[1].Latencies) != 10 {
+		t.Fatalf("%d iterations started, %d ended, want 10", got, len(out.Steps[1].Latencies))
+	}
+}
