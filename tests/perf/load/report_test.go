@@ -26,9 +26,7 @@ func TestWriteTable(t *testing.T) {
 		"| over | 10 | 150 ms | 300 ms | 2 | 100 | 10.0 ms | 100 ms | 0 | **3.00×** (over 1.3×) |",
 		"| threepidd only | 1 | 1.00 ms | 1.00 ms | 0 | – | – | – | – | – |",
 	}
-	if got := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
+	expectTable(t, b.String(), want)
 }
 
 func TestWriteScaleTable(t *testing.T) {
@@ -54,7 +52,13 @@ func TestWriteScaleTable(t *testing.T) {
 		"| grows | 10.0 ms | 20.0 ms | **2.00×** (over 1.2×) | 5.00 ms | 10.0 ms | 2.00× |",
 		"| new | – | – | – | – | – | – |",
 	}
-	if got := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	expectTable(t, b.String(), want)
+}
+
+// expectTable fails t unless table is the lines of want.
+func expectTable(t *testing.T, table string, want []string) {
+	t.Helper()
+	if got := strings.TrimSuffix(table, "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("table:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 }
