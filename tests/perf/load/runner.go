@@ -94,7 +94,9 @@ func (r Round) Run(ctx context.Context) Outcome {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for ctx.Err() == nil && time.Now().Before(deadline) {
+			// Paced, the due times end the round (a worker that wakes late
+			// still starts the iterations due before the deadline).
+			for ctx.Err() == nil && (r.Rate > 0 || time.Now().Before(deadline)) {
 				if r.Rate > 0 && !r.wait(ctx, start.Add(time.Duration(float64(started.Add(1)-1)/r.Rate*float64(time.Second))), deadline) {
 					return
 				}
