@@ -96,25 +96,14 @@ func (h *Hub) remove(w *watcher) {
 // registered afterwards wait for the next Wake.
 func (h *Hub) Wake(userID string) {
 	h.mu.Lock()
-	head := h.users[userID]
-	delete(h.users, userID)
-	n := 0
-	for w := head; w != nil; w = w.next {
-		w.listed = false
-		n++
-	}
-	h.n -= n
+	head, n := h.unlist(userID)
 	h.mu.Unlock()
 	if n == 0 {
 		return
 	}
 	waiting.Sub(float64(n))
 	wakeups.Add(float64(n))
-	// Unlisted nodes are never modified again: walk them unlocked, so that
-	// cancellation (which propagates to child contexts) runs outside the lock.
-	for w := head; w != nil; w = w.next {
-		w.cancel(ErrWoken)
-	}
+	cancelAll(head, ErrWoken)
 }
 
 // Drain ends every watch context with cause ErrDraining, and every later
@@ -123,19 +112,38 @@ func (h *Hub) Wake(userID string) {
 func (h *Hub) Drain() {
 	h.mu.Lock()
 	h.draining = true
-	var all []*watcher
-	for user, head := range h.users {
-		for w := head; w != nil; w = w.next {
-			w.listed = false
-			all = append(all, w)
-		}
-		delete(h.users, user)
+	heads, total := make([]*watcher, 0, len(h.users)), 0
+	for user := range h.users {
+		head, n := h.unlist(user)
+		heads, total = append(heads, head), total+n
 	}
-	h.n -= len(all)
 	h.mu.Unlock()
-	waiting.Sub(float64(len(all)))
-	for _, w := range all {
-		w.cancel(ErrDraining)
+	waiting.Sub(float64(total))
+	for _, head := range heads {
+		cancelAll(head, ErrDraining)
+	}
+}
+
+// unlist takes userID's watchers off the hub (h.mu held) and returns the
+// head of their list and how many they are. Unlisted nodes are never
+// modified again, so the list can be walked without the lock.
+func (h *Hub) unlist(userID string) (*watcher, int) {
+	head := h.users[userID]
+	delete(h.users, userID)
+	n := 0
+	for w := head; w != nil; w = w.next {
+		w.listed = false
+		n++
+	}
+	h.n -= n
+	return head, n
+}
+
+// cancelAll ends the watch contexts of the unlisted list at head with cause,
+// outside the hub's lock (cancellation propagates to child contexts).
+func cancelAll(head *watcher, cause error) {
+	for w := head; w != nil; w = w.next {
+		w.cancel(cause)
 	}
 }
 
