@@ -70,6 +70,7 @@ const (
 )
 
 // Record is one 3PID of one homeserver account, as the homeserver holds it.
+// Its fields are those of storage.Association, which it converts to and from.
 type Record struct {
 	UserID  string
 	Medium  string
@@ -78,6 +79,14 @@ type Record struct {
 	// does not keep them (the import time is stored then).
 	ValidatedAt int64
 	AddedAt     int64
+}
+
+// stored is r as threepidd stores it: at stands for the timestamps the
+// homeserver does not keep.
+func (r Record) stored(at int64) storage.Association {
+	a := storage.Association(r)
+	a.ValidatedAt, a.AddedAt = cmp.Or(a.ValidatedAt, at), cmp.Or(a.AddedAt, at)
+	return a
 }
 
 // Rejected is a homeserver 3PID that was not imported, and why.
@@ -336,8 +345,7 @@ func stagedRows(page Snapshot) []storage.Staged {
 		rows = append(rows, storage.Staged{Association: storage.Association{UserID: u}})
 	}
 	row := func(r Record, reason string) storage.Staged {
-		return storage.Staged{Association: storage.Association{UserID: r.UserID, Medium: r.Medium, Address: r.Address,
-			ValidatedAt: r.ValidatedAt, AddedAt: r.AddedAt}, Reason: reason}
+		return storage.Staged{Association: storage.Association(r), Reason: reason}
 	}
 	for _, r := range page.Records {
 		canonical, err := threepid.CanonicalAddress(r.Medium, r.Address)
@@ -379,8 +387,7 @@ func (p *pass) resolve(ctx context.Context) error {
 				p.rep.conflict(Conflict{Medium: a.Medium, Address: a.Address, Users: users, Reason: ReasonSeveralAccounts})
 				continue
 			}
-			h := a.Holders[0]
-			todo = append(todo, Record{UserID: h.UserID, Medium: h.Medium, Address: h.Address, ValidatedAt: h.ValidatedAt, AddedAt: h.AddedAt})
+			todo = append(todo, Record(a.Holders[0]))
 		}
 		last := addrs[len(addrs)-1]
 		p.c.Medium, p.c.Address = last.Medium, last.Address
@@ -431,8 +438,7 @@ func (p *pass) rejected(ctx context.Context) error {
 		for _, r := range rows {
 			p.rep.RejectedCount++
 			if len(p.rep.Rejected) < maxReported {
-				p.rep.Rejected = append(p.rep.Rejected, Rejected{Record: Record{UserID: r.UserID, Medium: r.Medium, Address: r.Address,
-					ValidatedAt: r.ValidatedAt, AddedAt: r.AddedAt}, Reason: r.Reason})
+				p.rep.Rejected = append(p.rep.Rejected, Rejected{Record: Record(r.Association), Reason: r.Reason})
 			}
 		}
 		after = rows[len(rows)-1]
@@ -462,8 +468,7 @@ func (p *pass) write(ctx context.Context, batch []Record) error {
 				present++
 				continue
 			}
-			fresh = append(fresh, storage.Association{UserID: r.UserID, Medium: r.Medium, Address: r.Address,
-				ValidatedAt: cmp.Or(r.ValidatedAt, at), AddedAt: cmp.Or(r.AddedAt, at)})
+			fresh = append(fresh, r.stored(at))
 		}
 		n, err := q.InsertAssociations(ctx, fresh)
 		if err != nil {
@@ -541,9 +546,7 @@ const (
 // homeserver holds it already): its timestamps, or at where the homeserver
 // keeps none. It reports the holder when another account holds it.
 func Insert(ctx context.Context, q storage.Querier, r Record, at int64) (Outcome, string, error) {
-	a := storage.Association{UserID: r.UserID, Medium: r.Medium, Address: r.Address,
-		ValidatedAt: cmp.Or(r.ValidatedAt, at), AddedAt: cmp.Or(r.AddedAt, at)}
-	err := q.InsertAssociation(ctx, a)
+	err := q.InsertAssociation(ctx, r.stored(at))
 	if err == nil {
 		return Imported, "", nil
 	}
