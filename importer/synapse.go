@@ -82,8 +82,7 @@ func (s *Synapse) ReadPage(ctx context.Context, cursor string) (page Snapshot, n
 		page.Users++
 		page.Seen = append(page.Seen, u.Name)
 		for _, tp := range u.Threepids {
-			page.Records = append(page.Records, Record{UserID: u.Name, Medium: tp.Medium, Address: tp.Address,
-				ValidatedAt: tp.ValidatedAt, AddedAt: tp.AddedAt})
+			page.Records = append(page.Records, SynapseRecord(u.Name, tp))
 		}
 	}
 	if listed.Next == "" || len(listed.Users) == 0 {
@@ -93,4 +92,10 @@ func (s *Synapse) ReadPage(ctx context.Context, cursor string) (page Snapshot, n
 		return Snapshot{}, "", 0, fmt.Errorf("the user listing did not advance past %s", cursor)
 	}
 	return page, listed.Next, listed.Total, nil
+}
+
+// SynapseRecord is the record of one of a Synapse account's 3PIDs, as the
+// admin API gives them.
+func SynapseRecord(userID string, tp homeserver.SynapseThreepid) Record {
+	return Record{UserID: userID, Medium: tp.Medium, Address: tp.Address, ValidatedAt: tp.ValidatedAt, AddedAt: tp.AddedAt}
 }

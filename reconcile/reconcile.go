@@ -355,7 +355,7 @@ func (r *Reconciler) plan(ctx context.Context, u homeserver.SynapseUser, ours []
 func (r *Reconciler) homeserverRecords(ctx context.Context, u homeserver.SynapseUser, rep *Report) ([]importer.Record, error) {
 	var out []importer.Record
 	for _, tp := range u.Threepids {
-		rec := importer.Record{UserID: u.Name, Medium: tp.Medium, Address: tp.Address, ValidatedAt: tp.ValidatedAt, AddedAt: tp.AddedAt}
+		rec := importer.SynapseRecord(u.Name, tp)
 		canonical, err := threepid.CanonicalAddress(tp.Medium, tp.Address)
 		if err != nil {
 			rep.Rejected = append(rep.Rejected, importer.Rejected{Record: rec, Reason: err.Error()})
