@@ -52,10 +52,12 @@ func (d *drainer) wrap(h http.Handler) http.Handler {
 	})
 }
 
-// drain marks the answers from now on and waits until no connection is
-// open, none had a request for d.quiet, or d.grace passed.
-func (d *drainer) drain() {
+// drain marks the answers from now on, closes ln (Serve then knows its
+// error is the shutdown's: draining is set first) and waits until no
+// connection is open, none had a request for d.quiet, or d.grace passed.
+func (d *drainer) drain(ln net.Listener) {
 	d.draining.Store(true)
+	_ = ln.Close()
 	d.last.Store(time.Now().UnixNano())
 	deadline := time.Now().Add(d.grace)
 	for d.open.Load() > 0 && time.Now().Before(deadline) && time.Since(time.Unix(0, d.last.Load())) < d.quiet {

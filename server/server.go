@@ -389,9 +389,7 @@ func (s *Server) Shutdown() error {
 	// ShutdownTimeout cuts them off, and let the clients of the open
 	// connections close them (drainer).
 	s.stream.Drain()
-	s.drain.draining.Store(true)
-	_ = s.listener.Close()
-	s.drain.drain()
+	s.drain.drain(s.listener)
 	err := s.http.Shutdown(ctx)
 	if s.metricsHTTP != nil {
 		_ = s.metricsHTTP.Shutdown(ctx)
